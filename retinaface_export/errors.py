@@ -1,0 +1,74 @@
+"""Typed errors raised by the library.
+
+The library never prints or exits: it raises one of these, and the command-line layer turns it into a
+one-line message and an exit code. ``str(error)`` is that line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RetinaFaceExportError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(RetinaFaceExportError):
+    """An option value the user gave is invalid (a size that is not a multiple of 32, say)."""
+
+    exit_code = 2
+
+
+class UnknownVariantError(UsageError):
+    """A variant name that is not in the registry."""
+
+
+class FileError(RetinaFaceExportError):
+    """Something is wrong with a file: the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class CheckpointError(FileError):
+    """A checkpoint that cannot be loaded into a RetinaFace."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """The checkpoint path does not exist or is not a file."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """Empty, truncated, or not a PyTorch checkpoint at all."""
+
+
+class BackboneOnlyCheckpointError(CheckpointError):
+    """A classification backbone (e.g. ImageNet MobileNetV1) rather than a RetinaFace detector."""
+
+
+class StateDictMismatchError(CheckpointError):
+    """Missing or unexpected keys, or tensors whose shapes differ from the model's."""
+
+
+class BackboneMismatchError(CheckpointError):
+    """The checkpoint holds another backbone than the one asked for."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """NaN or Inf values in the weights."""
+
+
+class AnchorsFileError(FileError):
+    """An anchors file that cannot be read or does not describe anchors."""
+
+
+class ManifestError(FileError):
+    """A manifest that is missing, malformed, or belongs to another checkpoint."""
+
+
+class ExportError(RetinaFaceExportError):
+    """An export that failed or whose artifact does not reproduce the PyTorch model."""

@@ -1,0 +1,28 @@
+"""Images to network input: BGR uint8 H×W×3 to float32 N×3×H×W with the mean subtracted."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retinaface_export.contract import MEAN_BGR
+
+
+def to_network_input(images: np.ndarray) -> np.ndarray:
+    """BGR images (H×W×3 or N×H×W×3, any numeric dtype) to contiguous float32 N×3×H×W minus the mean."""
+    batch = images[None] if images.ndim == 3 else images
+    data = batch.astype(np.float32) - np.asarray(MEAN_BGR, dtype=np.float32)
+    return np.ascontiguousarray(data.transpose(0, 3, 1, 2))
+
+
+def synthetic_photos(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Deterministic photo-like BGR uint8 images (N×H×W×3): blocky regions, gradients, mild noise.
+
+    Used where a real photo is not at hand (export-time verification, synthetic-model calibration).
+    """
+    rng = np.random.default_rng(seed)
+    block = 16
+    coarse = rng.uniform(0, 255, size=(batch, -(-height // block), -(-width // block), 3))
+    images = np.repeat(np.repeat(coarse, block, axis=1), block, axis=2)[:, :height, :width]
+    ramp = np.linspace(-40, 40, width)[None, None, :, None]
+    images = images + ramp + rng.normal(0, 10, size=images.shape)
+    return np.clip(images, 0, 255).astype(np.uint8)
