@@ -9,6 +9,7 @@ refuse non-finite weights, then ``load_state_dict(strict=True)``. Every failure 
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ _OPTIONAL_SUFFIX = ".num_batches_tracked"
 _NAMES_SHOWN = 4
 # Top-level prefixes of a RetinaFace state dict (after `module.` is stripped).
 _DETECTOR_PREFIXES = ("body.", "fpn.", "ssh1.", "ssh2.", "ssh3.", "ClassHead.", "BboxHead.", "LandmarkHead.")
+# Phrases of torch.load's RuntimeErrors for a file cut short (zip archives and the legacy format).
+_TRUNCATION_MARKERS = ("zip archive", "central directory", "file not found", "unexpected EOF", "corrupted")
 # Keys that mark a classification backbone saved on its own: MobileNetV1 stages / torchvision ResNet.
 _BACKBONE_ONLY_MARKERS = {"stage1.0.0.weight": "MobileNetV1", "conv1.weight": "ResNet", "layer1.0.conv1.weight": "ResNet"}
 
@@ -76,7 +79,9 @@ def _read(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise CorruptCheckpointError(path, "empty file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notices about the file's origin
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in first or "weights_only" in str(exc):
@@ -88,11 +93,11 @@ def _read(path: Path) -> Any:
         raise CorruptCheckpointError(path, "truncated or corrupt checkpoint (unexpected end of data)") from exc
     except RuntimeError as exc:
         text = str(exc)
-        if "zip archive" in text or "central directory" in text or "file not found" in text:
-            raise CorruptCheckpointError(path, "truncated or corrupt checkpoint (damaged zip archive)") from exc
+        if any(marker in text for marker in _TRUNCATION_MARKERS):
+            raise CorruptCheckpointError(path, "truncated or corrupt checkpoint (data ends early)") from exc
         raise CorruptCheckpointError(path, f"not a PyTorch checkpoint ({text.splitlines()[0]})") from exc
-    except (ValueError, TypeError, AttributeError, OSError) as exc:
-        raise CorruptCheckpointError(path, f"not a PyTorch checkpoint ({exc})") from exc
+    except Exception as exc:  # torch.load parses untrusted bytes: garbage fails in any type (IndexError, ...)
+        raise CorruptCheckpointError(path, f"not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def _unwrap(path: Path, obj: Any) -> dict[str, torch.Tensor]:
@@ -115,10 +120,9 @@ def _refuse_backbone_only(path: Path, state_dict: dict[str, torch.Tensor]) -> No
         return
     for marker, arch in _BACKBONE_ONLY_MARKERS.items():
         if marker in state_dict:
-            classifier = " with an ImageNet classifier (fc)" if "fc.weight" in state_dict else ""
             raise BackboneOnlyCheckpointError(
                 path,
-                f"holds an ImageNet {arch} backbone only{classifier}, not a RetinaFace detector "
+                f"holds an ImageNet {arch} backbone only, not a RetinaFace detector "
                 "(no fpn/ssh/head weights); pass a trained RetinaFace checkpoint",
             )
     raise StateDictMismatchError(path, f"not a RetinaFace checkpoint (keys such as {_names(sorted(state_dict))})")

@@ -1,0 +1,142 @@
+"""``retinaface-export``: a checkpoint to TorchScript and ONNX at the sizes asked for."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from retinaface_export.anchors import bundled_anchor_presets, load_anchors
+from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
+from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, not_an_option, stderr
+from retinaface_export.errors import UsageError
+from retinaface_export.export import ArtifactJob, ExportOptions, ExportResult, export_checkpoint
+from retinaface_export.formats import EXPORT_FORMATS
+from retinaface_export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from retinaface_export.sizes import InputSize, parse_size
+from retinaface_export.synthetic import synthetic_checkpoint
+from retinaface_export.variants import get_variant, list_variants
+
+log = logging.getLogger(__name__)
+DEFAULT_BACKBONE = "mobilenet0.25"
+
+
+def _parse_sizes(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[InputSize, ...]:
+    try:
+        return tuple(parse_size(v) for v in values) or (InputSize(640, 640),)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _announce_synthetic(checkpoint: LoadedCheckpoint) -> None:
+    stderr.print(
+        Panel(
+            f"No --weights given: exporting a SYNTHETIC {checkpoint.variant.name} RetinaFace with seeded random "
+            "weights.\nIts detections are meaningless; it exists so the pipeline can run without trained "
+            "weights.\nThe manifest records it as synthetic.",
+            title="synthetic model",
+            border_style="bold yellow",
+        )
+    )
+
+
+def _summary(result: ExportResult) -> Table:
+    table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
+    for column in ("artifact", "format", "size", "anchors", "max |Δ| vs PyTorch", "MB"):
+        table.add_column(column, justify="right" if column in ("anchors", "MB") else "left")
+    for artifact in result.added:
+        size = "dynamic" if artifact["dynamic"] else "x".join(map(str, artifact["size"]))
+        error = max(artifact["verification"]["max_abs_error"].values())
+        table.add_row(
+            artifact["path"],
+            artifact["format"],
+            size,
+            str(artifact["num_anchors"] or "-"),
+            f"{error:.1e}",
+            f"{artifact['bytes'] / 1e6:.1f}",
+        )
+    return table
+
+
+@click.command(
+    cls=MultiValueCommand,
+    multi_value={"--size": not_an_option, "--format": lambda token: token in EXPORT_FORMATS},
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.option("--weights", type=str, default=None, help="RetinaFace checkpoint (.pth, biubug6 layout). "
+              "Without it: a deterministic synthetic model of --backbone.")
+@click.option("--backbone", type=click.Choice(list_variants()), default=None,
+              help=f"Variant; inferred from --weights (an error if it disagrees). Default without weights: "
+              f"{DEFAULT_BACKBONE}.")
+@click.option("--anchors", type=str, default=None,
+              help=f"Anchors file (TOML: min_sizes, steps, variance) or a bundled preset "
+              f"({', '.join(bundled_anchor_presets())}) for checkpoints trained with other anchors.")
+@click.option("--size", "sizes", multiple=True, callback=_parse_sizes, metavar="SIZE...",
+              help="Input sizes: 640 or HxW, multiples of 32; several after one flag. Default 640.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(list(EXPORT_FORMATS)), metavar="FORMAT...",
+              help=f"Formats ({', '.join(EXPORT_FORMATS)}); several after one flag. Default: all.")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset.")
+@click.option("--dynamic", is_flag=True, help="One model per format with dynamic batch, height and width "
+              "(traced at the first --size, verified at every --size).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of fixed-size "
+              "models.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
+              show_default=True, help="Where artifacts and manifest.json go.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="retinaface-export", prog_name="retinaface-export")
+@handle_errors("retinaface-export")
+def main(
+    weights: str | None,
+    backbone: str | None,
+    anchors: str | None,
+    sizes: tuple[InputSize, ...],
+    formats: tuple[str, ...],
+    opset: int,
+    dynamic: bool,
+    batch: int,
+    output_dir: Path,
+    quiet: bool,
+) -> None:
+    """Export a RetinaFace checkpoint to TorchScript and ONNX, verified against PyTorch.
+
+    Example: retinaface-export --weights mobilenet0.25_Final.pth --size 640 512 320 --output-dir out
+    """
+    configure_logging(quiet)
+    anchor_config = load_anchors(anchors) if anchors else None
+    options = ExportOptions(
+        sizes=sizes, formats=formats or tuple(EXPORT_FORMATS), opset=opset, dynamic=dynamic, batch=batch
+    )
+    if weights is None:
+        variant = get_variant(backbone or DEFAULT_BACKBONE)
+        checkpoint = synthetic_checkpoint(variant.with_anchors(anchor_config) if anchor_config else variant)
+        _announce_synthetic(checkpoint)
+    else:
+        checkpoint = load_checkpoint(weights, backbone=backbone, anchors=anchor_config)
+        log.info("loaded %s: %s, sha256 %s", weights, checkpoint.variant.name, checkpoint.file_sha256)
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("exporting", total=None)
+
+        def on_step(job: ArtifactJob, index: int, total: int) -> None:
+            progress.update(task, total=total, completed=index, description=f"exporting {job.describe()}")
+
+        result = export_checkpoint(checkpoint, options, output_dir, on_step=on_step)
+        progress.update(task, completed=len(result.added))
+    if not quiet:
+        stdout = Console()
+        stdout.print(_summary(result))
+        stdout.print(f"manifest: {output_dir / 'manifest.json'}")
