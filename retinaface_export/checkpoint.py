@@ -40,7 +40,11 @@ _DETECTOR_PREFIXES = ("body.", "fpn.", "ssh1.", "ssh2.", "ssh3.", "ClassHead.", 
 # Phrases of torch.load's RuntimeErrors for a file cut short (zip archives and the legacy format).
 _TRUNCATION_MARKERS = ("zip archive", "central directory", "file not found", "unexpected EOF", "corrupted")
 # Keys that mark a classification backbone saved on its own: MobileNetV1 stages / torchvision ResNet.
-_BACKBONE_ONLY_MARKERS = {"stage1.0.0.weight": "MobileNetV1", "conv1.weight": "ResNet", "layer1.0.conv1.weight": "ResNet"}
+_BACKBONE_ONLY_MARKERS = {
+    "stage1.0.0.weight": "MobileNetV1",
+    "conv1.weight": "ResNet",
+    "layer1.0.conv1.weight": "ResNet",
+}
 
 
 @dataclass(frozen=True)

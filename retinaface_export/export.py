@@ -132,9 +132,7 @@ def _verify(job: ArtifactJob, staged: Path, reference: Callable, file_name: str)
                 worst[name] = max(worst[name], err)
     failed = [f"{name} {err:.2e}" for name, err in worst.items() if not err <= job.fmt.atol]
     if failed:
-        raise ExportError(
-            f"{file_name}: differs from PyTorch beyond {job.fmt.atol:g}: {', '.join(failed)}"
-        )
+        raise ExportError(f"{file_name}: differs from PyTorch beyond {job.fmt.atol:g}: {', '.join(failed)}")
     return {
         "sizes": [s.as_list() for s in job.verify_sizes],
         "max_abs_error": worst,
@@ -222,8 +220,15 @@ def export_checkpoint(
                     "sha256": sha256_file(staged),
                     "bytes": staged.stat().st_size,
                     "num_anchors": num_anchors,
-                    "inputs": [{"name": INPUT_NAME, "shape": data_shape, "layout": "NCHW", "color": "BGR",
-                                "mean_subtracted": list(MEAN_BGR)}],
+                    "inputs": [
+                        {
+                            "name": INPUT_NAME,
+                            "shape": data_shape,
+                            "layout": "NCHW",
+                            "color": "BGR",
+                            "mean_subtracted": list(MEAN_BGR),
+                        }
+                    ],
                     "outputs": outputs,
                     "verification": verification,
                 }

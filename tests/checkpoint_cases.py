@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from conftest import BACKBONE_ONLY, REAL_WEIGHTS, require
+
 from retinaface_export import errors
 from retinaface_export.synthetic import synthetic_state_dict
 from retinaface_export.variants import get_variant
@@ -129,18 +129,37 @@ BAD_CHECKPOINTS = [
     BadCheckpoint("text", _text, errors.CorruptCheckpointError, "not a PyTorch checkpoint"),
     BadCheckpoint("python-object", _python_object, errors.CorruptCheckpointError, "weights_only=True"),
     BadCheckpoint("not-a-dict", _list_of_tensors, errors.CorruptCheckpointError, "not a state dict"),
-    BadCheckpoint("backbone-only", _backbone_only, errors.BackboneOnlyCheckpointError,
-                  "holds an ImageNet MobileNetV1 backbone only"),
-    BadCheckpoint("missing-keys", _missing_keys, errors.StateDictMismatchError,
-                  "missing keys LandmarkHead.2.conv1x1.weight"),
-    BadCheckpoint("unexpected-keys", _unexpected_keys, errors.StateDictMismatchError,
-                  "unexpected keys extra_head.weight"),
-    BadCheckpoint("shape-mismatch", _wrong_shape, errors.StateDictMismatchError,
-                  "ClassHead.0.conv1x1.weight (6, 64, 1, 1) vs (4, 64, 1, 1)"),
-    BadCheckpoint("non-finite", _nan, errors.NonFiniteWeightsError,
-                  "NaN or Inf in fpn.merge1.0.weight, ssh2.conv3X3.1.running_var"),
-    BadCheckpoint("backbone-mismatch", _resnet_asked_for, errors.BackboneMismatchError,
-                  "holds a mobilenet0.25 RetinaFace, but --backbone resnet50", ("--backbone", "resnet50")),
+    BadCheckpoint(
+        "backbone-only",
+        _backbone_only,
+        errors.BackboneOnlyCheckpointError,
+        "holds an ImageNet MobileNetV1 backbone only",
+    ),
+    BadCheckpoint(
+        "missing-keys", _missing_keys, errors.StateDictMismatchError, "missing keys LandmarkHead.2.conv1x1.weight"
+    ),
+    BadCheckpoint(
+        "unexpected-keys", _unexpected_keys, errors.StateDictMismatchError, "unexpected keys extra_head.weight"
+    ),
+    BadCheckpoint(
+        "shape-mismatch",
+        _wrong_shape,
+        errors.StateDictMismatchError,
+        "ClassHead.0.conv1x1.weight (6, 64, 1, 1) vs (4, 64, 1, 1)",
+    ),
+    BadCheckpoint(
+        "non-finite",
+        _nan,
+        errors.NonFiniteWeightsError,
+        "NaN or Inf in fpn.merge1.0.weight, ssh2.conv3X3.1.running_var",
+    ),
+    BadCheckpoint(
+        "backbone-mismatch",
+        _resnet_asked_for,
+        errors.BackboneMismatchError,
+        "holds a mobilenet0.25 RetinaFace, but --backbone resnet50",
+        ("--backbone", "resnet50"),
+    ),
 ]
 
 

@@ -17,8 +17,15 @@ RESNET_LAYERS = {"layer1": (3, 1), "layer2": (4, 2), "layer3": (6, 2), "layer4":
 
 
 def _bn(sd, prefix, x):
-    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"],
-                        sd[f"{prefix}.bias"], training=False, eps=1e-5)
+    return F.batch_norm(
+        x,
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        training=False,
+        eps=1e-5,
+    )
 
 
 def _conv(sd, prefix, x, stride=1, groups=1):

@@ -1,13 +1,13 @@
 import pytest
 import torch
-
 from checkpoint_cases import BAD_CHECKPOINTS, wrap_with_module_prefix
+from conftest import SMALL_ANCHORS_WEIGHTS, require
+
 from retinaface_export.anchors import load_anchors
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.hashing import sha256_file
 from retinaface_export.synthetic import synthetic_checkpoint, synthetic_state_dict
 from retinaface_export.variants import get_variant
-from conftest import SMALL_ANCHORS_WEIGHTS, require
 
 
 @pytest.mark.parametrize("case", BAD_CHECKPOINTS, ids=lambda c: c.name)
@@ -36,8 +36,11 @@ def test_upstream_resnet50_layout_loads_unchanged(tmp_path):
 
 
 def test_checkpoint_without_num_batches_tracked_loads(tmp_path):
-    state = {k: v for k, v in synthetic_state_dict(get_variant("mobilenet0.25")).items()
-             if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v
+        for k, v in synthetic_state_dict(get_variant("mobilenet0.25")).items()
+        if not k.endswith("num_batches_tracked")
+    }
     torch.save(state, tmp_path / "old.pth")
     assert load_checkpoint(tmp_path / "old.pth").variant.name == "mobilenet0.25"
 

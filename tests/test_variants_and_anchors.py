@@ -1,19 +1,22 @@
 from importlib import resources
 
 import pytest
-
-from retinaface_export.anchors import AnchorConfig, bundled_anchor_presets, load_anchors
-from retinaface_export.errors import AnchorsFileError, UnknownVariantError
-from retinaface_export.model import build_model
-from retinaface_export.sizes import STANDARD_SIZES, InputSize, parse_size
-from retinaface_export.errors import UsageError
-from retinaface_export.variants import get_variant, list_variants
-
 import torch
 
+from retinaface_export.anchors import AnchorConfig, bundled_anchor_presets, load_anchors
+from retinaface_export.errors import AnchorsFileError, UnknownVariantError, UsageError
+from retinaface_export.model import build_model
+from retinaface_export.sizes import STANDARD_SIZES, InputSize, parse_size
+from retinaface_export.variants import get_variant, list_variants
+
 # A = 2·(⌈H/8⌉⌈W/8⌉ + ⌈H/16⌉⌈W/16⌉ + ⌈H/32⌉⌈W/32⌉), worked by hand for the standard sizes.
-HAND_COUNTED = {320: 2 * (1600 + 400 + 100), 416: 2 * (2704 + 676 + 169), 512: 2 * (4096 + 1024 + 256),
-                608: 2 * (5776 + 1444 + 361), 640: 16800}
+HAND_COUNTED = {
+    320: 2 * (1600 + 400 + 100),
+    416: 2 * (2704 + 676 + 169),
+    512: 2 * (4096 + 1024 + 256),
+    608: 2 * (5776 + 1444 + 361),
+    640: 16800,
+}
 
 
 def test_registry_lists_both_backbones():
@@ -68,8 +71,11 @@ def test_anchors_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "text, reason",
-    [("steps = [8, 16, 32]\n", "missing keys"), ("min_sizes = [[1]]\nsteps = [8, 16]\nvariance = [0.1, 0.2]\n",
-                                                  "1 min_sizes lists for 2 steps"), ("not toml [", "not an anchors")],
+    [
+        ("steps = [8, 16, 32]\n", "missing keys"),
+        ("min_sizes = [[1]]\nsteps = [8, 16]\nvariance = [0.1, 0.2]\n", "1 min_sizes lists for 2 steps"),
+        ("not toml [", "not an anchors"),
+    ],
 )
 def test_bad_anchors_file_names_file_and_reason(tmp_path, text, reason):
     path = tmp_path / "bad.toml"
@@ -84,8 +90,9 @@ def test_missing_anchors_file():
         load_anchors("/nonexistent/anchors.toml")
 
 
-@pytest.mark.parametrize("text, expected", [("640", InputSize(640, 640)), ("480x640", InputSize(480, 640)),
-                                            ("320X416", InputSize(320, 416))])
+@pytest.mark.parametrize(
+    "text, expected", [("640", InputSize(640, 640)), ("480x640", InputSize(480, 640)), ("320X416", InputSize(320, 416))]
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 

@@ -68,26 +68,60 @@ def _summary(result: ExportResult) -> Table:
     multi_value={"--size": not_an_option, "--format": lambda token: token in EXPORT_FORMATS},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-@click.option("--weights", type=str, default=None, help="RetinaFace checkpoint (.pth, biubug6 layout). "
-              "Without it: a deterministic synthetic model of --backbone.")
-@click.option("--backbone", type=click.Choice(list_variants()), default=None,
-              help=f"Variant; inferred from --weights (an error if it disagrees). Default without weights: "
-              f"{DEFAULT_BACKBONE}.")
-@click.option("--anchors", type=str, default=None,
-              help=f"Anchors file (TOML: min_sizes, steps, variance) or a bundled preset "
-              f"({', '.join(bundled_anchor_presets())}) for checkpoints trained with other anchors.")
-@click.option("--size", "sizes", multiple=True, callback=_parse_sizes, metavar="SIZE...",
-              help="Input sizes: 640 or HxW, multiples of 32; several after one flag. Default 640.")
-@click.option("--format", "formats", multiple=True, type=click.Choice(list(EXPORT_FORMATS)), metavar="FORMAT...",
-              help=f"Formats ({', '.join(EXPORT_FORMATS)}); several after one flag. Default: all.")
-@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
-              help="ONNX opset.")
-@click.option("--dynamic", is_flag=True, help="One model per format with dynamic batch, height and width "
-              "(traced at the first --size, verified at every --size).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of fixed-size "
-              "models.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
-              show_default=True, help="Where artifacts and manifest.json go.")
+@click.option(
+    "--weights",
+    type=str,
+    default=None,
+    help="RetinaFace checkpoint (.pth, biubug6 layout). Without it: a deterministic synthetic model of --backbone.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(list_variants()),
+    default=None,
+    help=f"Variant; inferred from --weights (an error if it disagrees). Default without weights: {DEFAULT_BACKBONE}.",
+)
+@click.option(
+    "--anchors",
+    type=str,
+    default=None,
+    help=f"Anchors file (TOML: min_sizes, steps, variance) or a bundled preset "
+    f"({', '.join(bundled_anchor_presets())}) for checkpoints trained with other anchors.",
+)
+@click.option(
+    "--size",
+    "sizes",
+    multiple=True,
+    callback=_parse_sizes,
+    metavar="SIZE...",
+    help="Input sizes: 640 or HxW, multiples of 32; several after one flag. Default 640.",
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(list(EXPORT_FORMATS)),
+    metavar="FORMAT...",
+    help=f"Formats ({', '.join(EXPORT_FORMATS)}); several after one flag. Default: all.",
+)
+@click.option(
+    "--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True, help="ONNX opset."
+)
+@click.option(
+    "--dynamic",
+    is_flag=True,
+    help="One model per format with dynamic batch, height and width "
+    "(traced at the first --size, verified at every --size).",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of fixed-size models."
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("export"),
+    show_default=True,
+    help="Where artifacts and manifest.json go.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="retinaface-export", prog_name="retinaface-export")
 @handle_errors("retinaface-export")

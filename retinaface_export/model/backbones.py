@@ -1,5 +1,6 @@
-"""Backbones in plain torch (torchvision has no CPU build here), with the state-dict keys of the
-modules biubug6 wraps: its own ``MobileNetV1`` and torchvision's ``resnet50``.
+"""Backbones in plain torch, with the state-dict keys of biubug6's MobileNetV1 and torchvision's resnet50.
+
+torchvision has no CPU build here, so its ResNet-50 is rewritten with the same attribute names.
 
 Only the layers RetinaFace uses are built (no classifier): biubug6 drops them too, through torchvision's
 ``IntermediateLayerGetter``, whose job :class:`FeatureExtractor` does here.
@@ -88,7 +89,7 @@ def _resnet_stage(in_ch: int, planes: int, blocks: int, stride: int) -> nn.Seque
 
 
 def resnet50() -> OrderedDict[str, nn.Module]:
-    """torchvision ``resnet50`` without ``avgpool``/``fc``: conv1, bn1, relu, maxpool, layer1-4."""
+    """Torchvision ``resnet50`` without ``avgpool``/``fc``: conv1, bn1, relu, maxpool, layer1-4."""
     return OrderedDict(
         conv1=nn.Conv2d(3, 64, 7, 2, 3, bias=False),
         bn1=nn.BatchNorm2d(64),
