@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from retinaface_export.onnx_export import export_onnx
+from retinaface_export.onnx_export import export_onnx, read_onnx_provenance
 from retinaface_export.runtimes import Runner, onnxruntime_runner, torchscript_runner
-from retinaface_export.torchscript_export import export_torchscript
+from retinaface_export.torchscript_export import export_torchscript, read_torchscript_provenance
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class ExportFormat:
     backend: str
     export: Callable[[torch.nn.Module, torch.Tensor, ExportSettings], bytes]
     open_runner: Callable[[Path], Runner]
+    # The provenance the exporter put inside the artifact, as a dict.
+    read_provenance: Callable[[Path], dict[str, Any]]
     # Largest |artifact - eager| allowed per output when the export verifies itself (FP32).
     atol: float
     uses_opset: bool
@@ -46,6 +48,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             backend="torchscript",
             export=lambda model, example, s: export_torchscript(model, example, s.provenance),
             open_runner=torchscript_runner,
+            read_provenance=read_torchscript_provenance,
             atol=1e-4,
             uses_opset=False,
         ),
@@ -55,6 +58,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             backend="onnxruntime",
             export=lambda model, example, s: export_onnx(model, example, s.provenance, s.opset, s.dynamic),
             open_runner=onnxruntime_runner,
+            read_provenance=read_onnx_provenance,
             atol=1e-4,
             uses_opset=True,
         ),

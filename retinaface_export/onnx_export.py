@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -75,7 +76,18 @@ def export_onnx(
     return proto.SerializeToString()
 
 
-def read_metadata(path: str) -> dict[str, str]:
+def read_metadata(path: str | Path) -> dict[str, str]:
     """An ONNX file's ``metadata_props`` as a dict of strings."""
-    proto = onnx.load(path, load_external_data=False)
+    proto = onnx.load(str(path), load_external_data=False)
     return {entry.key: entry.value for entry in proto.metadata_props}
+
+
+def read_onnx_provenance(path: str | Path) -> dict[str, Any]:
+    """``metadata_props`` with the JSON-encoded values decoded (the inverse of :func:`export_onnx`)."""
+    decoded: dict[str, Any] = {}
+    for key, value in read_metadata(path).items():
+        try:
+            decoded[key] = json.loads(value)
+        except json.JSONDecodeError:
+            decoded[key] = value
+    return decoded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +27,8 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, provenance
     return buffer.getvalue()
 
 
-def read_provenance(path: str) -> dict[str, Any]:
-    """The provenance stored in a TorchScript file."""
+def read_torchscript_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance stored in a TorchScript file ({} when there is none)."""
     extra = {PROVENANCE_FILE: ""}
-    torch.jit.load(path, map_location="cpu", _extra_files=extra)
-    return json.loads(extra[PROVENANCE_FILE])
+    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[PROVENANCE_FILE]) if extra[PROVENANCE_FILE] else {}

@@ -15,7 +15,7 @@ from retinaface_export.cli.common import expand_multi_value
 from retinaface_export.cli.export import main
 from retinaface_export.hashing import sha256_file
 from retinaface_export.onnx_export import read_metadata
-from retinaface_export.torchscript_export import read_provenance
+from retinaface_export.torchscript_export import read_torchscript_provenance as read_provenance
 
 
 def run(*args: str):

@@ -1,0 +1,113 @@
+"""``retinaface-detect``: faces out of images with a checkpoint or any exported artifact."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import cv2
+from rich.console import Console
+from rich.table import Table
+
+from retinaface_export.anchors import load_anchors
+from retinaface_export.atomic import atomic_write_bytes
+from retinaface_export.cli.common import configure_logging, handle_errors
+from retinaface_export.detection import DetectionConfig, Detector
+from retinaface_export.detection.drawing import draw_faces
+from retinaface_export.errors import FileError, UsageError
+from retinaface_export.images import read_image
+from retinaface_export.variants import list_variants
+
+log = logging.getLogger(__name__)
+COMMAND = "retinaface-detect"
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` per image, numbered where two images share a stem."""
+    names, seen = [], {}
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png")
+    return names
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--weights", type=str, default=None, help="Checkpoint (.pth): PyTorch eager at each image's size.")
+@click.option("--model", "artifact", type=str, default=None, help="Exported artifact (.onnx, .torchscript.pt).")
+@click.option("--backbone", type=click.Choice(list_variants()), default=None, help="With --weights: expected variant.")
+@click.option("--anchors", type=str, default=None, help="With --weights: anchors file or preset.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Score threshold.")
+@click.option("--nms", type=click.FloatRange(0, 1), default=0.4, show_default=True, help="NMS IoU threshold.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write detections as JSON (original-image pixels).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Draw boxes, scores and landmarks into PNGs here.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="retinaface-export", prog_name=COMMAND)
+@handle_errors(COMMAND)
+def main(
+    images: tuple[Path, ...],
+    weights: str | None,
+    artifact: str | None,
+    backbone: str | None,
+    anchors: str | None,
+    threshold: float,
+    nms: float,
+    json_path: Path | None,
+    output_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Detect faces in IMAGES with a checkpoint (--weights) or an exported artifact (--model).
+
+    Example: retinaface-detect photo.jpg --model out/retinaface_mobilenet0.25_640x640.onnx --output-dir drawn
+    """
+    configure_logging(quiet)
+    if (weights is None) == (artifact is None):
+        raise UsageError("give exactly one of --weights CKPT or --model ARTIFACT")
+    if artifact and (backbone or anchors):
+        raise UsageError("--backbone and --anchors go with --weights; an artifact carries its own")
+    config = DetectionConfig(score_threshold=threshold, nms_threshold=nms)
+    if weights:
+        detector = Detector.from_checkpoint(weights, backbone, load_anchors(anchors) if anchors else None, config)
+    else:
+        detector = Detector.from_artifact(artifact, config)
+
+    failures = 0
+    report = []
+    table = Table(title=f"faces ({detector.backend.name}, {detector.backend.source})")
+    table.add_column("image")
+    table.add_column("faces", justify="right")
+    for path, png_name in zip(images, _output_names(list(images)), strict=True):
+        try:
+            image = read_image(path)
+        except FileError as exc:  # report it, go on with the other images, fail at the end
+            click.echo(f"{COMMAND}: error: {exc}", err=True)
+            failures += 1
+            continue
+        faces = detector.detect(image)
+        report.append({"image": str(path), "faces": [face.to_dict() for face in faces]})
+        table.add_row(str(path), str(len(faces)))
+        if output_dir is not None:
+            ok, encoded = cv2.imencode(".png", draw_faces(image, faces))
+            if not ok:
+                raise FileError(output_dir / png_name, "PNG encoding failed")
+            atomic_write_bytes(output_dir / png_name, encoded.tobytes())
+    if json_path is not None:
+        atomic_write_bytes(json_path, (json.dumps(report) + "\n").encode())
+    if not quiet:
+        Console().print(table)
+    if failures:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,90 @@
+"""A model ready to run on images: the eager model of a checkpoint, or an artifact with its own runtime.
+
+An artifact says what it needs (input size, batch, anchors) through the provenance the exporter put in
+it, so it can be used without its manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.checkpoint import LoadedCheckpoint
+from retinaface_export.errors import FileError
+from retinaface_export.formats import EXPORT_FORMATS, ExportFormat
+from retinaface_export.preprocess import to_network_input
+from retinaface_export.runtimes import Runner, eager_runner
+from retinaface_export.sizes import InputSize
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Something that maps a batch of BGR uint8 images (N×H×W×3) to the three outputs."""
+
+    name: str
+    source: str
+    run: Runner
+    anchors: AnchorConfig
+    # Fixed network input size; None runs each image at its own resolution (eager, dynamic artifacts).
+    input_size: InputSize | None
+    # Fixed batch size; None takes any.
+    batch: int | None
+    # Images (N×H×W×3 uint8) to what ``run`` takes; the default subtracts the mean, NCHW float32.
+    prepare: Callable[[np.ndarray], np.ndarray] = to_network_input
+
+
+def eager_backend(checkpoint: LoadedCheckpoint, input_size: InputSize | None = None) -> Backend:
+    """PyTorch eager on a loaded checkpoint, at each image's own resolution unless ``input_size`` is given."""
+    source = str(checkpoint.path) if checkpoint.path else f"synthetic {checkpoint.variant.name}"
+    anchors = checkpoint.variant.anchors
+    return Backend("torch-eager", source, eager_runner(checkpoint.model), anchors, input_size, None)
+
+
+def format_of(path: Path) -> ExportFormat:
+    """The format whose suffix ``path`` ends with.
+
+    Raises:
+        FileError: no known suffix.
+    """
+    matches = [fmt for fmt in EXPORT_FORMATS.values() if path.name.endswith(fmt.suffix)]
+    if not matches:
+        known = ", ".join(fmt.suffix for fmt in EXPORT_FORMATS.values())
+        raise FileError(path, f"not a known artifact type (expected a name ending in {known})")
+    return max(matches, key=lambda fmt: len(fmt.suffix))
+
+
+def _input_size(value: Any) -> InputSize | None:
+    return None if value == "dynamic" else InputSize(int(value[0]), int(value[1]))
+
+
+def artifact_backend(path: str | Path) -> Backend:
+    """Open an exported artifact with its runtime, configured from the provenance inside it.
+
+    Raises:
+        FileError: missing file, unknown type, unreadable, or without retinaface-export provenance.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(path, "no such artifact file")
+    fmt = format_of(path)
+    try:
+        provenance = fmt.read_provenance(path)
+    except Exception as exc:  # each runtime's loader fails in its own types on a damaged file
+        raise FileError(path, f"cannot read {fmt.name} artifact ({type(exc).__name__}: {exc})") from exc
+    missing = {"anchors", "input_size", "batch"} - provenance.keys()
+    if missing:
+        raise FileError(path, f"no retinaface-export provenance ({', '.join(sorted(missing))} missing)")
+    batch = provenance["batch"]
+    return Backend(
+        name=fmt.backend,
+        source=str(path),
+        run=fmt.open_runner(path),
+        anchors=AnchorConfig.from_mapping(provenance["anchors"]),
+        input_size=_input_size(provenance["input_size"]),
+        batch=None if batch == "dynamic" else int(batch),
+    )

@@ -1,0 +1,122 @@
+"""The Detector: images in, faces (box, score, five landmarks) out, in original-image pixels."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.checkpoint import load_checkpoint
+from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
+from retinaface_export.detection.letterbox import Letterbox
+from retinaface_export.detection.postprocess import DetectionConfig, postprocess
+from retinaface_export.detection.priors import prior_boxes
+
+_DECIMALS = 3
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detection in original-image pixels."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: tuple[tuple[float, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y] × 5]}``."""
+        return {
+            "box": [round(v, _DECIMALS) for v in self.box],
+            "score": round(self.score, 6),
+            "landmarks": [[round(x, _DECIMALS), round(y, _DECIMALS)] for x, y in self.landmarks],
+        }
+
+
+def _faces(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[Face]:
+    return [
+        Face(tuple(map(float, box)), float(score), tuple((float(p[0]), float(p[1])) for p in pts.reshape(5, 2)))
+        for box, score, pts in zip(boxes, scores, points, strict=True)
+    ]
+
+
+class Detector:
+    """RetinaFace post-processing over any backend.
+
+    Fixed-size artifacts get each image letterboxed (aspect kept, padded) and their boxes mapped back;
+    eager models and dynamic artifacts run at each image's own resolution, as the reference does.
+    """
+
+    def __init__(self, backend: Backend, config: DetectionConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or DetectionConfig()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        backbone: str | None = None,
+        anchors: AnchorConfig | None = None,
+        config: DetectionConfig | None = None,
+    ) -> Detector:
+        """PyTorch eager on a checkpoint (see :func:`~retinaface_export.checkpoint.load_checkpoint`)."""
+        return cls(eager_backend(load_checkpoint(path, backbone=backbone, anchors=anchors)), config)
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, config: DetectionConfig | None = None) -> Detector:
+        """An exported artifact (TorchScript, ONNX) run with its own runtime."""
+        return cls(artifact_backend(path), config)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in one BGR uint8 H×W×3 image."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Faces in each image; images are batched as far as the backend allows."""
+        if self.backend.input_size is None:
+            return self._detect_native(images)
+        return self._detect_letterboxed(images)
+
+    def _decode(self, outputs: list[np.ndarray], index: int, height: int, width: int):
+        loc, conf, landmarks = (out[index] for out in outputs)
+        priors = prior_boxes(self.backend.anchors, height, width)
+        if len(priors) != len(loc):
+            raise ValueError(
+                f"{self.backend.source}: {len(loc)} output rows but {len(priors)} anchors at "
+                f"{height}x{width}: the anchors do not belong to this model"
+            )
+        return postprocess(loc, conf, landmarks, priors, self.backend.anchors.variance, (width, height), self.config)
+
+    def _detect_native(self, images: list[np.ndarray]) -> list[list[Face]]:
+        results: list[list[Face]] = [[] for _ in images]
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            by_shape[image.shape].append(index)
+        for shape, indices in by_shape.items():
+            for chunk in self._chunks(indices):
+                outputs = self.backend.run(self.backend.prepare(np.stack([images[i] for i in chunk])))
+                for row, index in enumerate(chunk):
+                    results[index] = _faces(*self._decode(outputs, row, shape[0], shape[1]))
+        return results
+
+    def _detect_letterboxed(self, images: list[np.ndarray]) -> list[list[Face]]:
+        size = self.backend.input_size
+        assert size is not None
+        boxes = [Letterbox.fit(img.shape[0], img.shape[1], size.height, size.width) for img in images]
+        results: list[list[Face]] = []
+        for chunk in self._chunks(list(range(len(images)))):
+            canvases = [boxes[i].apply(images[i]) for i in chunk]
+            if self.backend.batch is not None:  # pad a short last batch
+                canvases += [canvases[-1]] * (self.backend.batch - len(canvases))
+            outputs = self.backend.run(self.backend.prepare(np.stack(canvases)))
+            for row, index in enumerate(chunk):
+                found, scores, points = self._decode(outputs, row, size.height, size.width)
+                results.append(_faces(boxes[index].to_image(found), scores, boxes[index].to_image(points)))
+        return results
+
+    def _chunks(self, indices: list[int]) -> list[list[int]]:
+        step = self.backend.batch or len(indices) or 1
+        return [indices[i : i + step] for i in range(0, len(indices), step)]
