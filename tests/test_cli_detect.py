@@ -37,6 +37,7 @@ def test_json_and_drawings(tmp_path, real_weights, photos):
             # landmarks of a real face sit inside (or at the edge of) its box
             lx, ly = np.array(face["landmarks"]).T
             assert (lx > x1 - 0.2 * (x2 - x1)).all() and (lx < x2 + 0.2 * (x2 - x1)).all()
+            assert (ly > y1 - 0.2 * (y2 - y1)).all() and (ly < y2 + 0.2 * (y2 - y1)).all()
             total += 1
         drawn = cv2.imread(str(tmp_path / "drawn" / f"{photo.stem}.png"))
         assert drawn.shape[:2] == (height, width)
