@@ -1,4 +1,9 @@
-"""The table of export formats: CLI choices, file names, exporters, runtimes and tolerances read it."""
+"""The tables every command reads: artifact formats, and the tolerances of each precision.
+
+One row per artifact format: how it is made (``export`` for the ones ``retinaface-export`` writes,
+``None`` for those a converter makes), its file suffix, the runtime that runs it, and how to read the
+provenance inside it. CLI choices, file names, the detector's backends and parity tests all read it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,13 @@ from typing import Any
 import torch
 
 from retinaface_export.onnx_export import export_onnx, read_onnx_provenance
-from retinaface_export.runtimes import Runner, onnxruntime_runner, torchscript_runner
+from retinaface_export.runtimes import (
+    Runner,
+    onnxruntime_runner,
+    openvino_runner,
+    read_openvino_provenance,
+    torchscript_runner,
+)
 from retinaface_export.torchscript_export import export_torchscript, read_torchscript_provenance
 
 
@@ -24,48 +35,89 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
-class ExportFormat:
-    """One format ``retinaface-export --format`` can write."""
+class Tolerance:
+    """How close an artifact of one precision must stay to its FP32 reference."""
+
+    # Largest |artifact - reference| per output, or None when not judged on tensors this way.
+    atol: float | None
+    # Largest |artifact - reference| as a fraction of the reference output's range (max - min).
+    range_fraction: float | None
+    # Smallest detection F1 against the reference's faces (score > 0.5, IoU >= 0.5).
+    min_f1: float
+
+
+PRECISIONS: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, range_fraction=None, min_f1=0.99),
+    "fp16": Tolerance(atol=None, range_fraction=0.03, min_f1=0.95),
+    "int8": Tolerance(atol=None, range_fraction=None, min_f1=0.95),
+}
+
+
+@dataclass(frozen=True)
+class ArtifactFormat:
+    """One kind of artifact file."""
 
     name: str
     suffix: str
     backend: str
-    export: Callable[[torch.nn.Module, torch.Tensor, ExportSettings], bytes]
     open_runner: Callable[[Path], Runner]
-    # The provenance the exporter put inside the artifact, as a dict.
     read_provenance: Callable[[Path], dict[str, Any]]
-    # Largest |artifact - eager| allowed per output when the export verifies itself (FP32).
-    atol: float
-    uses_opset: bool
+    # retinaface-export writes it with this; None for converter outputs.
+    export: Callable[[torch.nn.Module, torch.Tensor, ExportSettings], bytes] | None = None
+    uses_opset: bool = False
+    # Files that travel with the main one (OpenVINO's weights), as suffixes replacing ``suffix``.
+    companion_suffixes: tuple[str, ...] = ()
 
 
-EXPORT_FORMATS: dict[str, ExportFormat] = {
+FORMATS: dict[str, ArtifactFormat] = {
     fmt.name: fmt
     for fmt in (
-        ExportFormat(
+        ArtifactFormat(
             name="torchscript",
             suffix=".torchscript.pt",
             backend="torchscript",
-            export=lambda model, example, s: export_torchscript(model, example, s.provenance),
             open_runner=torchscript_runner,
             read_provenance=read_torchscript_provenance,
-            atol=1e-4,
-            uses_opset=False,
+            export=lambda model, example, s: export_torchscript(model, example, s.provenance),
         ),
-        ExportFormat(
+        ArtifactFormat(
             name="onnx",
             suffix=".onnx",
             backend="onnxruntime",
-            export=lambda model, example, s: export_onnx(model, example, s.provenance, s.opset, s.dynamic),
             open_runner=onnxruntime_runner,
             read_provenance=read_onnx_provenance,
-            atol=1e-4,
+            export=lambda model, example, s: export_onnx(model, example, s.provenance, s.opset, s.dynamic),
             uses_opset=True,
+        ),
+        ArtifactFormat(
+            name="onnxsim",
+            suffix=".sim.onnx",
+            backend="onnxruntime",
+            open_runner=onnxruntime_runner,
+            read_provenance=read_onnx_provenance,
+            uses_opset=True,
+        ),
+        ArtifactFormat(
+            name="openvino",
+            suffix=".xml",
+            backend="openvino",
+            open_runner=openvino_runner,
+            read_provenance=read_openvino_provenance,
+            companion_suffixes=(".bin",),
         ),
     )
 }
 
+EXPORT_FORMATS: dict[str, ArtifactFormat] = {name: fmt for name, fmt in FORMATS.items() if fmt.export}
 
-def get_format(name: str) -> ExportFormat:
-    """The format called ``name`` (names come from the CLI's choices, so a miss is a programming error)."""
-    return EXPORT_FORMATS[name]
+
+def format_for_path(path: Path) -> ArtifactFormat | None:
+    """The format whose suffix ``path`` ends with (the longest such suffix), or None."""
+    matches = [fmt for fmt in FORMATS.values() if path.name.endswith(fmt.suffix)]
+    return max(matches, key=lambda fmt: len(fmt.suffix)) if matches else None
+
+
+def companion_paths(fmt: ArtifactFormat, path: Path) -> list[Path]:
+    """The files that must sit beside ``path`` (``model.bin`` for ``model.xml``)."""
+    stem = path.name.removesuffix(fmt.suffix)
+    return [path.with_name(stem + suffix) for suffix in fmt.companion_suffixes]

@@ -30,3 +30,24 @@ def synthetic_photos(batch: int, height: int, width: int, seed: int = 0) -> np.n
     ramp = np.linspace(-40, 40, width)[None, None, :, None]
     images = images + ramp + rng.normal(0, 10, size=images.shape)
     return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def to_raw_nchw(images: np.ndarray) -> np.ndarray:
+    """BGR images to float32 N×3×H×W pixels, mean not subtracted (models that subtract it themselves)."""
+    batch = images[None] if images.ndim == 3 else images
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def to_u8_nhwc(images: np.ndarray) -> np.ndarray:
+    """BGR images as contiguous uint8 N×H×W×3 (models that take images as they are decoded)."""
+    batch = images[None] if images.ndim == 3 else images
+    return np.ascontiguousarray(batch, dtype=np.uint8)
+
+
+# What an artifact's input takes, by the name its provenance gives as "input_format".
+INPUT_FORMATS = {
+    "f32-nchw-minus-mean": to_network_input,
+    "f32-nchw": to_raw_nchw,
+    "u8-nhwc": to_u8_nhwc,
+}
+DEFAULT_INPUT_FORMAT = "f32-nchw-minus-mean"

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import json
+from typing import Any
+
 import numpy as np
 import torch
 
-from retinaface_export.contract import INPUT_NAME
+from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 
@@ -49,3 +52,46 @@ def onnxruntime_runner(path: Path, optimize: bool = False) -> Runner:
         return session.run(None, {INPUT_NAME: data})
 
     return run
+
+
+# rt_info section of an OpenVINO IR that holds retinaface-export's provenance.
+OPENVINO_RT_SECTION = "retinaface_export"
+
+
+def openvino_runner(path: Path, threads: int | None = None) -> Runner:
+    """An OpenVINO IR (or ONNX file) on the CPU plugin, in f32 inference precision.
+
+    The CPU plugin may otherwise pick bf16 on CPUs that have it, which would not be the IR's numerics.
+    """
+    import openvino as ov
+
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+
+    def run(data: np.ndarray) -> list[np.ndarray]:
+        result = request.infer({0: data})
+        return [np.array(result[port]) for port in outputs]
+
+    return run
+
+
+def read_openvino_provenance(path: Path) -> dict[str, Any]:
+    """The provenance in an IR's ``rt_info`` (JSON-encoded values decoded); {} when there is none."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    if not model.has_rt_info([OPENVINO_RT_SECTION]):
+        return {}
+    section = model.get_rt_info()[OPENVINO_RT_SECTION]
+    decoded: dict[str, Any] = {}
+    for key in section:
+        value = model.get_rt_info([OPENVINO_RT_SECTION, key]).astype(str)
+        try:
+            decoded[key] = json.loads(value)
+        except json.JSONDecodeError:
+            decoded[key] = value
+    return decoded

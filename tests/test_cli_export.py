@@ -154,7 +154,7 @@ def test_failed_run_keeps_earlier_export_intact(tmp_path, monkeypatch, real_weig
 
     onnx_format = formats.EXPORT_FORMATS["onnx"]
     monkeypatch.setitem(
-        formats.EXPORT_FORMATS, "onnx", formats.ExportFormat(**{**onnx_format.__dict__, "export": broken_export})
+        formats.EXPORT_FORMATS, "onnx", formats.ArtifactFormat(**{**onnx_format.__dict__, "export": broken_export})
     )
     # torchscript at 320 is rebuilt (and would replace the old file), then onnx fails: nothing may change
     result = run("--weights", str(real_weights), "--size", "320", "640", "--output-dir", str(out), "-q")

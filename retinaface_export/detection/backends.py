@@ -16,8 +16,8 @@ import numpy as np
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.errors import FileError
-from retinaface_export.formats import EXPORT_FORMATS, ExportFormat
-from retinaface_export.preprocess import to_network_input
+from retinaface_export.formats import FORMATS, ArtifactFormat, companion_paths, format_for_path
+from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
 from retinaface_export.runtimes import Runner, eager_runner
 from retinaface_export.sizes import InputSize
 
@@ -45,17 +45,17 @@ def eager_backend(checkpoint: LoadedCheckpoint, input_size: InputSize | None = N
     return Backend("torch-eager", source, eager_runner(checkpoint.model), anchors, input_size, None)
 
 
-def format_of(path: Path) -> ExportFormat:
-    """The format whose suffix ``path`` ends with.
+def format_of(path: Path) -> ArtifactFormat:
+    """The format of an artifact file, from its name.
 
     Raises:
         FileError: no known suffix.
     """
-    matches = [fmt for fmt in EXPORT_FORMATS.values() if path.name.endswith(fmt.suffix)]
-    if not matches:
-        known = ", ".join(fmt.suffix for fmt in EXPORT_FORMATS.values())
+    fmt = format_for_path(path)
+    if fmt is None:
+        known = ", ".join(f.suffix for f in FORMATS.values())
         raise FileError(path, f"not a known artifact type (expected a name ending in {known})")
-    return max(matches, key=lambda fmt: len(fmt.suffix))
+    return fmt
 
 
 def _input_size(value: Any) -> InputSize | None:
@@ -72,6 +72,9 @@ def artifact_backend(path: str | Path) -> Backend:
     if not path.is_file():
         raise FileError(path, "no such artifact file")
     fmt = format_of(path)
+    for companion in companion_paths(fmt, path):
+        if not companion.is_file():
+            raise FileError(companion, f"missing: {path.name} needs it beside it")
     try:
         provenance = fmt.read_provenance(path)
     except Exception as exc:  # each runtime's loader fails in its own types on a damaged file
@@ -80,6 +83,9 @@ def artifact_backend(path: str | Path) -> Backend:
     if missing:
         raise FileError(path, f"no retinaface-export provenance ({', '.join(sorted(missing))} missing)")
     batch = provenance["batch"]
+    input_format = provenance.get("input_format", DEFAULT_INPUT_FORMAT)
+    if input_format not in INPUT_FORMATS:
+        raise FileError(path, f"unknown input format {input_format!r} in its provenance")
     return Backend(
         name=fmt.backend,
         source=str(path),
@@ -87,4 +93,5 @@ def artifact_backend(path: str | Path) -> Backend:
         anchors=AnchorConfig.from_mapping(provenance["anchors"]),
         input_size=_input_size(provenance["input_size"]),
         batch=None if batch == "dynamic" else int(batch),
+        prepare=INPUT_FORMATS[input_format],
     )
