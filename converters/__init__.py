@@ -1,17 +1,17 @@
 """Converters from an exported ONNX model to deployment formats, one module per target.
 
-Installed as ``retinaface_export.converters``. Each converter registers itself in :data:`CONVERTERS`
-under the name ``retinaface-convert --to`` accepts; it takes a model or path and options, returns what
-it made, and never writes files (the command does, atomically, through the manifest).
+Installed as ``retinaface_export.converters``. Each module takes a path and options and returns what it
+made; none writes files (``retinaface-convert`` does, atomically, through the manifest). Heavy libraries
+are imported inside the functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-# name -> converter function; empty until the first converter lands (issue: retinaface-convert).
-CONVERTERS: dict[str, Callable[..., Any]] = {}
+# `retinaface-convert --to` value -> (module, artifact format it produces); the command reads this table.
+CONVERTERS: dict[str, tuple[str, str]] = {
+    "onnxsim": ("retinaface_export.converters.onnxsim", "onnxsim"),
+    "openvino": ("retinaface_export.converters.openvino", "openvino"),
+}
 
 
 def list_converters() -> list[str]:

@@ -68,12 +68,20 @@ def export_onnx(
     proto = onnx.load_from_string(buffer.getvalue())
     if dynamic:
         _fix_output_widths(proto)
-    for key, value in provenance.items():
-        entry = proto.metadata_props.add()
-        entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    set_metadata(proto, provenance)
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
+
+
+def set_metadata(proto: onnx.ModelProto, values: dict[str, Any]) -> None:
+    """Set ``metadata_props`` entries (values that are not strings as JSON), replacing existing keys."""
+    existing = {entry.key: entry for entry in proto.metadata_props}
+    for key, value in values.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if key in existing:
+            existing[key].value = text
+        else:
+            proto.metadata_props.add(key=key, value=text)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

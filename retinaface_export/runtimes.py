@@ -6,10 +6,9 @@ call artifacts through these.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
-
-import json
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,8 @@ def torchscript_runner(path: Path) -> Runner:
     return eager_runner(module)
 
 
-def onnxruntime_runner(path: Path, optimize: bool = False) -> Runner:
-    """An ONNX file through ONNX Runtime's CPU provider; graph optimisation off unless ``optimize``.
+def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int | None = None) -> Runner:
+    """An ONNX model (file or bytes) through ONNX Runtime's CPU provider; graph optimisation off unless asked.
 
     With optimisation off, ONNX Runtime computes the graph as written (onnxsim's ``compare`` habit).
     """
@@ -46,7 +45,10 @@ def onnxruntime_runner(path: Path, optimize: bool = False) -> Runner:
     options = ort.SessionOptions()
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
     def run(data: np.ndarray) -> list[np.ndarray]:
         return session.run(None, {INPUT_NAME: data})

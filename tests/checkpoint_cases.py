@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from conftest import BACKBONE_ONLY, REAL_WEIGHTS, require
 
+from conftest import BACKBONE_ONLY, REAL_WEIGHTS, require
 from retinaface_export import errors
 from retinaface_export.synthetic import synthetic_state_dict
 from retinaface_export.variants import get_variant

@@ -40,3 +40,26 @@ def crowd_photo() -> np.ndarray:
 def photo_input(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """A real photo resized to the network size, as float32 1×3×H×W minus the mean."""
     return to_network_input(cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR))
+
+
+def checkpoint_for(variant: str):
+    """mobilenet0.25: the real trained weights from ../shared; resnet50: the synthetic model (no public weights)."""
+    from retinaface_export.checkpoint import load_checkpoint
+    from retinaface_export.synthetic import synthetic_checkpoint
+    from retinaface_export.variants import get_variant
+
+    if variant == "mobilenet0.25":
+        return load_checkpoint(require(REAL_WEIGHTS))
+    return synthetic_checkpoint(get_variant(variant))
+
+
+@pytest.fixture(scope="session", params=["mobilenet0.25", "resnet50"])
+def standard_export(request, tmp_path_factory):
+    """(checkpoint, folder): TorchScript and ONNX of each backbone at every standard size, exported once."""
+    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.sizes import STANDARD_SIZES, InputSize
+
+    checkpoint = checkpoint_for(request.param)
+    out = tmp_path_factory.mktemp(f"export-{request.param}")
+    export_checkpoint(checkpoint, ExportOptions(sizes=tuple(InputSize(s, s) for s in STANDARD_SIZES)), out)
+    return checkpoint, out

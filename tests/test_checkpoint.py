@@ -1,8 +1,8 @@
 import pytest
 import torch
+
 from checkpoint_cases import BAD_CHECKPOINTS, wrap_with_module_prefix
 from conftest import SMALL_ANCHORS_WEIGHTS, require
-
 from retinaface_export.anchors import load_anchors
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.hashing import sha256_file

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import CROWD_PHOTO, SHARED, require
 
+from conftest import CROWD_PHOTO, SHARED, require
 from retinaface_export.cli.detect import main
 
 

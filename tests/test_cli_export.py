@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-from checkpoint_cases import BAD_CHECKPOINTS
 from click.testing import CliRunner
 
+from checkpoint_cases import BAD_CHECKPOINTS
 from retinaface_export import __version__, formats
 from retinaface_export.cli.common import expand_multi_value
 from retinaface_export.cli.export import main

@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from conftest import photo_input
 from matching import greedy_match
 from reference_forward import reference_forward
 from reference_pipeline import reference_detections, reference_nms, reference_priors
-
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.detection import DetectionConfig, Detector
@@ -166,7 +166,6 @@ def test_crowd_photo_matches_reference_pipeline(real_weights, crowd_photo, thres
 
 def test_small_anchor_checkpoint_needs_its_anchors(crowd_photo):
     from conftest import SMALL_ANCHORS_WEIGHTS, require
-
     from retinaface_export.anchors import load_anchors
 
     path = require(SMALL_ANCHORS_WEIGHTS)

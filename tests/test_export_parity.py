@@ -6,36 +6,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import photo_input, require
 
+from conftest import photo_input
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.export import ExportOptions, export_checkpoint
 from retinaface_export.formats import EXPORT_FORMATS
 from retinaface_export.runtimes import eager_runner, onnxruntime_runner, torchscript_runner
 from retinaface_export.sizes import STANDARD_SIZES, InputSize
-from retinaface_export.synthetic import synthetic_checkpoint
-from retinaface_export.variants import get_variant, list_variants
 
 ATOL = 1e-4  # issue #2: max abs error of ONNX Runtime and TorchScript against eager
 RUNNERS = {"onnx": onnxruntime_runner, "torchscript": torchscript_runner}
-
-
-def checkpoint_for(variant: str):
-    # mobilenet0.25: the real trained weights; resnet50: no public weights here, the synthetic model
-    if variant == "mobilenet0.25":
-        from conftest import REAL_WEIGHTS
-
-        return load_checkpoint(require(REAL_WEIGHTS))
-    return synthetic_checkpoint(get_variant(variant))
-
-
-@pytest.fixture(scope="module", params=list_variants())
-def exported(request, tmp_path_factory):
-    checkpoint = checkpoint_for(request.param)
-    out = tmp_path_factory.mktemp(f"export-{request.param}")
-    sizes = tuple(InputSize(s, s) for s in STANDARD_SIZES)
-    export_checkpoint(checkpoint, ExportOptions(sizes=sizes), out)
-    return checkpoint, out
 
 
 def test_every_format_is_parity_tested():
@@ -46,8 +26,8 @@ def test_every_format_is_parity_tested():
 @pytest.mark.slow
 @pytest.mark.parametrize("size", STANDARD_SIZES)
 @pytest.mark.parametrize("fmt", sorted(EXPORT_FORMATS))
-def test_artifact_equals_eager_on_real_photo(exported, crowd_photo, fmt, size):
-    checkpoint, out = exported
+def test_artifact_equals_eager_on_real_photo(standard_export, crowd_photo, fmt, size):
+    checkpoint, out = standard_export
     manifest = json.loads((out / "manifest.json").read_text())
     (entry,) = [a for a in manifest["artifacts"] if a["format"] == fmt and a["size"] == [size, size]]
     data = photo_input(crowd_photo, size, size)

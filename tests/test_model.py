@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+
 from conftest import photo_input
 from reference_forward import reference_forward
-
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.model import build_model
 from retinaface_export.synthetic import synthetic_checkpoint, synthetic_state_dict

@@ -1,0 +1,135 @@
+"""``retinaface-convert``: an export folder's ONNX models to simplified ONNX or OpenVINO IR."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, stderr
+from retinaface_export.convert import TARGETS, ConvertOptions, ConvertResult, convert_export
+from retinaface_export.errors import UsageError
+from retinaface_export.formats import PRECISIONS
+from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
+from retinaface_export.sizes import parse_size
+
+log = logging.getLogger(__name__)
+COMMAND = "retinaface-convert"
+
+
+def _check(artifact: dict) -> str:
+    if "tensor_check" in artifact:
+        return f"max |Δ| {max(artifact['tensor_check']['max_abs_error'].values()):.1e}"
+    if "detection_check" in artifact:
+        check = artifact["detection_check"]
+        return f"F1 {check['f1']:.3f} on {check['images']} photos"
+    if "simplified" in artifact:
+        before, after = artifact["nodes_before"], artifact["nodes_after"]
+        return f"{before} → {after} nodes" if artifact["simplified"] else f"kept original: {artifact['reason']}"
+    return ""
+
+
+def _summary(result: ConvertResult) -> Table:
+    table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
+    for column in ("artifact", "precision", "input", "check", "MB"):
+        table.add_column(column, justify="right" if column == "MB" else "left")
+    for artifact in result.added:
+        table.add_row(
+            artifact["path"],
+            artifact["precision"],
+            artifact.get("input_format", DEFAULT_INPUT_FORMAT),
+            _check(artifact),
+            f"{artifact['bytes'] / 1e6:.1f}",
+        )
+    return table
+
+
+@click.command(
+    cls=MultiValueCommand,
+    multi_value={"--precision": lambda token: token in PRECISIONS, "--size": lambda t: t[:1].isdigit()},
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(TARGETS), required=True, help="Target format.")
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(list(PRECISIONS)),
+    metavar="P...",
+    help="OpenVINO precisions (fp32 fp16 int8), several after one flag. Default fp32.",
+)
+@click.option("--embed-mean", is_flag=True, help="The IR takes raw BGR pixels and subtracts 104/117/123 itself.")
+@click.option(
+    "--input",
+    "input_layout",
+    type=click.Choice(["f32-nchw", "u8-nhwc"]),
+    default=None,
+    help="With --embed-mean: input as float32 N×3×H×W (default) or uint8 N×H×W×3 images.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of photos for INT8 calibration (required with int8).",
+)
+@click.option("--size", "sizes", multiple=True, metavar="SIZE...", help="Only the artifacts of these sizes.")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where results go (default: EXPORT_DIR); its manifest gets them.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="retinaface-export", prog_name=COMMAND)
+@handle_errors(COMMAND)
+def main(
+    export_dir: Path,
+    target: str,
+    precisions: tuple[str, ...],
+    embed_mean: bool,
+    input_layout: str | None,
+    calibration: Path | None,
+    sizes: tuple[str, ...],
+    output_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Convert the ONNX models of EXPORT_DIR (made by retinaface-export) to TARGET.
+
+    Example: retinaface-convert out --to openvino --precision fp32 fp16 int8 --calibration photos/
+    """
+    configure_logging(quiet)
+    if input_layout == "u8-nhwc":
+        embed_mean = True  # uint8 images cannot arrive mean-subtracted
+    elif input_layout is not None and not embed_mean:
+        raise UsageError("--input f32-nchw describes raw pixels: it needs --embed-mean")
+    input_format = (input_layout or "f32-nchw") if embed_mean else DEFAULT_INPUT_FORMAT
+    options = ConvertOptions(
+        target=target,
+        precisions=precisions or ("fp32",),
+        embed_mean=embed_mean,
+        input_format=input_format,
+        calibration=calibration,
+        sizes=tuple(parse_size(s) for s in sizes),
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("converting", total=None)
+
+        def on_step(name: str, index: int, total: int) -> None:
+            progress.update(task, total=total, completed=index, description=f"converting {name}")
+
+        result = convert_export(export_dir, options, output_dir, on_step=on_step)
+    if not quiet:
+        Console().print(_summary(result))
