@@ -1,5 +1,7 @@
-"""OpenVINO IR: ``openvino.convert_model`` of an exported ONNX graph, optional INT8 (NNCF) and embedded
-preprocessing (PrePostProcessor). Returns the ``ov.Model``; the command saves it with :func:`save_ir`.
+"""OpenVINO IR from an exported ONNX graph, with optional INT8 (NNCF) and embedded preprocessing.
+
+``convert_to_openvino`` returns the ``ov.Model`` (``openvino.convert_model``, then ``nncf.quantize``, then
+a PrePostProcessor); the command saves it with :func:`save_ir`.
 
 INT8 settings, chosen by measuring F1 of decoded faces against FP32 on the crowd photo (mobilenet0.25 at
 320 and 640): NNCF's MIXED preset (asymmetric activations; the symmetric PERFORMANCE preset lost a quarter
