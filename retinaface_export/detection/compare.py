@@ -40,6 +40,24 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def tolerant_f1(
+    reference: list[Face], candidate: list[Face], threshold: float, margin: float, min_iou: float = 0.5
+) -> float:
+    """F1 where a face above ``threshold`` on one side is found by a face above ``threshold - margin``.
+
+    Both lists must hold faces down to at least ``threshold - margin``.
+    """
+    ref_strong = [f for f in reference if f.score > threshold]
+    cand_strong = [f for f in candidate if f.score > threshold]
+    total = len(ref_strong) + len(cand_strong)
+    if total == 0:
+        return 1.0
+    low = threshold - margin
+    recalled = compare_faces(ref_strong, [f for f in candidate if f.score > low], min_iou).matched
+    precise = compare_faces(cand_strong, [f for f in reference if f.score > low], min_iou).matched
+    return (recalled + precise) / total
+
+
 def compare_faces(reference: list[Face], candidate: list[Face], min_iou: float = 0.5) -> Agreement:
     """Match ``candidate`` to ``reference`` greedily by descending IoU and summarise the agreement."""
     if not reference or not candidate:

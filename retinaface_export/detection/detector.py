@@ -36,7 +36,8 @@ class Face:
         }
 
 
-def _faces(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[Face]:
+def faces_from_arrays(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[Face]:
+    """Faces from post-processed arrays (K×4 boxes, K scores, K×10 landmarks)."""
     return [
         Face(tuple(map(float, box)), float(score), tuple((float(p[0]), float(p[1])) for p in pts.reshape(5, 2)))
         for box, score, pts in zip(boxes, scores, points, strict=True)
@@ -99,7 +100,7 @@ class Detector:
             for chunk in self._chunks(indices):
                 outputs = self.backend.run(self.backend.prepare(np.stack([images[i] for i in chunk])))
                 for row, index in enumerate(chunk):
-                    results[index] = _faces(*self._decode(outputs, row, shape[0], shape[1]))
+                    results[index] = faces_from_arrays(*self._decode(outputs, row, shape[0], shape[1]))
         return results
 
     def _detect_letterboxed(self, images: list[np.ndarray]) -> list[list[Face]]:
@@ -114,7 +115,7 @@ class Detector:
             outputs = self.backend.run(self.backend.prepare(np.stack(canvases)))
             for row, index in enumerate(chunk):
                 found, scores, points = self._decode(outputs, row, size.height, size.width)
-                results.append(_faces(boxes[index].to_image(found), scores, boxes[index].to_image(points)))
+                results.append(faces_from_arrays(boxes[index].to_image(found), scores, boxes[index].to_image(points)))
         return results
 
     def _chunks(self, indices: list[int]) -> list[list[int]]:

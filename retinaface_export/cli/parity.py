@@ -1,0 +1,110 @@
+"""``retinaface-parity``: every artifact of an export folder against the golden PyTorch outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from xml.etree import ElementTree
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from retinaface_export.atomic import atomic_write_bytes
+from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, not_an_option
+from retinaface_export.contract import OUTPUT_NAMES
+from retinaface_export.golden import find_golden_sets
+from retinaface_export.parity import ParityReport, run_parity
+
+COMMAND = "retinaface-parity"
+SHORT = {"face_rpn_bbox_pred": "bbox", "face_rpn_cls_prob": "cls", "face_rpn_landmark_pred": "landmarks"}
+
+
+def _table(report: ParityReport) -> Table:
+    table = Table(title=f"parity of {report.export_dir} against {report.golden}")
+    for column in ("artifact", "precision", "input", *SHORT.values(), "detections", ""):
+        table.add_column(column)
+    for a in report.artifacts:
+        cells = []
+        for check in a.outputs or []:
+            if check.limit == "detections only":
+                cells.append("-")
+            else:
+                cells.append(f"{'✓' if check.passed else '✗'} {check.max_abs:.1e}")
+        cells += [""] * (len(OUTPUT_NAMES) - len(cells))
+        d = a.detection
+        detection = f"{'✓' if d.passed else '✗'} F1 {d.f1:.3f} ({d.faces} faces)" if d else ""
+        table.add_row(a.path, a.precision, a.input_format, *cells, detection, "✓" if a.passed else "✗ FAIL")
+    return table
+
+
+def _junit(report: ParityReport) -> bytes:
+    suite = ElementTree.Element("testsuite", name="retinaface-parity", tests=str(len(report.artifacts) + 1))
+    failures = 0
+    for a in report.artifacts:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"parity.{a.format}.{a.precision}", name=a.path)
+        if not a.passed:
+            failures += 1
+            ElementTree.SubElement(case, "failure", message="; ".join(a.failures)).text = "\n".join(a.failures)
+    run = ElementTree.SubElement(suite, "testcase", classname="parity", name="run")
+    if report.failures or not report.artifacts:
+        failures += 1
+        ElementTree.SubElement(run, "failure", message="; ".join(report.failures) or "nothing compared")
+    suite.set("failures", str(failures))
+    return ElementTree.tostring(suite, encoding="utf-8", xml_declaration=True)
+
+
+@click.command(
+    cls=MultiValueCommand,
+    multi_value={"--images": not_an_option},
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--golden",
+    type=click.Path(path_type=Path),
+    default=Path("golden"),
+    show_default=True,
+    help="A golden set, or a folder of them (the one for the export's checkpoint is used).",
+)
+@click.option(
+    "--images",
+    "image_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    default=(Path("../shared/images"),),
+    show_default=True,
+    metavar="DIR...",
+    help="Where the golden sets' photos are.",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
+@click.option("-q", "--quiet", is_flag=True, help="Only failures.")
+@click.version_option(package_name="retinaface-export", prog_name=COMMAND)
+@handle_errors(COMMAND)
+def main(
+    export_dir: Path,
+    golden: Path,
+    image_dirs: tuple[Path, ...],
+    json_path: Path | None,
+    junit_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Check every artifact in EXPORT_DIR/manifest.json against golden PyTorch outputs; exit 0 only if all pass."""
+    configure_logging(quiet)
+    report = run_parity(export_dir, find_golden_sets(golden), list(image_dirs))
+    if json_path:
+        atomic_write_bytes(json_path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
+    if junit_path:
+        atomic_write_bytes(junit_path, _junit(report))
+    if not quiet:
+        Console(width=160).print(_table(report))
+    for failure in report.failures:
+        click.echo(f"{COMMAND}: error: {export_dir}: {failure}", err=True)
+    for artifact in report.artifacts:
+        for failure in artifact.failures:
+            click.echo(f"{COMMAND}: error: {artifact.path}: {failure}", err=True)
+    passed = sum(a.passed for a in report.artifacts)
+    click.echo(f"parity: {passed} passed, {len(report.artifacts) - passed} failed", err=quiet)
+    if not report.passed:
+        raise click.exceptions.Exit(1)

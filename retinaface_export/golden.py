@@ -1,0 +1,252 @@
+"""Golden sets: PyTorch eager outputs of one checkpoint on fixed inputs at several sizes.
+
+A set is a folder with ``golden.json`` (checkpoint identity, inputs, versions, the command that made it)
+and ``tensors.npz``. To stay small (a few hundred KB per set) it keeps, per input and size:
+
+- the prepared input's sha256 (the input itself is a recipe: a photo referenced by name and sha256 and
+  letterboxed to the size, or a seeded synthetic photo), so parity can prove it fed the same pixels;
+- a fixed sample of output rows: the highest-scoring anchors, where detections are decided, plus an even
+  stride over every pyramid level; and each output's range over all anchors;
+- the decoded faces down to score 0.3 (box, score, landmarks, in network-input pixels, float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.atomic import commit_files, staging_dir
+from retinaface_export.checkpoint import LoadedCheckpoint
+from retinaface_export.contract import OUTPUT_NAMES
+from retinaface_export.detection.detector import Face, faces_from_arrays
+from retinaface_export.detection.letterbox import Letterbox
+from retinaface_export.detection.postprocess import DetectionConfig, postprocess
+from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.errors import FileError
+from retinaface_export.hashing import sha256_file
+from retinaface_export.images import read_image
+from retinaface_export.preprocess import synthetic_photos, to_network_input
+from retinaface_export.provenance import library_versions
+from retinaface_export.runtimes import eager_runner
+from retinaface_export.sizes import InputSize
+
+GOLDEN_FILE = "golden.json"
+TENSORS_FILE = "tensors.npz"
+# Rows kept per output: the top-scoring anchors and an even stride over all anchors.
+TOP_ROWS = 256
+STRIDED_ROWS = 768
+# Faces are stored down to this score, so that comparisons can allow a score margin below 0.5.
+FACES_DOWN_TO = 0.3
+FACE_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class GoldenInput:
+    """An input recipe: a photo (by file name and sha256) or a seeded synthetic photo."""
+
+    name: str
+    photo: str | None = None
+    photo_sha256: str | None = None
+    seed: int | None = None
+
+    def prepare(self, size: InputSize, image_dirs: list[Path]) -> np.ndarray:
+        """The H×W×3 uint8 canvas fed to the network at ``size``.
+
+        Raises:
+            FileError: the photo is in none of ``image_dirs``, or its content differs (sha256).
+        """
+        if self.photo is None:
+            return synthetic_photos(1, size.height, size.width, seed=int(self.seed or 0))[0]
+        for folder in image_dirs:
+            path = Path(folder) / self.photo
+            if path.is_file():
+                if sha256_file(path) != self.photo_sha256:
+                    raise FileError(path, "is not the photo the golden set was recorded on (sha256 differs)")
+                image = read_image(path)
+                return Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width).apply(image)
+        searched = ", ".join(str(d) for d in image_dirs) or "nowhere"
+        raise FileError(Path(self.photo), f"golden input photo not found (searched {searched}); pass --images DIR")
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def sample_rows(cls_prob: np.ndarray) -> np.ndarray:
+    """Row indices kept for one output set (A anchors): top face scores plus an even stride, sorted."""
+    count = len(cls_prob)
+    top = np.argsort(-cls_prob[:, 1], kind="stable")[:TOP_ROWS]
+    strided = np.linspace(0, count - 1, min(STRIDED_ROWS, count)).round().astype(np.int64)
+    return np.unique(np.concatenate([top, strided])).astype(np.int32)
+
+
+def decode_faces(outputs: list[np.ndarray], anchors: AnchorConfig, size: InputSize, threshold: float) -> list[Face]:
+    """Faces (network-input pixels) of one image's outputs (A×4, A×2, A×10) above ``threshold``."""
+    priors = prior_boxes(anchors, size.height, size.width)
+    found = postprocess(
+        *outputs, priors, anchors.variance, (size.width, size.height), DetectionConfig(score_threshold=threshold)
+    )
+    return faces_from_arrays(*found)
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """The golden record of one input at one size."""
+
+    input: GoldenInput
+    size: InputSize
+    input_sha256: str
+    rows: np.ndarray
+    outputs: tuple[np.ndarray, ...]
+    ranges: tuple[float, ...]
+    faces: list[Face]
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    """A recorded golden set."""
+
+    folder: Path
+    checkpoint: dict[str, Any]
+    anchors: AnchorConfig
+    cases: list[GoldenCase]
+    meta: dict[str, Any]
+
+    @property
+    def sizes(self) -> list[InputSize]:
+        """The sizes recorded, ascending."""
+        return sorted({case.size for case in self.cases})
+
+
+def _faces_to_array(faces: list[Face]) -> np.ndarray:
+    """K×15 float32: box (4), score, landmarks (10)."""
+    rows = [[*f.box, f.score, *(v for point in f.landmarks for v in point)] for f in faces]
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 15)
+
+
+def _faces_from_array(rows: np.ndarray) -> list[Face]:
+    return faces_from_arrays(rows[:, :4], rows[:, 4], rows[:, 5:])
+
+
+def record_golden(
+    checkpoint: LoadedCheckpoint,
+    sizes: tuple[InputSize, ...],
+    photos: tuple[Path, ...],
+    seeds: tuple[int, ...],
+    output: Path,
+    command: str,
+) -> GoldenSet:
+    """Run ``checkpoint`` eagerly on every input at every size and write the set to ``output`` (atomically).
+
+    Raises:
+        FileError: a photo cannot be read.
+    """
+    inputs = [GoldenInput(p.stem, p.name, sha256_file(p), None) for p in photos]
+    inputs += [GoldenInput(f"synthetic-{seed}", None, None, seed) for seed in seeds]
+    run = eager_runner(checkpoint.model)
+    anchors = checkpoint.variant.anchors
+    arrays: dict[str, np.ndarray] = {}
+    cases_meta = []
+    for size in sizes:
+        for spec in inputs:
+            folder = [photos[[p.name for p in photos].index(spec.photo)].parent] if spec.photo else []
+            canvas = spec.prepare(size, folder)
+            outputs = [out[0] for out in run(to_network_input(canvas))]
+            rows = sample_rows(outputs[1])
+            key = f"{spec.name}@{size}"
+            arrays[f"{key}/rows"] = rows
+            arrays[f"{key}/faces"] = _faces_to_array(decode_faces(outputs, anchors, size, FACES_DOWN_TO))
+            for name, out in zip(OUTPUT_NAMES, outputs, strict=True):
+                arrays[f"{key}/{name}"] = out[rows]
+            cases_meta.append(
+                {
+                    "input": spec.name,
+                    "size": size.as_list(),
+                    "input_sha256": _sha256(canvas),
+                    "ranges": [float(out.max() - out.min()) for out in outputs],
+                }
+            )
+    meta = {
+        "schema": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "checkpoint": checkpoint.provenance(),
+        "inputs": [spec.__dict__ for spec in inputs],
+        "rows": {"top": TOP_ROWS, "strided": STRIDED_ROWS},
+        "faces_down_to": FACES_DOWN_TO,
+        "versions": library_versions(),
+        "cases": cases_meta,
+    }
+    output = Path(output)
+    with staging_dir(output) as staging:
+        np.savez_compressed(staging / TENSORS_FILE, **arrays)
+        (staging / GOLDEN_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        commit_files(staging, [TENSORS_FILE, GOLDEN_FILE], output)
+    return load_golden(output)
+
+
+def load_golden(folder: str | Path) -> GoldenSet:
+    """Read a golden set.
+
+    Raises:
+        FileError: not a golden set folder, or its files are malformed.
+    """
+    folder = Path(folder)
+    meta_path = folder / GOLDEN_FILE
+    if not meta_path.is_file() or not (folder / TENSORS_FILE).is_file():
+        raise FileError(folder, f"not a golden set (needs {GOLDEN_FILE} and {TENSORS_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        arrays = np.load(folder / TENSORS_FILE)
+        inputs = {spec["name"]: GoldenInput(**spec) for spec in meta["inputs"]}
+        cases = []
+        for case in meta["cases"]:
+            size = InputSize(*case["size"])
+            key = f"{case['input']}@{size}"
+            cases.append(
+                GoldenCase(
+                    input=inputs[case["input"]],
+                    size=size,
+                    input_sha256=case["input_sha256"],
+                    rows=arrays[f"{key}/rows"],
+                    outputs=tuple(arrays[f"{key}/{name}"] for name in OUTPUT_NAMES),
+                    ranges=tuple(case["ranges"]),
+                    faces=_faces_from_array(arrays[f"{key}/faces"]),
+                )
+            )
+        anchors = AnchorConfig.from_mapping(meta["checkpoint"]["anchors"])
+    except (KeyError, ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
+        raise FileError(folder, f"malformed golden set ({type(exc).__name__}: {exc})") from exc
+    return GoldenSet(folder, meta["checkpoint"], anchors, cases, meta)
+
+
+def find_golden_sets(root: str | Path) -> list[GoldenSet]:
+    """Every golden set at ``root`` (a set itself, or a folder of sets)."""
+    root = Path(root)
+    if (root / GOLDEN_FILE).is_file():
+        return [load_golden(root)]
+    if not root.is_dir():
+        raise FileError(root, "no such golden folder")
+    return [load_golden(p) for p in sorted(root.iterdir()) if (p / GOLDEN_FILE).is_file()]
+
+
+def prepared_input(case: GoldenCase, image_dirs: list[Path]) -> np.ndarray:
+    """The case's canvas, checked against the sha256 recorded with it.
+
+    Raises:
+        FileError: the recipe no longer reproduces the recorded pixels (an OpenCV or NumPy change?).
+    """
+    canvas = case.input.prepare(case.size, image_dirs)
+    if _sha256(canvas) != case.input_sha256:
+        raise FileError(
+            Path(case.input.photo or case.input.name),
+            f"input at {case.size} no longer reproduces the golden pixels (sha256 differs)",
+        )
+    return canvas
