@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch; installed first so nothing pulls a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install test test-fast lint format parity golden export-demo clean
+.PHONY: install test test-fast lint format parity golden bench export-demo clean
 
 install: $(BIN)/retinaface-export
 
@@ -22,6 +22,23 @@ test: install lint
 # Both backbones at every standard size, every format/precision/input, retinaface-parity over the lot.
 parity: install
 	$(BIN)/python scripts/parity_matrix.py --out build/parity --golden golden
+
+# Latency of every backend and precision at 320 and 640, both backbones; writes the README's bench section.
+BENCH := bench-out
+bench: install
+	rm -rf $(BENCH)
+	$(BIN)/retinaface-export --weights ../shared/weights/mobilenet0.25_Final.pth --size 320 640 --output-dir $(BENCH)/mobilenet0.25 -q
+	$(BIN)/retinaface-export --backbone resnet50 --size 320 640 --output-dir $(BENCH)/resnet50 -q
+	for d in $(BENCH)/mobilenet0.25 $(BENCH)/resnet50; do \
+		$(BIN)/retinaface-convert $$d --to onnxsim -q && \
+		$(BIN)/retinaface-convert $$d --to openvino --precision fp32 fp16 int8 --calibration ../shared/images -q && \
+		$(BIN)/retinaface-convert $$d --to openvino --embed-mean --input u8-nhwc -q || exit 1; \
+	done
+	$(BIN)/retinaface-bench $(BENCH)/mobilenet0.25 --runs 30 --image ../shared/images/crowd_selfie.jpg \
+		--json $(BENCH)/mobilenet0.25.json --markdown $(BENCH)/mobilenet0.25.md
+	$(BIN)/retinaface-bench $(BENCH)/resnet50 --runs 10 --warmup 2 --image ../shared/images/crowd_selfie.jpg \
+		--json $(BENCH)/resnet50.json --markdown $(BENCH)/resnet50.md
+	$(BIN)/python scripts/readme_bench.py $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md
 
 # Regenerate the committed golden sets (after a deliberate numerics change only).
 golden: install

@@ -1,0 +1,160 @@
+"""Latency of every artifact of an export folder and of PyTorch eager, network only and end to end.
+
+Medians and p90 over ``runs`` after ``warmup``, one thread count for every runtime; the machines this runs
+on are shared, so compare ratios measured in one run rather than absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retinaface_export.checkpoint import load_checkpoint
+from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
+from retinaface_export.detection.detector import Detector
+from retinaface_export.detection.letterbox import Letterbox
+from retinaface_export.detection.postprocess import DetectionConfig, postprocess
+from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.formats import FORMATS
+from retinaface_export.manifest import Manifest
+from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
+from retinaface_export.runtimes import onnxruntime_runner, openvino_runner
+from retinaface_export.sizes import InputSize
+from retinaface_export.synthetic import synthetic_checkpoint
+from retinaface_export.variants import get_variant
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One backend × precision × size measurement (milliseconds)."""
+
+    artifact: str
+    backend: str
+    precision: str
+    input_format: str
+    size: list[int]
+    latency_ms_median: float
+    latency_ms_p90: float
+    fps: float
+    postprocess_ms_median: float
+    e2e_ms_median: float
+    e2e_ms_p90: float
+    overhead_pct: float
+
+
+def _timed(fn: Callable[[], object], runs: int, warmup: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        fn()
+        times[i] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+def _threaded_runner(fmt_name: str, path: Path, threads: int):
+    if fmt_name in ("onnx", "onnxsim"):
+        return onnxruntime_runner(path, optimize=True, threads=threads)  # deployed with optimisation on
+    if fmt_name == "openvino":
+        return openvino_runner(path, threads=threads)
+    return FORMATS[fmt_name].open_runner(path)  # TorchScript follows torch.set_num_threads
+
+
+def measure(
+    backend: Backend,
+    image: np.ndarray,
+    size: InputSize,
+    runs: int,
+    warmup: int,
+    artifact: str,
+    precision: str,
+    input_format: str,
+) -> BenchRow:
+    """Network-only and end-to-end latency of ``backend`` at ``size`` on ``image``."""
+    box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
+    data = backend.prepare(box.apply(image)[None])
+    network = _timed(lambda: backend.run(data), runs, warmup)
+    outputs = [out[0] for out in backend.run(data)]
+    priors = prior_boxes(backend.anchors, size.height, size.width)
+    config = DetectionConfig()
+    post = _timed(
+        lambda: postprocess(*outputs, priors, backend.anchors.variance, (size.width, size.height), config), runs, warmup
+    )
+    detector = Detector(Backend(**{**backend.__dict__, "input_size": size, "batch": 1}), config)
+    e2e = _timed(lambda: detector.detect(image), runs, warmup)
+    median = float(np.median(network))
+    return BenchRow(
+        artifact=artifact,
+        backend=backend.name,
+        precision=precision,
+        input_format=input_format,
+        size=size.as_list(),
+        latency_ms_median=median,
+        latency_ms_p90=float(np.percentile(network, 90)),
+        fps=1000.0 / median,
+        postprocess_ms_median=float(np.median(post)),
+        e2e_ms_median=float(np.median(e2e)),
+        e2e_ms_p90=float(np.percentile(e2e, 90)),
+        overhead_pct=100.0 * (float(np.median(e2e)) - median) / median,
+    )
+
+
+def bench_export(
+    export_dir: str | Path,
+    image: np.ndarray,
+    runs: int = 30,
+    warmup: int = 5,
+    threads: int = 2,
+    on_step: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """Measure every fixed-size artifact in ``export_dir`` and PyTorch eager at each of their sizes."""
+    export_dir = Path(export_dir)
+    manifest = Manifest.read(export_dir)
+    torch.set_num_threads(threads)
+    record = manifest.checkpoint
+    if record.get("synthetic"):
+        checkpoint = synthetic_checkpoint(get_variant(record["variant"]))
+    else:
+        checkpoint = load_checkpoint(record["path"])
+    rows = []
+    fixed = [a for a in manifest.artifacts if a.get("size") and a.get("batch") == 1]
+    for size in sorted({tuple(a["size"]) for a in fixed}):
+        input_size = InputSize(*size)
+        if on_step:
+            on_step(f"torch-eager {input_size}")
+        eager = eager_backend(checkpoint, input_size)
+        rows.append(measure(eager, image, input_size, runs, warmup, "(checkpoint)", "fp32", DEFAULT_INPUT_FORMAT))
+        for artifact in sorted((a for a in fixed if tuple(a["size"]) == size), key=lambda a: a["path"]):
+            if on_step:
+                on_step(artifact["path"])
+            backend = artifact_backend(export_dir / artifact["path"])
+            backend = Backend(
+                **{
+                    **backend.__dict__,
+                    "run": _threaded_runner(artifact["format"], export_dir / artifact["path"], threads),
+                }
+            )
+            rows.append(
+                measure(
+                    backend,
+                    image,
+                    input_size,
+                    runs,
+                    warmup,
+                    artifact["path"],
+                    artifact.get("precision", "fp32"),
+                    artifact.get("input_format", DEFAULT_INPUT_FORMAT),
+                )
+            )
+    return rows
+
+
+def rows_to_dicts(rows: list[BenchRow]) -> list[dict]:
+    """JSON form."""
+    return [asdict(row) for row in rows]

@@ -1,0 +1,124 @@
+"""``retinaface-eval``: WIDER FACE validation AP of a prediction folder, or of a model run over the images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from retinaface_export.anchors import load_anchors
+from retinaface_export.atomic import atomic_write_bytes
+from retinaface_export.cli.common import configure_logging, handle_errors, stderr
+from retinaface_export.detection import DetectionConfig, Detector
+from retinaface_export.errors import FileError, UsageError
+from retinaface_export.evaluation import evaluate
+from retinaface_export.images import read_image
+from retinaface_export.widerface import SETTINGS, load_ground_truth, prediction_text, read_predictions
+
+COMMAND = "retinaface-eval"
+# biubug6 test_widerface.py: keep nearly everything, the AP sweep sets the operating point
+EVAL_DETECTION = DetectionConfig(score_threshold=0.02, nms_threshold=0.4, top_k=5000, keep_top_k=750)
+
+
+def _resize_long_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    import cv2
+
+    scale = long_side / max(image.shape[:2])
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), scale
+
+
+def _run_model(detector: Detector, images_root: Path, truth, long_side: int | None, save: Path | None, quiet: bool):
+    predictions = []
+    with Progress(console=stderr, disable=quiet, transient=True) as progress:
+        task = progress.add_task("detecting", total=len(truth.images))
+        for event, name in truth.images:
+            path = images_root / event / f"{name}.jpg"
+            image = read_image(path)
+            scale = 1.0
+            if long_side:
+                image, scale = _resize_long_side(image, long_side)
+            faces = detector.detect(image)
+            rows = np.array(
+                [[f.box[0], f.box[1], f.box[2] - f.box[0] + 1, f.box[3] - f.box[1] + 1, f.score] for f in faces]
+            ).reshape(-1, 5)
+            rows[:, :4] /= scale
+            predictions.append(rows)
+            if save is not None:
+                atomic_write_bytes(save / event / f"{name}.txt", prediction_text(name, rows).encode())
+            progress.advance(task)
+    return predictions
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--predictions", type=click.Path(path_type=Path), help="Folder of WIDER-format prediction files.")
+@click.option(
+    "--images",
+    "images_root",
+    type=click.Path(path_type=Path),
+    help="WIDER_val/images: run --model or --weights over it.",
+)
+@click.option("--model", "artifact", type=str, help="Exported artifact for --images.")
+@click.option("--weights", type=str, help="Checkpoint for --images (PyTorch eager).")
+@click.option("--anchors", type=str, help="With --weights: anchors file or preset.")
+@click.option("--origin-size", is_flag=True, help="Run at each image's own size (default for --weights).")
+@click.option("--long-side", type=click.IntRange(min=32), help="Resize so the long side is N pixels first.")
+@click.option("--save-predictions", type=click.Path(file_okay=False, path_type=Path), help="Write prediction files.")
+@click.option(
+    "--ground-truth",
+    "gt_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat.",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the APs as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="retinaface-export", prog_name=COMMAND)
+@handle_errors(COMMAND)
+def main(
+    predictions,
+    images_root,
+    artifact,
+    weights,
+    anchors,
+    origin_size,
+    long_side,
+    save_predictions,
+    gt_dir,
+    json_path,
+    quiet,
+) -> None:
+    """WIDER FACE validation AP (easy, medium, hard) of --predictions, or of --model/--weights over --images."""
+    configure_logging(quiet)
+    if (predictions is None) == (images_root is None):
+        raise UsageError("give exactly one of --predictions DIR or --images WIDER_VAL_IMAGES")
+    if origin_size and long_side:
+        raise UsageError("--origin-size and --long-side exclude each other")
+    truth = load_ground_truth(gt_dir)
+    if predictions is not None:
+        preds = read_predictions(predictions, truth)
+    else:
+        if (artifact is None) == (weights is None):
+            raise UsageError("with --images, give exactly one of --model ARTIFACT or --weights CKPT")
+        if not images_root.is_dir():
+            raise FileError(images_root, "no such images folder")
+        if weights:
+            detector = Detector.from_checkpoint(
+                weights, anchors=load_anchors(anchors) if anchors else None, config=EVAL_DETECTION
+            )
+        else:
+            detector = Detector.from_artifact(artifact, EVAL_DETECTION)
+        preds = _run_model(detector, images_root, truth, long_side, save_predictions, quiet)
+    aps = evaluate(preds, truth)
+    if json_path:
+        atomic_write_bytes(json_path, (json.dumps(aps) + "\n").encode())
+    table = Table(title=f"WIDER FACE val AP ({len(truth.images)} images)")
+    for setting in SETTINGS:
+        table.add_column(setting, justify="right")
+    table.add_row(*(f"{aps[s]:.4f}" for s in SETTINGS))
+    Console().print(table)
