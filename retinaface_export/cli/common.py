@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from retinaface_export.errors import RetinaFaceExportError
 
@@ -88,3 +90,16 @@ def handle_errors(command_name: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+@contextmanager
+def step_progress(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on stderr for multi-artifact runs; yields ``on_step(label, index, total)``."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, disable=quiet, transient=True) as progress:
+        task = progress.add_task(verb, total=None)
+
+        def on_step(label: str, index: int, total: int) -> None:
+            progress.update(task, total=total, completed=index, description=f"{verb} {label}")
+
+        yield on_step

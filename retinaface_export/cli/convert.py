@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, stderr
+from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, step_progress
 from retinaface_export.convert import TARGETS, ConvertOptions, ConvertResult, convert_export
 from retinaface_export.errors import UsageError
 from retinaface_export.formats import PRECISIONS
@@ -116,20 +115,7 @@ def main(
         calibration=calibration,
         sizes=tuple(parse_size(s) for s in sizes),
     )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        disable=quiet,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("converting", total=None)
-
-        def on_step(name: str, index: int, total: int) -> None:
-            progress.update(task, total=total, completed=index, description=f"converting {name}")
-
+    with step_progress("converting", quiet) as on_step:
         result = convert_export(export_dir, options, output_dir, on_step=on_step)
     if not quiet:
         Console().print(_summary(result))

@@ -8,14 +8,20 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from retinaface_export.anchors import bundled_anchor_presets, load_anchors
 from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
-from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, not_an_option, stderr
+from retinaface_export.cli.common import (
+    MultiValueCommand,
+    configure_logging,
+    handle_errors,
+    not_an_option,
+    stderr,
+    step_progress,
+)
 from retinaface_export.errors import UsageError
-from retinaface_export.export import ArtifactJob, ExportOptions, ExportResult, export_checkpoint
+from retinaface_export.export import ExportOptions, ExportResult, export_checkpoint
 from retinaface_export.formats import EXPORT_FORMATS
 from retinaface_export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from retinaface_export.sizes import InputSize, parse_size
@@ -154,22 +160,10 @@ def main(
         checkpoint = load_checkpoint(weights, backbone=backbone, anchors=anchor_config)
         log.info("loaded %s: %s, sha256 %s", weights, checkpoint.variant.name, checkpoint.file_sha256)
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        disable=quiet,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("exporting", total=None)
-
-        def on_step(job: ArtifactJob, index: int, total: int) -> None:
-            progress.update(task, total=total, completed=index, description=f"exporting {job.describe()}")
-
-        result = export_checkpoint(checkpoint, options, output_dir, on_step=on_step)
-        progress.update(task, completed=len(result.added))
+    with step_progress("exporting", quiet) as on_step:
+        result = export_checkpoint(
+            checkpoint, options, output_dir, on_step=lambda job, i, n: on_step(job.describe(), i, n)
+        )
     if not quiet:
         stdout = Console()
         stdout.print(_summary(result))

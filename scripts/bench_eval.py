@@ -1,0 +1,47 @@
+"""Time the vectorised WIDER FACE evaluation against the slow transcription of the reference (tests/).
+
+Both score the same deterministic prediction set over the full validation ground truth; prints medians and
+the ratio, and checks the APs agree to 1e-6.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from reference_evaluation import reference_evaluate  # noqa: E402
+from test_evaluation import random_predictions  # noqa: E402
+
+from retinaface_export.evaluation import evaluate  # noqa: E402
+from retinaface_export.widerface import load_ground_truth  # noqa: E402
+
+
+def main() -> int:
+    """Run both once (slow) / five times (fast) on the full set; print the medians and their ratio."""
+    truth = load_ground_truth(REPO.parent / "shared" / "widerface" / "ground_truth")
+    preds = random_predictions(truth, 9)
+    fast_times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fast = evaluate(preds, truth)
+        fast_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    slow = reference_evaluate(preds, truth.boxes, truth.keep)
+    slow_time = time.perf_counter() - start
+    worst = max(abs(fast[s] - slow[s]) for s in fast)
+    fast_median = statistics.median(fast_times)
+    print(f"{len(truth.images)} images, {sum(len(p) for p in preds)} predictions")
+    print(
+        f"vectorised: median {fast_median:.2f} s of 5; reference transcription: {slow_time:.1f} s; "
+        f"ratio {slow_time / fast_median:.0f}x; max AP difference {worst:.1e}"
+    )
+    return 0 if worst <= 1e-6 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
