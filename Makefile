@@ -38,6 +38,7 @@ bench: install
 		--json $(BENCH)/mobilenet0.25.json --markdown $(BENCH)/mobilenet0.25.md
 	$(BIN)/retinaface-bench $(BENCH)/resnet50 --runs 10 --warmup 2 --image ../shared/images/crowd_selfie.jpg \
 		--json $(BENCH)/resnet50.json --markdown $(BENCH)/resnet50.md
+	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
 	$(BIN)/python scripts/readme_bench.py $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md
 
 # Regenerate the committed golden sets (after a deliberate numerics change only).

@@ -5,14 +5,13 @@ the numbers are compared with published ones: scores normalised over the whole s
 (min starts at 1, max at 0); predictions taken in file order, not re-sorted; IoU with the ``+1`` pixel
 convention of its Cython ``bbox_overlaps``; 1,000 thresholds ``1 - (t+1)/1000``; a prediction whose best
 ground truth is outside the setting's keep list is no proposal; VOC AP over the precision envelope (NaN from
-0/0 precision propagates as it does there). What is vectorised: the overlaps (one matrix per image),
-per-image recall (first hits + cumulative sum) and the threshold sweep (each prediction's first qualifying
-threshold by an exact searchsorted, then a running maximum).
+0/0 precision propagates as it does there). What is vectorised: the overlaps (one matrix per image); the
+threshold sweep, as each prediction's first counted threshold (an exact searchsorted, then a suffix
+minimum) so that every image's curve adds up in one weighted bincount; and recall, as the first hit of
+each kept face over the whole set.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,21 +50,15 @@ def normalise_scores(predictions: list[np.ndarray]) -> list[np.ndarray]:
     return normalised
 
 
-def _last_index_per_threshold(scores: np.ndarray) -> np.ndarray:
-    """For each threshold t, the last prediction index with score >= 1 - (t+1)/1000, or -1."""
+def _first_counted_threshold(scores: np.ndarray) -> np.ndarray:
+    """For each prediction of one image (file order), the first threshold index t at which it is counted.
+
+    The reference counts predictions up to the last one scoring >= 1 - (t+1)/1000, so prediction i is in from
+    the first t at which it or any later prediction qualifies: a suffix minimum of each one's own first t.
+    """
     thresholds = 1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS  # the reference's values, decreasing
-    ascending = thresholds[::-1]
-    first_t = THRESHOLDS - np.searchsorted(ascending, scores, side="right")  # count of thresholds above s
-    last = np.full(THRESHOLDS + 1, -1, dtype=np.int64)
-    np.maximum.at(last, first_t, np.arange(len(scores)))
-    return np.maximum.accumulate(last)[:THRESHOLDS]
-
-
-@dataclass(frozen=True)
-class _ImageMatch:
-    best_gt: np.ndarray  # per prediction, index of the ground truth with the highest IoU (first on ties)
-    matched: np.ndarray  # per prediction, best IoU >= threshold
-    last: np.ndarray  # per threshold, last qualifying prediction (-1: none)
+    own = THRESHOLDS - np.searchsorted(thresholds[::-1], scores, side="right")  # thresholds above the score
+    return np.minimum.accumulate(own[::-1])[::-1]
 
 
 def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -76,51 +69,47 @@ def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
+def _curve(first_t: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per threshold, the summed weights of the predictions counted by then."""
+    return np.cumsum(np.bincount(first_t, weights=weights, minlength=THRESHOLDS + 1))[:THRESHOLDS]
+
+
 def evaluate(
     predictions: list[np.ndarray], truth: GroundTruth, iou_threshold: float = IOU_THRESHOLD
 ) -> dict[str, float]:
     """AP per setting for predictions (N×5 ``x y w h score`` per ground-truth image, in its order)."""
     predictions = normalise_scores(predictions)
-    matches: list[_ImageMatch | None] = []
-    for boxes, gt in zip(predictions, truth.boxes, strict=True):
+    gt_offsets = np.concatenate(([0], np.cumsum([len(b) for b in truth.boxes])))
+    best_gt, matched, first_t = [], [], []
+    for index, (boxes, gt) in enumerate(zip(predictions, truth.boxes, strict=True)):
         if len(gt) == 0 or len(boxes) == 0:
-            matches.append(None)
-            continue
+            continue  # the reference skips the image; its faces still count
         pred = boxes[:, :4].copy()
         pred[:, 2:] += pred[:, :2]
         gt_xyxy = gt.copy()
         gt_xyxy[:, 2:] += gt_xyxy[:, :2]
         overlaps = bbox_overlaps(pred, gt_xyxy)
-        matches.append(
-            _ImageMatch(
-                overlaps.argmax(axis=1), overlaps.max(axis=1) >= iou_threshold, _last_index_per_threshold(boxes[:, 4])
-            )
-        )
+        best_gt.append(overlaps.argmax(axis=1) + gt_offsets[index])  # global ground-truth ids
+        matched.append(overlaps.max(axis=1) >= iou_threshold)
+        first_t.append(_first_counted_threshold(boxes[:, 4]))
+    best = np.concatenate(best_gt) if best_gt else np.zeros(0, np.int64)
+    hit = np.concatenate(matched) if matched else np.zeros(0, bool)
+    first = np.concatenate(first_t) if first_t else np.zeros(0, np.int64)
     aps = {}
     for setting in SETTINGS:
-        pr_curve = np.zeros((THRESHOLDS, 2))
-        count_face = 0
-        for match, gt, keep in zip(matches, truth.boxes, truth.keep[setting], strict=True):
-            count_face += len(keep)
-            if match is None:
-                continue
-            counted = np.zeros(len(gt), dtype=bool)
-            if len(keep):
-                counted[keep - 1] = True
-            kept_hit = match.matched & counted[match.best_gt]
-            proposal = ~(match.matched & ~counted[match.best_gt])
-            first = np.zeros(len(kept_hit), dtype=bool)
-            hits = np.flatnonzero(kept_hit)
-            if len(hits):
-                _, first_of_each = np.unique(match.best_gt[hits], return_index=True)
-                first[hits[first_of_each]] = True
-            pred_recall = np.cumsum(first)
-            proposals = np.cumsum(proposal)
-            has = match.last >= 0
-            pr_curve[has, 0] += proposals[match.last[has]]
-            pr_curve[has, 1] += pred_recall[match.last[has]]
+        counted = np.zeros(gt_offsets[-1], dtype=bool)
+        keeps = [k - 1 + gt_offsets[i] for i, k in enumerate(truth.keep[setting]) if len(k)]
+        if keeps:
+            counted[np.concatenate(keeps)] = True
+        count_face = sum(len(k) for k in truth.keep[setting])
+        proposal = ~(hit & ~counted[best])  # a hit on an ignored face is no proposal
+        kept_hits = np.flatnonzero(hit & counted[best])
+        first_hit = np.zeros(len(best))
+        _, first_of_each = np.unique(best[kept_hits], return_index=True)  # a face is recalled once, first
+        first_hit[kept_hits[first_of_each]] = 1.0
+        proposals, true_positives = _curve(first, proposal.astype(float)), _curve(first, first_hit)
         with np.errstate(divide="ignore", invalid="ignore"):
-            precision = pr_curve[:, 1] / pr_curve[:, 0]
-            recall = pr_curve[:, 1] / count_face
+            precision = true_positives / proposals
+            recall = true_positives / count_face
         aps[setting] = _voc_ap(recall, precision)
     return aps

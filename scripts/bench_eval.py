@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from reference_evaluation import reference_evaluate  # noqa: E402
 from test_evaluation import random_predictions  # noqa: E402
 
-from retinaface_export.evaluation import evaluate  # noqa: E402
+from retinaface_export.evaluation import bbox_overlaps, evaluate  # noqa: E402
 from retinaface_export.widerface import load_ground_truth  # noqa: E402
 
 
