@@ -22,7 +22,7 @@ from retinaface_export.widerface import load_ground_truth  # noqa: E402
 
 
 def main() -> int:
-    """Run both once (slow) / five times (fast) on the full set; print the medians and their ratio."""
+    """Run the fast one five times and each slow one once on the full set; print times and ratios."""
     truth = load_ground_truth(REPO.parent / "shared" / "widerface" / "ground_truth")
     preds = random_predictions(truth, 9)
     fast_times = []
@@ -31,15 +31,21 @@ def main() -> int:
         fast = evaluate(preds, truth)
         fast_times.append(time.perf_counter() - start)
     start = time.perf_counter()
-    slow = reference_evaluate(preds, truth.boxes, truth.keep)
+    slow = reference_evaluate(preds, truth.boxes, truth.keep, overlaps_fn=bbox_overlaps)
     slow_time = time.perf_counter() - start
-    worst = max(abs(fast[s] - slow[s]) for s in fast)
+    start = time.perf_counter()
+    pure = reference_evaluate(preds, truth.boxes, truth.keep)
+    pure_time = time.perf_counter() - start
+    worst = max(max(abs(fast[s] - slow[s]), abs(fast[s] - pure[s])) for s in fast)
     fast_median = statistics.median(fast_times)
     print(f"{len(truth.images)} images, {sum(len(p) for p in preds)} predictions")
+    print(f"vectorised: median {fast_median:.2f} s of 5")
     print(
-        f"vectorised: median {fast_median:.2f} s of 5; reference transcription: {slow_time:.1f} s; "
-        f"ratio {slow_time / fast_median:.0f}x; max AP difference {worst:.1e}"
+        f"reference loops, vectorised overlaps (stands in for its Cython kernel): {slow_time:.1f} s, "
+        f"{slow_time / fast_median:.0f}x"
     )
+    print(f"reference loops, element-by-element overlaps: {pure_time:.1f} s, {pure_time / fast_median:.0f}x")
+    print(f"max AP difference {worst:.1e}")
     return 0 if worst <= 1e-6 else 1
 
 
