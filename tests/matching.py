@@ -1,4 +1,8 @@
-"""Greedy IoU matching of two detection sets (test helper)."""
+"""Greedy IoU matching of two detection sets (test helper).
+
+Deliberately separate from retinaface_export.detection.compare: the tests that check the detector
+against the reference pipeline measure with code that is not part of the package.
+"""
 
 from __future__ import annotations
 

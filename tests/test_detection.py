@@ -10,8 +10,9 @@ from reference_forward import reference_forward
 from reference_pipeline import reference_detections, reference_nms, reference_priors
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import load_checkpoint
-from retinaface_export.detection import DetectionConfig, Detector
+from retinaface_export.detection import DetectionConfig, Detector, Face
 from retinaface_export.detection.backends import eager_backend
+from retinaface_export.detection.compare import compare_faces, tolerant_f1
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import decode_boxes, decode_landmarks, nms
 from retinaface_export.detection.priors import prior_boxes
@@ -215,3 +216,30 @@ def test_anchors_that_do_not_fit_the_outputs_are_an_error(real_weights, crowd_ph
     detector = Detector(backend.__class__(**{**backend.__dict__, "anchors": wrong}))
     with pytest.raises(ValueError, match="anchors do not belong to this model"):
         detector.detect(crowd_photo[:320, :320])
+
+
+# --- agreement measures used by parity gates --------------------------------------------------------
+
+
+def _face(x, score, shift=0.0):
+    return Face((x, 0.0, x + 10.0, 10.0), score, tuple((x + 2.0 + shift, 2.0) for _ in range(5)))
+
+
+def test_compare_faces_counts_and_f1():
+    reference = [_face(0, 0.9), _face(100, 0.8), _face(200, 0.7)]
+    candidate = [_face(1, 0.9, shift=0.5), _face(100, 0.8), _face(400, 0.6)]  # two found, one invented
+    agreement = compare_faces(reference, candidate)
+    assert (agreement.matched, agreement.reference_faces, agreement.candidate_faces) == (2, 3, 3)
+    assert agreement.f1 == pytest.approx(4 / 6)
+    assert agreement.max_landmark_error_px == pytest.approx(1.5)  # 1 px box shift + 0.5 px landmark shift
+    assert compare_faces([], []).f1 == 1.0 and compare_faces(reference, []).f1 == 0.0
+
+
+def test_tolerant_f1_forgives_scores_near_the_cut_only():
+    reference = [_face(0, 0.95), _face(100, 0.507)]
+    near = [_face(0, 0.94), _face(100, 0.49)]  # the borderline face drops just under 0.5
+    far = [_face(0, 0.94), _face(100, 0.30)]  # ... or far under it
+    assert compare_faces([f for f in reference if f.score > 0.5], [f for f in near if f.score > 0.5]).f1 < 1
+    assert tolerant_f1(reference, near, 0.5, 0.1) == 1.0
+    assert tolerant_f1(reference, far, 0.5, 0.1) == pytest.approx(2 / 3)
+    assert tolerant_f1(reference, near, 0.5, 0.0) == pytest.approx(2 / 3)
