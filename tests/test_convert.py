@@ -281,3 +281,22 @@ def test_output_dir_gets_its_own_manifest(small_export, tmp_path):
     assert entry["source"]["path"] == str((small_export / "retinaface_mobilenet0.25_320x320.onnx").resolve())
     faces = Detector.from_artifact(out / entry["path"]).detect(read_image(require(CROWD_PHOTO)))
     assert len(faces) >= 5  # the crowd letterboxed to 320: 6 faces above 0.5
+
+
+def test_onnxsim_failure_keeps_the_original_and_says_so(small_export, monkeypatch):
+    import onnxsim
+
+    def broken(model, **kwargs):
+        raise RuntimeError("simulated onnxsim bug")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    result = convert_export(small_export, ConvertOptions("onnxsim"))
+    (entry,) = result.added
+    assert entry["simplified"] is False and "simulated onnxsim bug" in entry["reason"]
+    assert entry["nodes_after"] == entry["nodes_before"]
+    original = onnxruntime_runner(small_export / "retinaface_mobilenet0.25_320x320.onnx")
+    kept = onnxruntime_runner(small_export / entry["path"])
+    data = np.zeros((1, 3, 320, 320), np.float32)
+    for a, b in zip(original(data), kept(data), strict=True):
+        assert np.array_equal(a, b)
+    assert read_onnx_provenance(small_export / entry["path"])["simplified"] is False

@@ -180,13 +180,23 @@ def test_small_anchor_checkpoint_needs_its_anchors(crowd_photo):
 
 @pytest.fixture(scope="module")
 def exported_640(real_weights, tmp_path_factory):
+    from retinaface_export.convert import ConvertOptions, convert_export
+
     out = tmp_path_factory.mktemp("det640")
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(640, 640),)), out)
+    convert_export(out, ConvertOptions("openvino"))
+    convert_export(out, ConvertOptions("openvino", embed_mean=True, input_format="u8-nhwc"))
     return out
 
 
 @pytest.mark.parametrize(
-    "artifact", ["retinaface_mobilenet0.25_640x640.onnx", "retinaface_mobilenet0.25_640x640.torchscript.pt"]
+    "artifact",
+    [
+        "retinaface_mobilenet0.25_640x640.onnx",
+        "retinaface_mobilenet0.25_640x640.torchscript.pt",
+        "retinaface_mobilenet0.25_640x640_fp32.xml",
+        "retinaface_mobilenet0.25_640x640_fp32_u8.xml",
+    ],
 )
 def test_artifacts_at_640_give_eager_faces(real_weights, crowd_photo, exported_640, artifact):
     eager = Detector(eager_backend(load_checkpoint(real_weights), InputSize(640, 640)))
