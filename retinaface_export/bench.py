@@ -34,6 +34,7 @@ class BenchRow:
     """One backend × precision × size measurement (milliseconds)."""
 
     artifact: str
+    format: str
     backend: str
     precision: str
     input_format: str
@@ -73,6 +74,7 @@ def measure(
     runs: int,
     warmup: int,
     artifact: str,
+    fmt: str,
     precision: str,
     input_format: str,
 ) -> BenchRow:
@@ -91,6 +93,7 @@ def measure(
     median = float(np.median(network))
     return BenchRow(
         artifact=artifact,
+        format=fmt,
         backend=backend.name,
         precision=precision,
         input_format=input_format,
@@ -129,7 +132,9 @@ def bench_export(
         if on_step:
             on_step(f"torch-eager {input_size}")
         eager = eager_backend(checkpoint, input_size)
-        rows.append(measure(eager, image, input_size, runs, warmup, "(checkpoint)", "fp32", DEFAULT_INPUT_FORMAT))
+        rows.append(
+            measure(eager, image, input_size, runs, warmup, "(checkpoint)", "torch", "fp32", DEFAULT_INPUT_FORMAT)
+        )
         for artifact in sorted((a for a in fixed if tuple(a["size"]) == size), key=lambda a: a["path"]):
             if on_step:
                 on_step(artifact["path"])
@@ -148,6 +153,7 @@ def bench_export(
                     runs,
                     warmup,
                     artifact["path"],
+                    artifact["format"],
                     artifact.get("precision", "fp32"),
                     artifact.get("input_format", DEFAULT_INPUT_FORMAT),
                 )

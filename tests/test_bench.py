@@ -29,6 +29,8 @@ def test_bench_reports_every_backend(tmp_path, real_weights):
             str(tmp_path / "b.json"),
             "--markdown",
             str(tmp_path / "b.md"),
+            "--plot",
+            str(tmp_path / "b.png"),
             "-q",
         ],
     )
@@ -41,3 +43,7 @@ def test_bench_reports_every_backend(tmp_path, real_weights):
         assert row["fps"] > 0 and row["e2e_ms_median"] > 0 and row["postprocess_ms_median"] > 0
     assert next(r for r in rows if r["backend"] == "openvino")["input_format"] == "u8-nhwc"
     assert (tmp_path / "b.md").read_text().count("\n| ") == len(rows) + 1
+    import cv2
+
+    plot = cv2.imread(str(tmp_path / "b.png"))
+    assert plot is not None and plot.shape == (560, 900, 3) and (plot < 250).any()

@@ -66,12 +66,18 @@ def table_markdown(rows: list[BenchRow], title: str) -> str:
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write rows as JSON.")
 @click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw latency by size for each backend/precision into a PNG.",
+)
+@click.option(
     "--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown."
 )
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="retinaface-export", prog_name=COMMAND)
 @handle_errors(COMMAND)
-def main(export_dir, runs, warmup, threads, image, json_path, markdown_path, quiet) -> None:
+def main(export_dir, runs, warmup, threads, image, json_path, plot_path, markdown_path, quiet) -> None:
     """Time every artifact in EXPORT_DIR and PyTorch eager: medians and p90, network only and end to end."""
     configure_logging(quiet)
     photo = read_image(image) if image else synthetic_photos(1, 720, 1280, seed=1)[0]
@@ -86,6 +92,14 @@ def main(export_dir, runs, warmup, threads, image, json_path, markdown_path, qui
     if json_path:
         body = {"title": title, "machine": machine(), "threads": threads, "runs": runs, "rows": rows_to_dicts(rows)}
         atomic_write_bytes(json_path, (json.dumps(body, indent=1) + "\n").encode())
+    if plot_path:
+        import cv2
+
+        from retinaface_export.bench_plot import plot_latency
+
+        ok, png = cv2.imencode(".png", plot_latency(rows, title))
+        if ok:
+            atomic_write_bytes(plot_path, png.tobytes())
     if markdown_path:
         atomic_write_bytes(markdown_path, table_markdown(rows, f"**{title}**").encode())
     if not quiet:
