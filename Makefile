@@ -35,9 +35,9 @@ bench: install
 		$(BIN)/retinaface-convert $$d --to openvino --embed-mean --input u8-nhwc -q || exit 1; \
 	done
 	$(BIN)/retinaface-bench $(BENCH)/mobilenet0.25 --runs 30 --image ../shared/images/crowd_selfie.jpg \
-		--json $(BENCH)/mobilenet0.25.json --markdown $(BENCH)/mobilenet0.25.md
+		--json $(BENCH)/mobilenet0.25.json --markdown $(BENCH)/mobilenet0.25.md --plot $(BENCH)/mobilenet0.25.png
 	$(BIN)/retinaface-bench $(BENCH)/resnet50 --runs 10 --warmup 2 --image ../shared/images/crowd_selfie.jpg \
-		--json $(BENCH)/resnet50.json --markdown $(BENCH)/resnet50.md
+		--json $(BENCH)/resnet50.json --markdown $(BENCH)/resnet50.md --plot $(BENCH)/resnet50.png
 	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
 	$(BIN)/python scripts/readme_bench.py $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md
 
