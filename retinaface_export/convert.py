@@ -94,8 +94,8 @@ def checked_sources(export_dir: Path, manifest: Manifest, sizes: tuple[InputSize
     Raises:
         ManifestError: none to convert, or a listed file is missing or altered (its sha256 differs).
     """
-    wanted = {s.as_list().__repr__() for s in sizes}
-    sources = [a for a in manifest.artifacts if a["format"] == "onnx" and (not sizes or repr(a["size"]) in wanted)]
+    wanted = [s.as_list() for s in sizes]
+    sources = [a for a in manifest.artifacts if a["format"] == "onnx" and (not sizes or a["size"] in wanted)]
     if not sources:
         which = f" of sizes {', '.join(map(str, sizes))}" if sizes else ""
         raise ManifestError(export_dir / MANIFEST_NAME, f"lists no ONNX artifacts{which} to convert")
@@ -197,7 +197,6 @@ def _build(
 
     provenance = _provenance(source_path, job.source, job, options)
     inputs = _check_inputs(job.source)
-    reference = onnxruntime_runner(source_path)
     if options.target == "onnxsim":
         result = simplify_onnx(source_path, [to_network_input(b) for b in inputs], PRECISIONS["fp32"].atol)
         model = onnx.load_from_string(result.model)
@@ -228,6 +227,7 @@ def _build(
         fields["detection_check"] = _detection_check(source_path, staging / name, calibration, job.precision)
     else:
         candidate = artifact_backend(staging / name)
+        reference = onnxruntime_runner(source_path)  # only the tensor checks need the source running
         fields["tensor_check"] = _tensor_check(reference, candidate.run, inputs, job.precision, options.input_format)
     return [f.name for f in files], fields
 

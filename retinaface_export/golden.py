@@ -149,6 +149,7 @@ def record_golden(
         FileError: a photo cannot be read.
     """
     inputs = [GoldenInput(p.stem, p.name, sha256_file(p), None) for p in photos]
+    photo_dirs = [p.parent for p in photos]
     inputs += [GoldenInput(f"synthetic-{seed}", None, None, seed) for seed in seeds]
     run = eager_runner(checkpoint.model)
     anchors = checkpoint.variant.anchors
@@ -156,8 +157,7 @@ def record_golden(
     cases_meta = []
     for size in sizes:
         for spec in inputs:
-            folder = [photos[[p.name for p in photos].index(spec.photo)].parent] if spec.photo else []
-            canvas = spec.prepare(size, folder)
+            canvas = spec.prepare(size, photo_dirs)
             outputs = [out[0] for out in run(to_network_input(canvas))]
             rows = sample_rows(outputs[1])
             key = f"{spec.name}@{size}"

@@ -16,6 +16,7 @@ from retinaface_export.detection.compare import compare_faces, tolerant_f1
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import decode_boxes, decode_landmarks, nms
 from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.errors import FileError
 from retinaface_export.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import InputSize
 from retinaface_export.variants import get_variant
@@ -224,7 +225,7 @@ def test_anchors_that_do_not_fit_the_outputs_are_an_error(real_weights, crowd_ph
     wrong = AnchorConfig(((16, 32), (64, 128)), (8, 16), (0.1, 0.2))
     backend = eager_backend(checkpoint)
     detector = Detector(backend.__class__(**{**backend.__dict__, "anchors": wrong}))
-    with pytest.raises(ValueError, match="anchors do not belong to this model"):
+    with pytest.raises(FileError, match="anchors do not belong to this model"):
         detector.detect(crowd_photo[:320, :320])
 
 

@@ -15,6 +15,7 @@ from retinaface_export.detection.backends import Backend, artifact_backend, eage
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess
 from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.errors import FileError
 
 _DECIMALS = 3
 
@@ -85,9 +86,10 @@ class Detector:
         loc, conf, landmarks = (out[index] for out in outputs)
         priors = prior_boxes(self.backend.anchors, height, width)
         if len(priors) != len(loc):
-            raise ValueError(
-                f"{self.backend.source}: {len(loc)} output rows but {len(priors)} anchors at "
-                f"{height}x{width}: the anchors do not belong to this model"
+            raise FileError(
+                self.backend.source,
+                f"{len(loc)} output rows but {len(priors)} anchors at {height}x{width}: "
+                "the anchors do not belong to this model",
             )
         return postprocess(loc, conf, landmarks, priors, self.backend.anchors.variance, (width, height), self.config)
 
