@@ -23,7 +23,8 @@ test: install lint
 parity: install
 	$(BIN)/python scripts/parity_matrix.py --out build/parity --golden golden
 
-# Latency of every backend and precision at 320 and 640, both backbones; writes the README's bench section.
+# Latency of every backend and precision at 320 and 640, both backbones, and the export + convert matrix
+# timed against a straightforward script; writes the README's bench section.
 BENCH := bench-out
 bench: install
 	rm -rf $(BENCH)
@@ -39,7 +40,8 @@ bench: install
 	$(BIN)/retinaface-bench $(BENCH)/resnet50 --runs 10 --warmup 2 --image ../shared/images/crowd_selfie.jpg \
 		--json $(BENCH)/resnet50.json --markdown $(BENCH)/resnet50.md --plot $(BENCH)/resnet50.png
 	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
-	$(BIN)/python scripts/readme_bench.py $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md
+	$(BIN)/python scripts/bench_toolchain.py --markdown $(BENCH)/toolchain.md
+	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md
 
 # Regenerate the committed golden sets (after a deliberate numerics change only).
 golden: install

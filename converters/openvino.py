@@ -1,7 +1,9 @@
 """OpenVINO IR from an exported ONNX graph, with optional INT8 (NNCF) and embedded preprocessing.
 
-``convert_to_openvino`` returns the ``ov.Model`` (``openvino.convert_model``, then ``nncf.quantize``, then
-a PrePostProcessor); the command saves it with :func:`save_ir`.
+:func:`read_onnx` converts an ONNX file (``openvino.convert_model``, the slow step: ~2 s for Resnet50);
+:func:`finish_ir` makes the IR asked for from a copy of that model, reshaped to a size (the exported ONNX
+files of one checkpoint share their graph and differ in input shape only, so one conversion serves every
+size), quantised by NNCF, with the preprocessing embedded; the command saves it with :func:`save_ir`.
 
 INT8 settings, chosen by measuring F1 of decoded faces against FP32 on the crowd photo (mobilenet0.25 at
 320 and 640): NNCF's MIXED preset (asymmetric activations; the symmetric PERFORMANCE preset lost a quarter
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from retinaface_export.contract import INPUT_NAME, MEAN_BGR
-from retinaface_export.runtimes import OPENVINO_RT_SECTION
+from retinaface_export.runtimes import OPENVINO_LOCK, OPENVINO_RT_SECTION
 
 # Input formats an IR can take (see retinaface_export.preprocess.INPUT_FORMATS).
 PLAIN_INPUT = "f32-nchw-minus-mean"
@@ -77,18 +79,28 @@ def _embed_preprocessing(model, input_format: str):
     return ppp.build()
 
 
-def convert_to_openvino(source: Path, request: OpenVinoRequest, provenance: dict[str, Any]):
-    """The IR for ``request``, with ``provenance`` in its ``rt_info``.
+def read_onnx(source: Path):
+    """``source`` (an exported ONNX file) as an ``ov.Model``, before any precision or preprocessing choice."""
+    import openvino as ov
+
+    with OPENVINO_LOCK:
+        return ov.convert_model(str(source))
+
+
+def finish_ir(base, input_shape: list[int | str], request: OpenVinoRequest, provenance: dict[str, Any]):
+    """The IR for ``request`` from a copy of ``base`` (left as it is), with ``provenance`` in its ``rt_info``.
 
     Args:
-        source: an exported ONNX file (input ``data``, N×3×H×W, mean subtracted).
+        base: from :func:`read_onnx`.
+        input_shape: the source ONNX's input shape (its dimension names for dynamic axes); ``base`` is
+            reshaped to it.
         request: precision (``fp32``/``fp16``/``int8``), input format, calibration samples for INT8
             (network inputs as the ONNX model takes them).
         provenance: written under ``rt_info/retinaface_export``; values that are not strings as JSON.
     """
-    import openvino as ov
-
-    model = ov.convert_model(str(source))
+    with OPENVINO_LOCK:
+        model = base.clone()
+        model.reshape({INPUT_NAME: [dim if isinstance(dim, int) else -1 for dim in input_shape]})
     if request.precision == "int8":
         if not request.calibration:
             raise ValueError("INT8 needs calibration samples")
@@ -109,5 +121,6 @@ def save_ir(model, xml_path: Path, precision: str) -> list[Path]:
     """
     import openvino as ov
 
-    ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")
+    with OPENVINO_LOCK:
+        ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")
     return [xml_path, xml_path.with_suffix(".bin")]

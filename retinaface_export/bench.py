@@ -42,21 +42,30 @@ class BenchRow:
     latency_ms_median: float
     latency_ms_p90: float
     fps: float
+    preprocess_ms_median: float
     postprocess_ms_median: float
     e2e_ms_median: float
     e2e_ms_p90: float
+    # (preprocess + postprocess) / network, medians; both timed in the same loop as the network
     overhead_pct: float
 
 
-def _timed(fn: Callable[[], object], runs: int, warmup: int) -> np.ndarray:
+def _interleaved(fns: list[Callable[[], object]], runs: int, warmup: int) -> list[np.ndarray]:
+    """Milliseconds of each of ``fns`` per run, the functions taking turns within every run.
+
+    Taking turns puts every function under the same machine load (these machines are shared), so their
+    ratios hold better than those of one function timed after another.
+    """
     for _ in range(warmup):
-        fn()
-    times = np.empty(runs)
+        for fn in fns:
+            fn()
+    times = np.empty((len(fns), runs))
     for i in range(runs):
-        start = time.perf_counter()
-        fn()
-        times[i] = (time.perf_counter() - start) * 1e3
-    return times
+        for j, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[j, i] = (time.perf_counter() - start) * 1e3
+    return list(times)
 
 
 def _threaded_runner(fmt_name: str, path: Path, threads: int):
@@ -81,15 +90,20 @@ def measure(
     """Network-only and end-to-end latency of ``backend`` at ``size`` on ``image``."""
     box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
     data = backend.prepare(box.apply(image)[None])
-    network = _timed(lambda: backend.run(data), runs, warmup)
     outputs = [out[0] for out in backend.run(data)]
     priors = prior_boxes(backend.anchors, size.height, size.width)
     config = DetectionConfig()
-    post = _timed(
-        lambda: postprocess(*outputs, priors, backend.anchors.variance, (size.width, size.height), config), runs, warmup
-    )
     detector = Detector(Backend(**{**backend.__dict__, "input_size": size, "batch": 1}), config)
-    e2e = _timed(lambda: detector.detect(image), runs, warmup)
+    network, pre, post, e2e = _interleaved(
+        [
+            lambda: backend.run(data),
+            lambda: backend.prepare(box.apply(image)[None]),
+            lambda: postprocess(*outputs, priors, backend.anchors.variance, (size.width, size.height), config),
+            lambda: detector.detect(image),
+        ],
+        runs,
+        warmup,
+    )
     median = float(np.median(network))
     return BenchRow(
         artifact=artifact,
@@ -101,10 +115,11 @@ def measure(
         latency_ms_median=median,
         latency_ms_p90=float(np.percentile(network, 90)),
         fps=1000.0 / median,
+        preprocess_ms_median=float(np.median(pre)),
         postprocess_ms_median=float(np.median(post)),
         e2e_ms_median=float(np.median(e2e)),
         e2e_ms_p90=float(np.percentile(e2e, 90)),
-        overhead_pct=100.0 * (float(np.median(e2e)) - median) / median,
+        overhead_pct=100.0 * (float(np.median(pre)) + float(np.median(post))) / median,
     )
 
 

@@ -3,6 +3,11 @@
 Reads ``EXPORT_DIR/manifest.json``, checks every source file against its recorded sha256, builds each
 result in a staging folder, verifies it against its source with ONNX Runtime, then moves it into place
 and adds it to the manifest (of the output folder), which is written last.
+
+Work is done once where it can be: each source runs in ONNX Runtime once for all the checks of its
+conversions, and sources with the same graph (the fixed-size files of one export differ only in their
+declared shapes) are converted to OpenVINO once and reshaped per size. ``workers`` > 1 converts that
+many artifacts at once in threads (INT8 always one at a time: NNCF is not made for concurrent use).
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from retinaface_export.errors import ExportError, ManifestError, UsageError
 from retinaface_export.formats import FORMATS, PRECISIONS, companion_paths
 from retinaface_export.hashing import sha256_file
 from retinaface_export.manifest import MANIFEST_NAME, Manifest
-from retinaface_export.onnx_export import read_onnx_provenance, set_metadata
+from retinaface_export.onnx_export import decode_metadata, graph_fingerprint
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, synthetic_photos, to_network_input
 from retinaface_export.provenance import library_versions
 from retinaface_export.runtimes import onnxruntime_runner
 from retinaface_export.sizes import InputSize
+from retinaface_export.workers import OnceCache, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +56,11 @@ class ConvertOptions:
     input_format: str = DEFAULT_INPUT_FORMAT
     calibration: Path | None = None
     sizes: tuple[InputSize, ...] = ()
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError(f"--jobs must be at least 1, got {self.workers}")
         if self.target not in TARGETS:
             raise UsageError(f"unknown target {self.target!r}; valid targets: {', '.join(TARGETS)}")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -115,13 +124,42 @@ def _check_inputs(source: dict[str, Any]) -> list[np.ndarray]:
     return [synthetic_photos(batch, h, w, seed=h + 3 * w) for h, w in sizes]
 
 
-def _tensor_check(reference, candidate, images: list[np.ndarray], precision: str, input_format: str) -> dict:
-    """Max abs error per output (and as a fraction of the reference's range), judged by the precision."""
+class _SharedWork:
+    """Work several conversions share, done once: sources parsed, run and fingerprinted; OpenVINO bases.
+
+    One ``openvino.convert_model`` per distinct graph, reshaped per size by each conversion.
+    """
+
+    def __init__(self) -> None:
+        self._cache = OnceCache()
+
+    def source_model(self, path: Path) -> onnx.ModelProto:
+        """The parsed source; callers that change it work on a copy."""
+        return self._cache.get(("model", path), lambda: onnx.load(str(path)))
+
+    def source_runs(self, path: Path, source: dict[str, Any]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """``(photo batch, source outputs from ONNX Runtime)`` pairs at the source's size(s)."""
+
+        def run() -> list[tuple[np.ndarray, list[np.ndarray]]]:
+            runner = onnxruntime_runner(path)
+            return [(batch, runner(to_network_input(batch))) for batch in _check_inputs(source)]
+
+        return self._cache.get(("runs", path), run)
+
+    def openvino_base(self, path: Path):
+        """``openvino.convert_model`` of the source, shared by every source with the same graph."""
+        from retinaface_export.converters.openvino import read_onnx
+
+        fingerprint = self._cache.get(("fingerprint", path), lambda: graph_fingerprint(self.source_model(path)))
+        return self._cache.get(("openvino", fingerprint), lambda: read_onnx(path))
+
+
+def _tensor_check(candidate, runs: list[tuple[np.ndarray, list[np.ndarray]]], precision: str, input_format: str):
+    """Max abs error per output (and as a fraction of the source's range), judged by the precision."""
     tolerance = PRECISIONS[precision]
     worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
     worst_fraction = dict.fromkeys(OUTPUT_NAMES, 0.0)
-    for batch in images:
-        expected = reference(to_network_input(batch))
+    for batch, expected in runs:
         got = candidate(INPUT_FORMATS[input_format](batch))
         for name, exp, out in zip(OUTPUT_NAMES, expected, got, strict=True):
             if out.shape != exp.shape:
@@ -172,8 +210,8 @@ def _detection_check(source_path: Path, staged: Path, calibration: CalibrationSe
     return result
 
 
-def _provenance(source_path: Path, source: dict[str, Any], job: _Job, options: ConvertOptions) -> dict[str, Any]:
-    provenance = read_onnx_provenance(source_path)
+def _provenance(source_model: onnx.ModelProto, source: dict[str, Any], job: _Job, options: ConvertOptions) -> dict:
+    provenance = decode_metadata(source_model)
     provenance.update(
         {
             "tool_version": __version__,
@@ -189,19 +227,23 @@ def _provenance(source_path: Path, source: dict[str, Any], job: _Job, options: C
 
 
 def _build(
-    job: _Job, source_path: Path, options: ConvertOptions, staging: Path, name: str, calibration: CalibrationSet | None
+    job: _Job,
+    source_path: Path,
+    options: ConvertOptions,
+    staging: Path,
+    name: str,
+    calibration: CalibrationSet | None,
+    shared: _SharedWork,
 ) -> tuple[list[str], dict[str, Any]]:
     """Make one artifact in ``staging``; returns its file names and manifest fields."""
     from retinaface_export.converters.onnxsim import simplify_onnx
-    from retinaface_export.converters.openvino import OpenVinoRequest, convert_to_openvino, save_ir
+    from retinaface_export.converters.openvino import OpenVinoRequest, finish_ir, save_ir
 
-    provenance = _provenance(source_path, job.source, job, options)
-    inputs = _check_inputs(job.source)
+    provenance = _provenance(shared.source_model(source_path), job.source, job, options)
     if options.target == "onnxsim":
-        result = simplify_onnx(source_path, [to_network_input(b) for b in inputs], PRECISIONS["fp32"].atol)
-        model = onnx.load_from_string(result.model)
-        set_metadata(model, provenance | {"simplified": result.simplified})
-        (staging / name).write_bytes(model.SerializeToString())
+        checks = [(to_network_input(batch), outputs) for batch, outputs in shared.source_runs(source_path, job.source)]
+        result = simplify_onnx(shared.source_model(source_path), checks, PRECISIONS["fp32"].atol, provenance)
+        (staging / name).write_bytes(result.model)
         if not result.simplified:
             log.warning("%s: kept the original graph: %s", name, result.reason)
         return [name], {
@@ -215,7 +257,8 @@ def _build(
     size = job.source["size"] or job.source["verification"]["sizes"][0]
     samples = calibration.samples(InputSize(*size)) if (calibration and job.precision == "int8") else None
     request = OpenVinoRequest(job.precision, options.input_format, samples)
-    model = convert_to_openvino(source_path, request, provenance)
+    input_shape = job.source["inputs"][0]["shape"]
+    model = finish_ir(shared.openvino_base(source_path), input_shape, request, provenance)
     files = save_ir(model, staging / name, job.precision)
     fields: dict[str, Any] = {
         "input_format": options.input_format,
@@ -227,8 +270,8 @@ def _build(
         fields["detection_check"] = _detection_check(source_path, staging / name, calibration, job.precision)
     else:
         candidate = artifact_backend(staging / name)
-        reference = onnxruntime_runner(source_path)  # only the tensor checks need the source running
-        fields["tensor_check"] = _tensor_check(reference, candidate.run, inputs, job.precision, options.input_format)
+        runs = shared.source_runs(source_path, job.source)
+        fields["tensor_check"] = _tensor_check(candidate.run, runs, job.precision, options.input_format)
     return [f.name for f in files], fields
 
 
@@ -267,26 +310,27 @@ def convert_export(
     precisions = ("fp32",) if options.target == "onnxsim" else options.precisions
     jobs = [_Job(source, precision) for source in sources for precision in precisions]
     result = ConvertResult(out_dir, out_manifest)
+    shared = _SharedWork()
+    started = iter(range(len(jobs)))
+    fmt = FORMATS[options.target]
+    same_dir = out_dir.resolve() == export_dir.resolve()
     with staging_dir(out_dir) as staging:
-        for index, job in enumerate(jobs):
+
+        def convert(job: _Job) -> dict[str, Any]:
             name = job.file_name(options)
             if on_step:
-                on_step(name, index, len(jobs))
+                on_step(name, next(started), len(jobs))
             source_path = export_dir / job.source["path"]
             log.info("converting %s -> %s", job.source["path"], name)
             try:
-                files, fields = _build(job, source_path, options, staging, name, calibration)
+                files, fields = _build(job, source_path, options, staging, name, calibration, shared)
             except ExportError as exc:
                 raise ExportError(f"{name}: {exc}") from exc
             except Exception as exc:  # converters raise their libraries' many types: name the artifact
                 raise ExportError(f"{name}: {options.target} conversion failed: {type(exc).__name__}: {exc}") from exc
-            fmt = FORMATS[options.target]
-            same_dir = out_dir.resolve() == export_dir.resolve()
-            entry = (
-                {
-                    key: job.source[key]
-                    for key in ("variant", "size", "dynamic", "batch", "opset", "num_anchors", "outputs")
-                }
+            kept = ("variant", "size", "dynamic", "batch", "opset", "num_anchors", "outputs")
+            return (
+                {key: job.source[key] for key in kept}
                 | {
                     "path": name,
                     "format": fmt.name,
@@ -305,7 +349,10 @@ def convert_export(
                 }
                 | fields
             )
-            result.added.append(entry)
+
+        # NNCF is not made for concurrent use: INT8 conversions run one at a time.
+        workers = 1 if "int8" in precisions else options.workers
+        result.added = run_jobs(convert, jobs, workers)
         commit_files(staging, [f["path"] for a in result.added for f in [a, *a["companions"]]], out_dir)
     for artifact in result.added:
         out_manifest.add(artifact)

@@ -1,7 +1,10 @@
 """Export a loaded checkpoint to TorchScript and ONNX at the requested sizes, verified and atomic.
 
-Every artifact is built in a staging folder, run with its own runtime and compared with PyTorch eager
-before anything enters the output folder; the manifest is written last.
+Each format's costly step (the trace, the ONNX export) runs once per checkpoint; each size then gets its
+own file from it (see :class:`~retinaface_export.formats.Exporter`). Every artifact is built in a staging
+folder, run with its own runtime and compared with PyTorch eager (run once per size) before anything
+enters the output folder; the manifest is written last. ``jobs`` > 1 builds and verifies the sizes in
+that many threads: the runtimes release the GIL, and serialising and checking overlap with inference.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from retinaface_export.atomic import commit_files, staging_dir
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_NAMES, OUTPUT_WIDTHS
 from retinaface_export.errors import ExportError, ManifestError, UsageError
-from retinaface_export.formats import EXPORT_FORMATS, PRECISIONS, ArtifactFormat, ExportSettings
+from retinaface_export.formats import EXPORT_FORMATS, PRECISIONS, ArtifactFormat, Exporter
 from retinaface_export.hashing import sha256_file
 from retinaface_export.manifest import MANIFEST_NAME, Manifest
 from retinaface_export.onnx_export import DEFAULT_OPSET
@@ -28,6 +31,7 @@ from retinaface_export.preprocess import synthetic_photos, to_network_input
 from retinaface_export.provenance import TOOL_NAME, library_versions
 from retinaface_export.runtimes import eager_runner
 from retinaface_export.sizes import InputSize
+from retinaface_export.workers import OnceCache, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +41,20 @@ _DYNAMIC_CHECK_BATCH = 2
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What to export: sizes, formats, opset, dynamic axes and batch size."""
+    """What to export: sizes, formats, opset, dynamic axes, batch size, and how many artifacts at once."""
 
     sizes: tuple[InputSize, ...] = (InputSize(640, 640),)
     formats: tuple[str, ...] = tuple(EXPORT_FORMATS)
     opset: int = DEFAULT_OPSET
     dynamic: bool = False
     batch: int = 1
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.sizes:
             raise UsageError("at least one --size is needed")
+        if self.workers < 1:
+            raise UsageError(f"--jobs must be at least 1, got {self.workers}")
         if self.batch < 1:
             raise UsageError(f"--batch must be at least 1, got {self.batch}")
         unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
@@ -116,15 +123,25 @@ def _verification_input(size: InputSize, batch: int) -> np.ndarray:
     return to_network_input(synthetic_photos(batch, size.height, size.width, seed=size.height * 7 + size.width))
 
 
-def _verify(job: ArtifactJob, staged: Path, reference: Callable, file_name: str) -> dict[str, Any]:
+class _EagerReference:
+    """PyTorch eager's outputs on the verification input of each size and batch, computed once."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._run = eager_runner(model)
+        self._outputs = OnceCache()
+
+    def outputs(self, size: InputSize, batch: int) -> list[np.ndarray]:
+        return self._outputs.get((size, batch), lambda: self._run(_verification_input(size, batch)))
+
+
+def _verify(job: ArtifactJob, staged: Path, reference: _EagerReference, file_name: str) -> dict[str, Any]:
     """Run the staged artifact at each size it claims; raise ExportError naming every output off."""
     runner = job.fmt.open_runner(staged)
     batches = [job.batch] if job.size is not None else [job.batch, _DYNAMIC_CHECK_BATCH]
     worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
     for size in job.verify_sizes:
         for batch in dict.fromkeys(batches):
-            data = _verification_input(size, batch)
-            expected, got = reference(data), runner(data)
+            expected, got = reference.outputs(size, batch), runner(_verification_input(size, batch))
             for name, exp, out in zip(OUTPUT_NAMES, expected, got, strict=True):
                 if out.shape != exp.shape:
                     raise ExportError(f"{file_name}: {name} has shape {out.shape}, PyTorch gives {exp.shape}")
@@ -148,6 +165,71 @@ def _shapes(job: ArtifactJob, num_anchors: int | None) -> tuple[list[Any], list[
     return data_shape, outputs
 
 
+def _exporters(
+    model: torch.nn.Module, jobs: list[ArtifactJob], options: ExportOptions, variant: str
+) -> dict[str, Exporter]:
+    """One exporter per format, each tracing or exporting the model once (at the first size planned)."""
+    exporters: dict[str, Exporter] = {}
+    for job in jobs:
+        if job.fmt.name in exporters:
+            continue
+        example = torch.from_numpy(_verification_input(job.size or job.verify_sizes[0], job.batch))
+        try:
+            assert job.fmt.exporter is not None  # plan() only picks exportable formats
+            exporters[job.fmt.name] = job.fmt.exporter(model, example, options.opset)
+        except Exception as exc:  # exporters raise many types; name the artifact and the cause
+            raise ExportError(f"{job.file_name(variant)}: {job.fmt.name} export failed: {exc}") from exc
+    return exporters
+
+
+def _build_artifact(
+    checkpoint: LoadedCheckpoint,
+    job: ArtifactJob,
+    exporter: Exporter,
+    options: ExportOptions,
+    reference: _EagerReference,
+    staging: Path,
+) -> dict[str, Any]:
+    """Write one artifact into ``staging``, verify it, and return its manifest entry."""
+    name = job.file_name(checkpoint.variant.name)
+    opset = options.opset if job.fmt.uses_opset else None
+    log.info("exporting %s", name)
+    num_anchors = checkpoint.variant.anchors.num_anchors(job.size.height, job.size.width) if job.size else None
+    try:
+        data = exporter.artifact(job.size, job.batch, num_anchors, _provenance(checkpoint, job, opset))
+    except Exception as exc:  # exporters raise many types; name the artifact and the cause
+        raise ExportError(f"{name}: {job.fmt.name} export failed: {exc}") from exc
+    staged = staging / name
+    staged.write_bytes(data)
+    verification = _verify(job, staged, reference, name)
+    data_shape, outputs = _shapes(job, num_anchors)
+    return {
+        "path": name,
+        "format": job.fmt.name,
+        "backend": job.fmt.backend,
+        "variant": checkpoint.variant.name,
+        "size": job.size.as_list() if job.size else None,
+        "dynamic": job.size is None,
+        "batch": job.batch if job.size else None,
+        "precision": "fp32",
+        "opset": opset,
+        "sha256": sha256_file(staged),
+        "bytes": staged.stat().st_size,
+        "num_anchors": num_anchors,
+        "inputs": [
+            {
+                "name": INPUT_NAME,
+                "shape": data_shape,
+                "layout": "NCHW",
+                "color": "BGR",
+                "mean_subtracted": list(MEAN_BGR),
+            }
+        ],
+        "outputs": outputs,
+        "verification": verification,
+    }
+
+
 def export_checkpoint(
     checkpoint: LoadedCheckpoint,
     options: ExportOptions,
@@ -158,10 +240,10 @@ def export_checkpoint(
 
     Args:
         checkpoint: from :func:`~retinaface_export.checkpoint.load_checkpoint` or the synthetic generator.
-        options: sizes, formats, opset, dynamic axes, batch.
+        options: sizes, formats, opset, dynamic axes, batch, worker threads.
         output_dir: created if needed; an earlier export of the same checkpoint there is extended (same
             file names replaced), one of another checkpoint is refused.
-        on_step: called as ``on_step(job, index, total)`` before each artifact, for progress displays.
+        on_step: called as ``on_step(job, index, total)`` as each artifact starts, for progress displays.
 
     Raises:
         ExportError: an exporter failed or an artifact does not reproduce PyTorch eager.
@@ -181,56 +263,19 @@ def export_checkpoint(
     manifest = previous or Manifest(checkpoint=record)
     manifest.checkpoint = record
     model = checkpoint.model.eval()
-    reference = eager_runner(model)
     jobs = plan(options)
     result = ExportResult(output_dir=output_dir, manifest=manifest)
     with staging_dir(output_dir) as staging:
-        for index, job in enumerate(jobs):
+        exporters = _exporters(model, jobs, options, checkpoint.variant.name)
+        reference = _EagerReference(model)
+        started = iter(range(len(jobs)))
+
+        def build(job: ArtifactJob) -> dict[str, Any]:
             if on_step:
-                on_step(job, index, len(jobs))
-            name = job.file_name(checkpoint.variant.name)
-            trace_size = job.size or job.verify_sizes[0]
-            example = torch.from_numpy(_verification_input(trace_size, job.batch))
-            opset = options.opset if job.fmt.uses_opset else None
-            settings = ExportSettings(_provenance(checkpoint, job, opset), options.opset, job.size is None)
-            log.info("exporting %s", name)
-            try:
-                assert job.fmt.export is not None  # plan() only picks exportable formats
-                data = job.fmt.export(model, example, settings)
-            except Exception as exc:  # exporters raise many types; name the artifact and the cause
-                raise ExportError(f"{name}: {job.fmt.name} export failed: {exc}") from exc
-            staged = staging / name
-            staged.write_bytes(data)
-            verification = _verify(job, staged, reference, name)
-            num_anchors = checkpoint.variant.anchors.num_anchors(job.size.height, job.size.width) if job.size else None
-            data_shape, outputs = _shapes(job, num_anchors)
-            result.added.append(
-                {
-                    "path": name,
-                    "format": job.fmt.name,
-                    "backend": job.fmt.backend,
-                    "variant": checkpoint.variant.name,
-                    "size": job.size.as_list() if job.size else None,
-                    "dynamic": job.size is None,
-                    "batch": job.batch if job.size else None,
-                    "precision": "fp32",
-                    "opset": opset,
-                    "sha256": sha256_file(staged),
-                    "bytes": staged.stat().st_size,
-                    "num_anchors": num_anchors,
-                    "inputs": [
-                        {
-                            "name": INPUT_NAME,
-                            "shape": data_shape,
-                            "layout": "NCHW",
-                            "color": "BGR",
-                            "mean_subtracted": list(MEAN_BGR),
-                        }
-                    ],
-                    "outputs": outputs,
-                    "verification": verification,
-                }
-            )
+                on_step(job, next(started), len(jobs))
+            return _build_artifact(checkpoint, job, exporters[job.fmt.name], options, reference, staging)
+
+        result.added = run_jobs(build, jobs, options.workers)
         commit_files(staging, [a["path"] for a in result.added], output_dir)
     for artifact in result.added:
         manifest.add(artifact)

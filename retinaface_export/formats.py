@@ -1,6 +1,6 @@
 """The tables every command reads: artifact formats, and the tolerances of each precision.
 
-One row per artifact format: how it is made (``export`` for the ones ``retinaface-export`` writes,
+One row per artifact format: how it is made (``exporter`` for the ones ``retinaface-export`` writes,
 ``None`` for those a converter makes), its file suffix, the runtime that runs it, and how to read the
 provenance inside it. CLI choices, file names, the detector's backends and parity tests all read it.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from retinaface_export.onnx_export import export_onnx, read_onnx_provenance
+from retinaface_export.onnx_export import OnnxExporter, read_onnx_provenance
 from retinaface_export.runtimes import (
     Runner,
     onnxruntime_runner,
@@ -22,16 +22,18 @@ from retinaface_export.runtimes import (
     read_openvino_provenance,
     torchscript_runner,
 )
-from retinaface_export.torchscript_export import export_torchscript, read_torchscript_provenance
+from retinaface_export.sizes import InputSize
+from retinaface_export.torchscript_export import TorchScriptExporter, read_torchscript_provenance
 
 
-@dataclass(frozen=True)
-class ExportSettings:
-    """What an exporter needs besides the model and the example input."""
+class Exporter(Protocol):
+    """Made once per checkpoint (the costly trace or export); then one artifact per size, cheaply."""
 
-    provenance: dict[str, Any]
-    opset: int
-    dynamic: bool
+    def artifact(
+        self, size: InputSize | None, batch: int, num_anchors: int | None, provenance: dict[str, Any]
+    ) -> bytes:
+        """The artifact file's bytes at ``size`` × ``batch`` (``size`` None: dynamic axes)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,8 @@ class ArtifactFormat:
     backend: str
     open_runner: Callable[[Path], Runner]
     read_provenance: Callable[[Path], dict[str, Any]]
-    # retinaface-export writes it with this; None for converter outputs.
-    export: Callable[[torch.nn.Module, torch.Tensor, ExportSettings], bytes] | None = None
+    # retinaface-export makes it with ``exporter(model, example, opset)``; None for converter outputs.
+    exporter: Callable[[torch.nn.Module, torch.Tensor, int], Exporter] | None = None
     uses_opset: bool = False
     # Files that travel with the main one (OpenVINO's weights), as suffixes replacing ``suffix``.
     companion_suffixes: tuple[str, ...] = ()
@@ -91,7 +93,7 @@ FORMATS: dict[str, ArtifactFormat] = {
             backend="torchscript",
             open_runner=torchscript_runner,
             read_provenance=read_torchscript_provenance,
-            export=lambda model, example, s: export_torchscript(model, example, s.provenance),
+            exporter=TorchScriptExporter,
         ),
         ArtifactFormat(
             name="onnx",
@@ -99,7 +101,7 @@ FORMATS: dict[str, ArtifactFormat] = {
             backend="onnxruntime",
             open_runner=onnxruntime_runner,
             read_provenance=read_onnx_provenance,
-            export=lambda model, example, s: export_onnx(model, example, s.provenance, s.opset, s.dynamic),
+            exporter=OnnxExporter,
             uses_opset=True,
         ),
         ArtifactFormat(
@@ -121,7 +123,7 @@ FORMATS: dict[str, ArtifactFormat] = {
     )
 }
 
-EXPORT_FORMATS: dict[str, ArtifactFormat] = {name: fmt for name, fmt in FORMATS.items() if fmt.export}
+EXPORT_FORMATS: dict[str, ArtifactFormat] = {name: fmt for name, fmt in FORMATS.items() if fmt.exporter}
 
 
 def format_for_path(path: Path) -> ArtifactFormat | None:

@@ -8,6 +8,7 @@ torch is pinned, so its deprecation does not bite; this module is the one place 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -18,6 +19,7 @@ import onnx
 import torch
 
 from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES, OUTPUT_WIDTHS
+from retinaface_export.sizes import InputSize
 
 DEFAULT_OPSET = 17
 # Resize with `sizes` (the FPN's nearest upsampling) needs opset 11.
@@ -39,38 +41,66 @@ def _fix_output_widths(proto: onnx.ModelProto) -> None:
         last.dim_value = width
 
 
-def export_onnx(
-    model: torch.nn.Module,
-    example: torch.Tensor,
-    provenance: dict[str, Any],
-    opset: int = DEFAULT_OPSET,
-    dynamic: bool = False,
-) -> bytes:
-    """Export ``model`` traced on ``example``; returns the serialised model after ``onnx.checker`` (full).
+def _set_dims(dims, values: tuple[int, ...]) -> None:
+    for dim, value in zip(dims, values, strict=True):
+        dim.Clear()
+        dim.dim_value = value
 
-    Raises:
-        onnx.checker.ValidationError: the exported graph is not valid ONNX.
+
+def pin_shapes(proto: onnx.ModelProto, batch: int, size: InputSize, num_anchors: int) -> None:
+    """Give a dynamic graph a fixed ``batch``×3×H×W input and ``batch``×``num_anchors``×(4, 2, 10) outputs."""
+    _set_dims(proto.graph.input[0].type.tensor_type.shape.dim, (batch, 3, size.height, size.width))
+    for output, width in zip(proto.graph.output, OUTPUT_WIDTHS, strict=True):
+        _set_dims(output.type.tensor_type.shape.dim, (batch, num_anchors, width))
+
+
+class OnnxExporter:
+    """Exports ``model`` once, with dynamic batch/height/width; :meth:`artifact` pins that graph per size.
+
+    ``torch.onnx.export`` traces the whole model and serialises every weight on each call (2-3 s for
+    Resnet50). A fixed-size export differs from the dynamic one only in its declared shapes and in the
+    FPN upsampling sizes, which the dynamic graph computes from its input (Shape → Resize) where a
+    fixed-size trace holds them as constants. So the graph is exported once and each fixed-size artifact
+    is that graph with its input shape pinned: the same operators and weights at every size, which also
+    lets ``retinaface-convert`` convert it to OpenVINO once and reshape it per size. onnxsim folds the
+    shape arithmetic into constants, per size.
     """
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecation notice of the TorchScript-based exporter
-        torch.onnx.export(
-            model,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=_dynamic_axes() if dynamic else None,
-            do_constant_folding=True,
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
-    if dynamic:
+
+    def __init__(self, model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET) -> None:
+        buffer = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice of the TorchScript-based exporter
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes=_dynamic_axes(),
+                do_constant_folding=True,
+            )
+        proto = onnx.load_from_string(buffer.getvalue())
         _fix_output_widths(proto)
-    set_metadata(proto, provenance)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
+        onnx.checker.check_model(proto, full_check=True)
+        self._dynamic = proto.SerializeToString()
+
+    def artifact(
+        self, size: InputSize | None, batch: int, num_anchors: int | None, provenance: dict[str, Any]
+    ) -> bytes:
+        """The serialised model at ``size`` × ``batch`` (``size`` None: dynamic) with ``provenance``.
+
+        The dynamic graph passed ``onnx.checker`` (with strict shape inference) when it was exported; a
+        pinned copy differs from it in declared dimensions only, which the exporter's verification run
+        at that size checks against PyTorch.
+        """
+        proto = onnx.load_from_string(self._dynamic)
+        if size is not None:
+            assert num_anchors is not None
+            pin_shapes(proto, batch, size, num_anchors)
+        set_metadata(proto, provenance)
+        return proto.SerializeToString()
 
 
 def set_metadata(proto: onnx.ModelProto, values: dict[str, Any]) -> None:
@@ -84,18 +114,32 @@ def set_metadata(proto: onnx.ModelProto, values: dict[str, Any]) -> None:
             proto.metadata_props.add(key=key, value=text)
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's ``metadata_props`` as a dict of strings."""
-    proto = onnx.load(str(path), load_external_data=False)
-    return {entry.key: entry.value for entry in proto.metadata_props}
-
-
 def read_onnx_provenance(path: str | Path) -> dict[str, Any]:
-    """``metadata_props`` with the JSON-encoded values decoded (the inverse of :func:`export_onnx`)."""
+    """An ONNX file's provenance: its ``metadata_props``, JSON values decoded."""
+    return decode_metadata(onnx.load(str(path), load_external_data=False))
+
+
+def graph_fingerprint(proto: onnx.ModelProto) -> str:
+    """sha256 of an ONNX model with its declared input/output shapes and metadata left out.
+
+    Two files with the same fingerprint compute the same function and differ only in the shapes they
+    declare (the fixed-size artifacts pinned from one dynamic export): a converter may convert one and
+    reshape it for the others.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    del copy.metadata_props[:]
+    for value in [*copy.graph.input, *copy.graph.output]:
+        value.type.tensor_type.shape.Clear()
+    return hashlib.sha256(copy.SerializeToString()).hexdigest()
+
+
+def decode_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
+    """``metadata_props`` with JSON-encoded values decoded (the inverse of :func:`set_metadata`)."""
     decoded: dict[str, Any] = {}
-    for key, value in read_metadata(path).items():
+    for entry in proto.metadata_props:
         try:
-            decoded[key] = json.loads(value)
+            decoded[entry.key] = json.loads(entry.value)
         except json.JSONDecodeError:
-            decoded[key] = value
+            decoded[entry.key] = entry.value
     return decoded

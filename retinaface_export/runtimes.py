@@ -7,6 +7,7 @@ call artifacts through these.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int
 
 # rt_info section of an OpenVINO IR that holds retinaface-export's provenance.
 OPENVINO_RT_SECTION = "retinaface_export"
+# OpenVINO calls from two Python threads at once can deadlock (seen with openvino 2026.4: two infer
+# requests of different compiled models, each copying its input, both waiting forever); every OpenVINO call
+# of this package that may run in a worker thread holds this lock.
+OPENVINO_LOCK = threading.RLock()
 
 
 def openvino_runner(path: Path, threads: int | None = None) -> Runner:
@@ -70,13 +75,15 @@ def openvino_runner(path: Path, threads: int | None = None) -> Runner:
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-    request = compiled.create_infer_request()
-    outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+    with OPENVINO_LOCK:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
+        outputs = [compiled.output(name) for name in OUTPUT_NAMES]
 
     def run(data: np.ndarray) -> list[np.ndarray]:
-        result = request.infer({0: data})
-        return [np.array(result[port]) for port in outputs]
+        with OPENVINO_LOCK:
+            result = request.infer({0: data})
+            return [np.array(result[port]) for port in outputs]
 
     return run
 
@@ -85,7 +92,8 @@ def read_openvino_provenance(path: Path) -> dict[str, Any]:
     """The provenance in an IR's ``rt_info`` (JSON-encoded values decoded); {} when there is none."""
     import openvino as ov
 
-    model = ov.Core().read_model(str(path))
+    with OPENVINO_LOCK:
+        model = ov.Core().read_model(str(path))
     if not model.has_rt_info([OPENVINO_RT_SECTION]):
         return {}
     section = model.get_rt_info()[OPENVINO_RT_SECTION]

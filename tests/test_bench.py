@@ -40,7 +40,9 @@ def test_bench_reports_every_backend(tmp_path, real_weights):
     for row in rows:
         assert row["size"] == [320, 320]
         assert 0 < row["latency_ms_median"] <= row["latency_ms_p90"]
-        assert row["fps"] > 0 and row["e2e_ms_median"] > 0 and row["postprocess_ms_median"] > 0
+        assert row["fps"] > 0 and row["e2e_ms_median"] > 0
+        assert row["preprocess_ms_median"] > 0 and row["postprocess_ms_median"] > 0
+        assert row["overhead_pct"] > 0
     assert next(r for r in rows if r["backend"] == "openvino")["input_format"] == "u8-nhwc"
     assert (tmp_path / "b.md").read_text().count("\n| ") == len(rows) + 1
     import cv2

@@ -41,14 +41,15 @@ def table_markdown(rows: list[BenchRow], title: str) -> str:
         title,
         "",
         "| artifact | backend | precision | input | size | net median ms | net p90 ms | fps | "
-        "post ms | e2e median ms | overhead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "pre ms | post ms | e2e median ms | overhead (pre + post) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.artifact} | {r.backend} | {r.precision} | {r.input_format} | {r.size[0]}x{r.size[1]} | "
             f"{r.latency_ms_median:.1f} | {r.latency_ms_p90:.1f} | {r.fps:.1f} | "
-            f"{r.postprocess_ms_median:.2f} | {r.e2e_ms_median:.1f} | {r.overhead_pct:.0f}% |"
+            f"{r.preprocess_ms_median:.2f} | {r.postprocess_ms_median:.2f} | {r.e2e_ms_median:.1f} | "
+            f"{r.overhead_pct:.1f}% |"
         )
     return "\n".join(lines) + "\n"
 
@@ -113,6 +114,7 @@ def main(export_dir, runs, warmup, threads, image, json_path, plot_path, markdow
             "net ms",
             "p90",
             "fps",
+            "pre ms",
             "post ms",
             "e2e ms",
             "overhead",
@@ -128,8 +130,9 @@ def main(export_dir, runs, warmup, threads, image, json_path, plot_path, markdow
                 f"{r.latency_ms_median:.1f}",
                 f"{r.latency_ms_p90:.1f}",
                 f"{r.fps:.1f}",
+                f"{r.preprocess_ms_median:.2f}",
                 f"{r.postprocess_ms_median:.2f}",
                 f"{r.e2e_ms_median:.1f}",
-                f"{r.overhead_pct:.0f}%",
+                f"{r.overhead_pct:.1f}%",
             )
         Console(width=180).print(table)

@@ -103,3 +103,14 @@ def step_progress(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], 
             progress.update(task, total=total, completed=index, description=f"{verb} {label}")
 
         yield on_step
+
+
+jobs_option = click.option(
+    "--jobs",
+    "workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Artifacts built and verified at once, in threads. Worth it with more cores than a runtime uses; "
+    "no gain measured on 2 cores.",
+)

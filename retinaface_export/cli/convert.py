@@ -9,7 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, step_progress
+from retinaface_export.cli.common import (
+    MultiValueCommand,
+    configure_logging,
+    handle_errors,
+    jobs_option,
+    step_progress,
+)
 from retinaface_export.convert import TARGETS, ConvertOptions, ConvertResult, convert_export
 from retinaface_export.errors import UsageError
 from retinaface_export.formats import PRECISIONS
@@ -83,6 +89,7 @@ def _summary(result: ConvertResult) -> Table:
     default=None,
     help="Where results go (default: EXPORT_DIR); its manifest gets them.",
 )
+@jobs_option
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="retinaface-export", prog_name=COMMAND)
 @handle_errors(COMMAND)
@@ -95,6 +102,7 @@ def main(
     calibration: Path | None,
     sizes: tuple[str, ...],
     output_dir: Path | None,
+    workers: int,
     quiet: bool,
 ) -> None:
     """Convert the ONNX models of EXPORT_DIR (made by retinaface-export) to TARGET.
@@ -114,6 +122,7 @@ def main(
         input_format=input_format,
         calibration=calibration,
         sizes=tuple(parse_size(s) for s in sizes),
+        workers=workers,
     )
     with step_progress("converting", quiet) as on_step:
         result = convert_export(export_dir, options, output_dir, on_step=on_step)

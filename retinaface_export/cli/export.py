@@ -16,6 +16,7 @@ from retinaface_export.cli.common import (
     MultiValueCommand,
     configure_logging,
     handle_errors,
+    jobs_option,
     not_an_option,
     stderr,
     step_progress,
@@ -128,6 +129,7 @@ def _summary(result: ExportResult) -> Table:
     show_default=True,
     help="Where artifacts and manifest.json go.",
 )
+@jobs_option
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="retinaface-export", prog_name="retinaface-export")
 @handle_errors("retinaface-export")
@@ -141,6 +143,7 @@ def main(
     dynamic: bool,
     batch: int,
     output_dir: Path,
+    workers: int,
     quiet: bool,
 ) -> None:
     """Export a RetinaFace checkpoint to TorchScript and ONNX, verified against PyTorch.
@@ -150,7 +153,12 @@ def main(
     configure_logging(quiet)
     anchor_config = load_anchors(anchors) if anchors else None
     options = ExportOptions(
-        sizes=sizes, formats=formats or tuple(EXPORT_FORMATS), opset=opset, dynamic=dynamic, batch=batch
+        sizes=sizes,
+        formats=formats or tuple(EXPORT_FORMATS),
+        opset=opset,
+        dynamic=dynamic,
+        batch=batch,
+        workers=workers,
     )
     if weights is None:
         variant = get_variant(backbone or DEFAULT_BACKBONE)
