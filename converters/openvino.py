@@ -98,9 +98,16 @@ def finish_ir(base, input_shape: list[int | str], request: OpenVinoRequest, prov
             (network inputs as the ONNX model takes them).
         provenance: written under ``rt_info/retinaface_export``; values that are not strings as JSON.
     """
+    from openvino.passes import ConstantFolding, Manager
+
     with OPENVINO_LOCK:
         model = base.clone()
         model.reshape({INPUT_NAME: [dim if isinstance(dim, int) else -1 for dim in input_shape]})
+        # At a fixed size the shape arithmetic (ShapeOf → Resize sizes) is constant: fold it before NNCF
+        # sees the graph, as a per-size export would have it.
+        folding = Manager()
+        folding.register_pass(ConstantFolding())
+        folding.run_passes(model)
     if request.precision == "int8":
         if not request.calibration:
             raise ValueError("INT8 needs calibration samples")
