@@ -3,8 +3,8 @@
 Each format's costly step (the trace, the ONNX export) runs once per checkpoint; each size then gets its
 own file from it (see :class:`~retinaface_export.formats.Exporter`). Every artifact is built in a staging
 folder, run with its own runtime and compared with PyTorch eager (run once per size) before anything
-enters the output folder; the manifest is written last. ``jobs`` > 1 builds and verifies the sizes in
-that many threads: the runtimes release the GIL, and serialising and checking overlap with inference.
+enters the output folder; the manifest is written last. ``workers`` > 1 builds and verifies that many
+artifacts at once in threads (the runtimes release the GIL).
 """
 
 from __future__ import annotations
@@ -124,14 +124,18 @@ def _verification_input(size: InputSize, batch: int) -> np.ndarray:
 
 
 class _EagerReference:
-    """PyTorch eager's outputs on the verification input of each size and batch, computed once."""
+    """The verification input of each size and batch and PyTorch eager's outputs on it, made once."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self._run = eager_runner(model)
-        self._outputs = OnceCache()
+        self._cases = OnceCache()
 
-    def outputs(self, size: InputSize, batch: int) -> list[np.ndarray]:
-        return self._outputs.get((size, batch), lambda: self._run(_verification_input(size, batch)))
+    def case(self, size: InputSize, batch: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        def make() -> tuple[np.ndarray, list[np.ndarray]]:
+            data = _verification_input(size, batch)
+            return data, self._run(data)
+
+        return self._cases.get((size, batch), make)
 
 
 def _verify(job: ArtifactJob, staged: Path, reference: _EagerReference, file_name: str) -> dict[str, Any]:
@@ -141,7 +145,8 @@ def _verify(job: ArtifactJob, staged: Path, reference: _EagerReference, file_nam
     worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
     for size in job.verify_sizes:
         for batch in dict.fromkeys(batches):
-            expected, got = reference.outputs(size, batch), runner(_verification_input(size, batch))
+            data, expected = reference.case(size, batch)
+            got = runner(data)
             for name, exp, out in zip(OUTPUT_NAMES, expected, got, strict=True):
                 if out.shape != exp.shape:
                     raise ExportError(f"{file_name}: {name} has shape {out.shape}, PyTorch gives {exp.shape}")
