@@ -1,14 +1,12 @@
-"""OpenVINO IR from an exported ONNX graph, with optional INT8 (NNCF) and embedded preprocessing.
+"""OpenVINO IR from an exported ONNX graph (FP32/FP16/INT8, embedded preprocessing); run by the CPU plugin.
 
-:func:`read_onnx` converts an ONNX file (``openvino.convert_model``, the slow step: ~2 s for Resnet50);
-:func:`finish_ir` makes the IR asked for from a copy of that model, reshaped to a size (the exported ONNX
-files of one checkpoint share their graph and differ in input shape only, so one conversion serves every
-size), quantised by NNCF, with the preprocessing embedded; the command saves it with :func:`save_ir`.
+The exported ONNX files of one checkpoint share their graph and differ in input shape only, so
+``openvino.convert_model`` (the slow step: ~2 s for Resnet50) runs once per graph and each IR is a copy
+reshaped to its size, its shape arithmetic folded, quantised by NNCF, with the preprocessing embedded.
 
 INT8 settings, chosen by measuring F1 of decoded faces against FP32 on the crowd photo (mobilenet0.25 at
 320 and 640): NNCF's MIXED preset (asymmetric activations; the symmetric PERFORMANCE preset lost a quarter
-of the faces: F1 0.75 at 640), full bias correction (F1 0.92 at 320 where the fast one gave 0.83, and
-faster IR), the three prediction heads and the softmax left in floating point.
+of the faces: F1 0.75 at 640), the three prediction heads and the softmax left in floating point.
 """
 
 from __future__ import annotations
@@ -17,40 +15,41 @@ import contextlib
 import io
 import json
 import logging
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retinaface_export.contract import INPUT_NAME, MEAN_BGR
-from retinaface_export.runtimes import OPENVINO_LOCK, OPENVINO_RT_SECTION
+from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_NAMES
+from retinaface_export.converters.onnx import graph_fingerprint, source_model
+from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
+from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 
-# Input formats an IR can take (see retinaface_export.preprocess.INPUT_FORMATS).
-PLAIN_INPUT = "f32-nchw-minus-mean"
+# rt_info section of an IR that holds retinaface-export's provenance.
+RT_SECTION = "retinaface_export"
+# rt_info section where openvino.convert_model copies the source ONNX's metadata_props: removed, since it
+# describes the source (its precision and size), not the IR.
+SOURCE_METADATA_SECTION = "framework"
 RAW_FLOAT_INPUT = "f32-nchw"
 RAW_U8_INPUT = "u8-nhwc"
+# File-name tag of each input format.
+INPUT_TAGS = {DEFAULT_INPUT_FORMAT: "", RAW_FLOAT_INPUT: "_mean", RAW_U8_INPUT: "_u8"}
 # Nodes kept out of INT8: the 1×1 heads (tiny, and their outputs are the detections) and the softmax.
 INT8_IGNORED_PATTERNS = (r".*ClassHead.*", r".*BboxHead.*", r".*LandmarkHead.*")
 INT8_IGNORED_TYPES = ("Softmax", "SoftMax")
-
-
-@dataclass(frozen=True)
-class OpenVinoRequest:
-    """What IR to make."""
-
-    precision: str
-    input_format: str = PLAIN_INPUT
-    calibration: list[np.ndarray] | None = None
+# OpenVINO calls from two Python threads at once can deadlock (seen with openvino 2026.4: two infer
+# requests of different compiled models, each copying its input, both waiting forever); every OpenVINO call
+# of this package that may run in a worker thread holds this lock.
+OPENVINO_LOCK = threading.RLock()
 
 
 def _quantize(model, samples: list[np.ndarray]):
     import nncf
-    from nncf.common.logging.logger import set_log_level
 
     # NNCF logs at INFO to its own stdout handler and draws progress bars on stdout with no switch to turn
     # them off; the command has its own progress display, so both are silenced here.
-    set_log_level(logging.WARNING)
+    nncf.set_log_level(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):
         return nncf.quantize(
             model,
@@ -84,50 +83,107 @@ def read_onnx(source: Path):
     import openvino as ov
 
     with OPENVINO_LOCK:
-        return ov.convert_model(str(source))
+        model = ov.convert_model(str(source))
+    del model.get_rt_info()[SOURCE_METADATA_SECTION]
+    return model
 
 
-def finish_ir(base, input_shape: list[int | str], request: OpenVinoRequest, provenance: dict[str, Any]):
-    """The IR for ``request`` from a copy of ``base`` (left as it is), with ``provenance`` in its ``rt_info``.
-
-    Args:
-        base: from :func:`read_onnx`.
-        input_shape: the source ONNX's input shape (its dimension names for dynamic axes); ``base`` is
-            reshaped to it.
-        request: precision (``fp32``/``fp16``/``int8``), input format, calibration samples for INT8
-            (network inputs as the ONNX model takes them).
-        provenance: written under ``rt_info/retinaface_export``; values that are not strings as JSON.
-    """
+def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: dict[str, Any]):
+    """The IR ``job`` asks for from a copy of ``base`` (left as it is), with ``provenance`` in its ``rt_info``."""
     from openvino.passes import ConstantFolding, Manager
 
+    shape = [-1, 3, -1, -1] if job.size is None else [job.batch, 3, job.size.height, job.size.width]
     with OPENVINO_LOCK:
         model = base.clone()
-        model.reshape({INPUT_NAME: [dim if isinstance(dim, int) else -1 for dim in input_shape]})
+        model.reshape({INPUT_NAME: shape})
         # At a fixed size the shape arithmetic (ShapeOf → Resize sizes) is constant: fold it before NNCF
         # sees the graph, as a per-size export would have it.
         folding = Manager()
         folding.register_pass(ConstantFolding())
         folding.run_passes(model)
-    if request.precision == "int8":
-        if not request.calibration:
+    if job.precision == "int8":
+        if not calibration:
             raise ValueError("INT8 needs calibration samples")
-        model = _quantize(model, request.calibration)
-    if request.input_format != PLAIN_INPUT:
-        model = _embed_preprocessing(model, request.input_format)
+        model = _quantize(model, calibration)
+    if job.input_format != DEFAULT_INPUT_FORMAT:
+        model = _embed_preprocessing(model, job.input_format)
     for key, value in provenance.items():
-        model.set_rt_info(
-            value if isinstance(value, str) else json.dumps(value, sort_keys=True), [OPENVINO_RT_SECTION, key]
-        )
+        model.set_rt_info(value if isinstance(value, str) else json.dumps(value, sort_keys=True), [RT_SECTION, key])
     return model
 
 
-def save_ir(model, xml_path: Path, precision: str) -> list[Path]:
-    """Write ``model.xml`` and ``model.bin``; FP16 compresses weights, FP32 and INT8 keep FP32 weights.
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
-    ``ov.save_model`` compresses to FP16 by default, which must not happen to an IR labelled FP32.
-    """
-    import openvino as ov
 
-    with OPENVINO_LOCK:
-        ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")
-    return [xml_path, xml_path.with_suffix(".bin")]
+class OpenVinoFormat(ArtifactFormat):
+    """OpenVINO IR (FP32/FP16/INT8, optional embedded mean) from an ONNX artifact."""
+
+    name = "openvino"
+    suffix = ".xml"
+    backend = "openvino"
+    source_format = "onnx"
+    precisions = ("fp32", "fp16", "int8")
+    input_formats = (DEFAULT_INPUT_FORMAT, RAW_FLOAT_INPUT, RAW_U8_INPUT)
+    companion_suffixes = (".bin",)
+
+    def file_name(self, stem: str, precision: str, input_format: str) -> str:
+        return f"{stem}_{precision}{INPUT_TAGS[input_format]}{self.suffix}"
+
+    def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
+        import openvino as ov
+
+        fingerprint = inputs.shared.get(
+            ("fingerprint", inputs.source_path), lambda: graph_fingerprint(source_model(inputs))
+        )
+        base = inputs.shared.get(("openvino-base", fingerprint), lambda: read_onnx(inputs.source_path))
+        model = finish_ir(base, job, inputs.calibration, inputs.provenance)
+        with OPENVINO_LOCK:
+            # save_model compresses to FP16 by default, which must not happen to an IR labelled FP32 or INT8.
+            ov.save_model(model, str(staging / job.file_name), compress_to_fp16=job.precision == "fp16")
+        return {}
+
+    def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
+        """The IR on the CPU plugin in f32 inference precision (the CPU plugin may otherwise pick bf16)."""
+        import openvino as ov
+
+        del optimize  # OpenVINO always compiles with its optimisations; f32 keeps the IR's numerics
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        with OPENVINO_LOCK:
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+            request = compiled.create_infer_request()
+            outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+
+        def run(data: np.ndarray) -> list[np.ndarray]:
+            with OPENVINO_LOCK:
+                result = request.infer({0: data})
+                return [np.array(result[port]) for port in outputs]
+
+        return run
+
+    def read_provenance(self, path: Path) -> dict[str, Any]:
+        return self.provenance_blocks(path).get(RT_SECTION, {})
+
+    def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
+        """Every rt_info section that holds key/value entries (OpenVINO's own version strings left out)."""
+        import openvino as ov
+
+        with OPENVINO_LOCK:
+            model = ov.Core().read_model(str(path))
+        blocks: dict[str, dict[str, Any]] = {}
+        for section in model.get_rt_info():
+            entries = model.get_rt_info()[section]
+            try:
+                keys = list(entries.keys())
+            except AttributeError:
+                continue  # a plain value (the runtime version), not a block
+            blocks[section] = {key: _decode(model.get_rt_info([section, key]).astype(str)) for key in keys}
+        return blocks
+
+
+FORMAT = OpenVinoFormat()

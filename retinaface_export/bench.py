@@ -23,7 +23,6 @@ from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.formats import FORMATS
 from retinaface_export.manifest import Manifest
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
-from retinaface_export.runtimes import onnxruntime_runner, openvino_runner
 from retinaface_export.sizes import InputSize
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant
@@ -69,11 +68,8 @@ def _interleaved(fns: list[Callable[[], object]], runs: int, warmup: int) -> lis
 
 
 def _threaded_runner(fmt_name: str, path: Path, threads: int):
-    if fmt_name in ("onnx", "onnxsim"):
-        return onnxruntime_runner(path, optimize=True, threads=threads)  # deployed with optimisation on
-    if fmt_name == "openvino":
-        return openvino_runner(path, threads=threads)
-    return FORMATS[fmt_name].open_runner(path)  # TorchScript follows torch.set_num_threads
+    # deployed with the runtime's optimisations on
+    return FORMATS[fmt_name].open_runner(path, threads=threads, optimize=True)
 
 
 def measure(
@@ -141,8 +137,8 @@ def bench_export(
     else:
         checkpoint = load_checkpoint(record["path"])
     rows = []
-    fixed = [a for a in manifest.artifacts if a.get("size") and a.get("batch") == 1]
-    for size in sorted({tuple(a["size"]) for a in fixed}):
+    fixed = [a for a in manifest.artifacts if a.size and a.batch == 1]
+    for size in sorted({a.size for a in fixed if a.size}):
         input_size = InputSize(*size)
         if on_step:
             on_step(f"torch-eager {input_size}")
@@ -150,14 +146,14 @@ def bench_export(
         rows.append(
             measure(eager, image, input_size, runs, warmup, "(checkpoint)", "torch", "fp32", DEFAULT_INPUT_FORMAT)
         )
-        for artifact in sorted((a for a in fixed if tuple(a["size"]) == size), key=lambda a: a["path"]):
+        for artifact in sorted((a for a in fixed if a.size == size), key=lambda a: a.path):
             if on_step:
-                on_step(artifact["path"])
-            backend = artifact_backend(export_dir / artifact["path"])
+                on_step(artifact.path)
+            backend = artifact_backend(export_dir / artifact.path)
             backend = Backend(
                 **{
                     **backend.__dict__,
-                    "run": _threaded_runner(artifact["format"], export_dir / artifact["path"], threads),
+                    "run": _threaded_runner(artifact.format, export_dir / artifact.path, threads),
                 }
             )
             rows.append(
@@ -167,10 +163,10 @@ def bench_export(
                     input_size,
                     runs,
                     warmup,
-                    artifact["path"],
-                    artifact["format"],
-                    artifact.get("precision", "fp32"),
-                    artifact.get("input_format", DEFAULT_INPUT_FORMAT),
+                    artifact.path,
+                    artifact.format,
+                    artifact.precision,
+                    artifact.input_format,
                 )
             )
     return rows

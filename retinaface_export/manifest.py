@@ -1,23 +1,291 @@
-"""``manifest.json``: the list of artifacts in an export folder, shared by every command.
+"""``manifest.json``: the checkpoint an export folder came from and one :class:`ArtifactRecord` per artifact.
 
-``retinaface-export`` creates it; ``retinaface-convert``, ``retinaface-parity`` and ``retinaface-bench``
-read and extend it. It is written last and atomically.
+``retinaface-export`` creates it; ``retinaface-convert`` extends it; ``retinaface-parity``,
+``retinaface-bench`` and ``retinaface-detect`` read it. A manifest is input like any other file: it is
+validated where it is read (types, limits, file names that stay inside their folder), and a malformed one is
+one :class:`~retinaface_export.errors.ManifestError` naming the file and the field. Its JSON Schema ships
+with the package as ``manifest.schema.json`` (tests validate every manifest the commands write against it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from retinaface_export.atomic import atomic_write_bytes
 from retinaface_export.errors import ManifestError
+from retinaface_export.hashing import sha256_file
 from retinaface_export.provenance import TOOL_NAME, library_versions
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_NAME = "manifest.schema.json"
+SCHEMA_VERSION = 2
+# Limits a manifest's numbers must keep (far above anything real; a larger value is an edited file).
+MAX_SIDE = 16384
+MAX_BATCH = 4096
+MAX_MANIFEST_BYTES = 16 * 2**20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A file in an export folder: a plain name, no folder part, not hidden.
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]{0,254}$")
+
+
+def schema_path() -> Path:
+    """The JSON Schema of manifests, as shipped with the package."""
+    return Path(__file__).with_name(SCHEMA_NAME)
+
+
+class _Fields:
+    """Typed reads of one JSON object, each failure a ManifestError naming the file and the field."""
+
+    def __init__(self, data: Any, manifest: Path, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(manifest, f"{where}: expected an object, got {type(data).__name__}")
+        self.data, self.manifest, self.where = data, manifest, where
+
+    def fail(self, key: str, reason: str) -> ManifestError:
+        return ManifestError(self.manifest, f"{self.where}: {key!r} {reason}")
+
+    def get(self, key: str, kinds: type | tuple[type, ...], optional: bool = False) -> Any:
+        if key not in self.data:
+            if optional:
+                return None
+            raise self.fail(key, "is missing")
+        value = self.data[key]
+        if value is None and optional:
+            return None
+        # bool is an int in Python; a manifest's integers are not booleans
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _tuple(kinds)):
+            raise self.fail(key, f"must be {_names(kinds)}, got {type(value).__name__}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, optional: bool = False) -> int | None:
+        value = self.get(key, int, optional)
+        if value is not None and not low <= value <= high:
+            raise self.fail(key, f"must be from {low} to {high}, got {value}")
+        return value
+
+    def choice(self, key: str, choices: list[str] | tuple[str, ...]) -> str:
+        value = self.get(key, str)
+        if value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)}, got {value[:40]!r}")
+        return value
+
+    def sha256(self, key: str) -> str:
+        value = self.get(key, str)
+        if not _SHA256.match(value):
+            raise self.fail(key, "is not a sha256 hex digest")
+        return value
+
+    def file_name(self, key: str) -> str:
+        value = self.get(key, str)
+        if not _FILE_NAME.match(value) or value in (MANIFEST_NAME,):
+            raise self.fail(key, f"must be a plain file name inside the folder, got {value[:80]!r}")
+        return value
+
+    def size(self, key: str, optional: bool = False) -> tuple[int, int] | None:
+        value = self.get(key, list, optional)
+        if value is None:
+            return None
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self.fail(key, "must be [height, width]")
+        if not all(0 < v <= MAX_SIDE and v % 32 == 0 for v in value):
+            raise self.fail(key, f"sides must be multiples of 32 up to {MAX_SIDE}, got {value}")
+        return (value[0], value[1])
+
+
+def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _names(kinds: type | tuple[type, ...]) -> str:
+    words = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "an object",
+    }
+    return " or ".join(words.get(k, k.__name__) for k in _tuple(kinds))
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file by name and content hash."""
+
+    path: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON form."""
+        return {"path": self.path, "sha256": self.sha256}
+
+    @classmethod
+    def parse(cls, data: Any, manifest: Path, where: str) -> FileRef:
+        """Validated from JSON."""
+        fields = _Fields(data, manifest, where)
+        return cls(fields.file_name("path"), fields.sha256("sha256"))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output: name, shape (ints, or names for dynamic axes), element type, layout."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    element_type: str = "f32"
+    layout: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"name": self.name, "shape": list(self.shape), "element_type": self.element_type, "layout": self.layout}
+
+    @classmethod
+    def parse(cls, data: Any, manifest: Path, where: str) -> TensorSpec:
+        """Validated from JSON."""
+        fields = _Fields(data, manifest, where)
+        shape = fields.get("shape", list)
+        if not 1 <= len(shape) <= 8 or not all(
+            (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**31) or (isinstance(d, str) and len(d) < 32)
+            for d in shape
+        ):
+            raise fields.fail("shape", "must be 1 to 8 positive integers or axis names")
+        return cls(
+            fields.get("name", str)[:128],
+            tuple(shape),
+            fields.choice("element_type", ("f32", "u8")),
+            fields.get("layout", str),
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """One row of a manifest: an artifact file, what it takes and gives, where it came from, how it was checked."""
+
+    path: str
+    format: str
+    backend: str
+    variant: str
+    # [H, W]; None: dynamic batch, height and width
+    size: tuple[int, int] | None
+    # the fixed batch; None when dynamic
+    batch: int | None
+    precision: str
+    input_format: str
+    opset: int | None
+    sha256: str
+    bytes: int
+    # anchor rows at ``size``; None when dynamic
+    num_anchors: int | None
+    # the sizes it was verified at (its own, or several for a dynamic artifact)
+    verified_sizes: tuple[tuple[int, int], ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    companions: tuple[FileRef, ...] = ()
+    # the artifact it was converted from (by name in the folder it was read from); None if exported
+    source: FileRef | None = None
+    # how it was checked against its reference (PyTorch eager, or its source)
+    verification: dict[str, Any] = field(default_factory=dict)
+    # what the converter reports (onnxsim's op counts, INT8 calibration)
+    conversion: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dynamic(self) -> bool:
+        """Dynamic batch, height and width."""
+        return self.size is None
+
+    @property
+    def size_label(self) -> str:
+        """``640x640`` or ``dynamic``."""
+        return "dynamic" if self.size is None else f"{self.size[0]}x{self.size[1]}"
+
+    def files(self) -> list[FileRef]:
+        """The main file and its companions."""
+        return [FileRef(self.path, self.sha256), *self.companions]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (see ``manifest.schema.json``)."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "backend": self.backend,
+            "variant": self.variant,
+            "size": list(self.size) if self.size else None,
+            "dynamic": self.dynamic,
+            "batch": self.batch,
+            "precision": self.precision,
+            "input_format": self.input_format,
+            "opset": self.opset,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "num_anchors": self.num_anchors,
+            "verified_sizes": [list(s) for s in self.verified_sizes],
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "companions": [c.to_dict() for c in self.companions],
+            "source": self.source.to_dict() if self.source else None,
+            "verification": self.verification,
+            "conversion": self.conversion,
+        }
+
+    @classmethod
+    def parse(cls, data: Any, manifest: Path, where: str) -> ArtifactRecord:
+        """Validated from JSON.
+
+        Raises:
+            ManifestError: a missing field, a wrong type, a value out of its range, a path that leaves the
+                folder; the message names the manifest, the artifact and the field.
+        """
+        from retinaface_export.formats import FORMATS, PRECISIONS
+        from retinaface_export.preprocess import INPUT_FORMATS
+
+        fields = _Fields(data, manifest, where)
+        path = fields.file_name("path")
+        fields.where = f"{where} ({path})"
+        fmt = fields.choice("format", tuple(FORMATS))
+        size = fields.size("size", optional=True)
+        dynamic = fields.get("dynamic", bool)
+        if dynamic != (size is None):
+            raise fields.fail("dynamic", "disagrees with 'size'")
+        batch = fields.integer("batch", 1, MAX_BATCH, optional=True)
+        if (batch is None) != dynamic:
+            raise fields.fail("batch", "must be null exactly when the artifact is dynamic")
+        if not path.endswith(FORMATS[fmt].suffix):
+            raise fields.fail("path", f"does not end with {FORMATS[fmt].suffix} ({fmt})")
+        verified = fields.get("verified_sizes", list)
+        source = fields.get("source", dict, optional=True)
+        return cls(
+            path=path,
+            format=fmt,
+            backend=fields.get("backend", str)[:64],
+            variant=fields.get("variant", str)[:64],
+            size=size,
+            batch=batch,
+            precision=fields.choice("precision", tuple(PRECISIONS)),
+            input_format=fields.choice("input_format", tuple(INPUT_FORMATS)),
+            opset=fields.integer("opset", 1, 100, optional=True),
+            sha256=fields.sha256("sha256"),
+            bytes=fields.integer("bytes", 0, 2**40),
+            num_anchors=fields.integer("num_anchors", 1, 2**31, optional=True),
+            verified_sizes=tuple(
+                _Fields({"size": s}, manifest, f"{fields.where} verified_sizes").size("size") for s in verified[:64]
+            ),
+            inputs=tuple(
+                TensorSpec.parse(t, manifest, f"{fields.where} inputs") for t in fields.get("inputs", list)[:8]
+            ),
+            outputs=tuple(
+                TensorSpec.parse(t, manifest, f"{fields.where} outputs") for t in fields.get("outputs", list)[:8]
+            ),
+            companions=tuple(
+                FileRef.parse(c, manifest, f"{fields.where} companions") for c in fields.get("companions", list)[:8]
+            ),
+            source=FileRef.parse(source, manifest, f"{fields.where} source") if source is not None else None,
+            verification=fields.get("verification", dict),
+            conversion=fields.get("conversion", dict),
+        )
 
 
 @dataclass
@@ -25,13 +293,13 @@ class Manifest:
     """The checkpoint an export folder came from and the artifacts made of it."""
 
     checkpoint: dict[str, Any]
-    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
-    def add(self, artifact: dict[str, Any]) -> None:
+    def add(self, artifact: ArtifactRecord) -> None:
         """Add an artifact, replacing an earlier entry with the same path."""
-        self.artifacts = [a for a in self.artifacts if a["path"] != artifact["path"]]
+        self.artifacts = [a for a in self.artifacts if a.path != artifact.path]
         self.artifacts.append(artifact)
 
     def same_checkpoint(self, checkpoint: dict[str, Any]) -> bool:
@@ -47,42 +315,96 @@ class Manifest:
             "created": self.created,
             "checkpoint": self.checkpoint,
             "versions": self.versions,
-            "artifacts": sorted(self.artifacts, key=lambda a: a["path"]),
+            "artifacts": [a.to_dict() for a in sorted(self.artifacts, key=lambda a: a.path)],
         }
-        return json.dumps(body, indent=2) + "\n"
-
-    def write(self, folder: Path) -> Path:
-        """Write ``folder/manifest.json`` atomically; returns its path."""
-        path = folder / MANIFEST_NAME
-        atomic_write_bytes(path, self.to_json().encode())
-        return path
+        return json.dumps(body, indent=2, allow_nan=False) + "\n"
 
     @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        """Read ``folder/manifest.json``.
+    def read(cls, folder: str | Path) -> Manifest:
+        """Read and validate ``folder/manifest.json``.
 
         Raises:
-            ManifestError: missing, not JSON, or not a manifest of this tool.
+            ManifestError: missing, not JSON, not a manifest of this tool, or any field malformed (named).
         """
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
             raise ManifestError(path, "no manifest: not an export folder (run retinaface-export first)")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(path, f"larger than {MAX_MANIFEST_BYTES // 2**20} MiB: not a manifest of this tool")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ManifestError(path, f"not valid JSON ({exc})") from exc
-        if not isinstance(data, dict) or data.get("tool") != TOOL_NAME or "artifacts" not in data:
+        top = _Fields(data, path, "manifest")
+        if data.get("tool") != TOOL_NAME:
             raise ManifestError(path, f"not a {TOOL_NAME} manifest")
         if data.get("schema") != SCHEMA_VERSION:
-            raise ManifestError(path, f"manifest schema {data.get('schema')} is not {SCHEMA_VERSION}")
-        return cls(
-            checkpoint=data["checkpoint"],
-            artifacts=list(data["artifacts"]),
-            versions=data.get("versions", {}),
-            created=data.get("created", ""),
-        )
+            raise ManifestError(
+                path, f"manifest schema {data.get('schema')!r} is not {SCHEMA_VERSION}: re-run the export"
+            )
+        checkpoint = _parse_checkpoint(top.get("checkpoint", dict), path)
+        versions = top.get("versions", dict)
+        if not all(isinstance(v, str) for v in versions.values()):
+            raise top.fail("versions", "must map names to version strings")
+        rows = top.get("artifacts", list)
+        artifacts = [ArtifactRecord.parse(row, path, f"artifact {i + 1}") for i, row in enumerate(rows)]
+        names = [f.path for a in artifacts for f in a.files()]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ManifestError(path, f"lists {duplicates[0]} more than once")
+        return cls(checkpoint, artifacts, dict(versions), top.get("created", str, optional=True) or "")
 
     @classmethod
-    def read_if_present(cls, folder: Path) -> Manifest | None:
+    def read_if_present(cls, folder: str | Path) -> Manifest | None:
         """The folder's manifest, or None when there is none."""
         return cls.read(folder) if (Path(folder) / MANIFEST_NAME).exists() else None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_checkpoint(data: dict[str, Any], manifest: Path) -> dict[str, Any]:
+    from retinaface_export.anchors import AnchorConfig
+
+    fields = _Fields(data, manifest, "checkpoint")
+    fields.get("variant", str)
+    fields.get("synthetic", bool)
+    fields.get("path", str, optional=True)
+    if fields.get("sha256", str, optional=True) is not None:
+        fields.sha256("sha256")
+    fields.sha256("state_dict_sha256")
+    try:
+        AnchorConfig.from_mapping(fields.get("anchors", dict))
+    except (ValueError, TypeError) as exc:
+        raise fields.fail("anchors", f"is not an anchor configuration ({exc})") from exc
+    return data
+
+
+def artifact_file(folder: Path, name: str) -> Path:
+    """``folder/name``, refused when it is not a regular file inside ``folder`` (a symlink that leaves it).
+
+    Raises:
+        ManifestError: missing, not a regular file, or resolving outside ``folder``.
+    """
+    path = folder / name
+    if not path.exists():
+        raise ManifestError(path, "listed in the manifest but missing")
+    if path.resolve().parent != folder.resolve():
+        raise ManifestError(path, "resolves outside its export folder (a link?): refused")
+    if not path.is_file():
+        raise ManifestError(path, "not a regular file")
+    return path
+
+
+def check_files(folder: Path, record: ArtifactRecord) -> Path:
+    """Check an artifact's files (main and companions) are in ``folder`` and unaltered; the main file's path.
+
+    Raises:
+        ManifestError: a file is missing, leaves the folder, or its sha256 differs from the manifest.
+    """
+    for ref in record.files():
+        path = artifact_file(folder, ref.path)
+        if sha256_file(path) != ref.sha256:
+            raise ManifestError(path, "altered since it was written (sha256 differs from the manifest)")
+    return folder / record.path

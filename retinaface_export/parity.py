@@ -14,28 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from retinaface_export.comparison import Case, OutputVerdict, compare_outputs
 from retinaface_export.contract import OUTPUT_NAMES
 from retinaface_export.detection.backends import artifact_backend
 from retinaface_export.detection.compare import compare_faces, tolerant_f1
 from retinaface_export.errors import RetinaFaceExportError
-from retinaface_export.formats import FORMATS, PRECISIONS, allowed_abs_error
+from retinaface_export.formats import FORMATS, PRECISIONS
 from retinaface_export.golden import FACE_THRESHOLD, GoldenCase, GoldenSet, decode_faces, prepared_input
-from retinaface_export.hashing import sha256_file
-from retinaface_export.manifest import Manifest
-from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
-
-
-@dataclass
-class OutputCheck:
-    """One output of one artifact against the golden rows, worst over the cases."""
-
-    name: str
-    max_abs: float = 0.0
-    max_of_range: float = 0.0
-    # worst |Δ| / (atol + rtol·range) for tiers judged that way (at most 1 passes)
-    max_excess: float = 0.0
-    limit: str = ""
-    passed: bool = True
+from retinaface_export.manifest import ArtifactRecord, Manifest, check_files
+from retinaface_export.provenance import provenance_problems
 
 
 @dataclass
@@ -62,7 +49,9 @@ class ArtifactParity:
     input_format: str
     size: str
     cases: int = 0
-    outputs: list[OutputCheck] = field(default_factory=list)
+    # the tolerance's rule in words ("detections only" for INT8)
+    limit: str = ""
+    outputs: list[OutputVerdict] = field(default_factory=list)
     detection: DetectionCheck | None = None
     failures: list[str] = field(default_factory=list)
 
@@ -80,6 +69,7 @@ class ArtifactParity:
             "input_format": self.input_format,
             "size": self.size,
             "cases": self.cases,
+            "limit": self.limit,
             "passed": self.passed,
             "outputs": [o.__dict__ for o in self.outputs],
             "detection": self.detection.__dict__ if self.detection else None,
@@ -112,53 +102,26 @@ class ParityReport:
         }
 
 
-def _file_problems(export_dir: Path, artifact: dict[str, Any]) -> list[str]:
-    entries = [{"path": artifact["path"], "sha256": artifact["sha256"]}, *artifact.get("companions", [])]
-    problems = []
-    for entry in entries:
-        path = export_dir / entry["path"]
-        if not path.is_file():
-            problems.append(f"{entry['path']}: listed in the manifest but missing")
-        elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{entry['path']}: altered since it was written (sha256 differs from the manifest)")
-    return problems
-
-
-def _cases_for(golden: GoldenSet, artifact: dict[str, Any]) -> list[GoldenCase]:
-    if artifact.get("dynamic"):
+def _cases_for(golden: GoldenSet, artifact: ArtifactRecord) -> list[GoldenCase]:
+    if artifact.dynamic:
         return list(golden.cases)
-    return [case for case in golden.cases if case.size.as_list() == artifact["size"]]
+    return [case for case in golden.cases if (case.size.height, case.size.width) == artifact.size]
 
 
 def _compare_case(result: ArtifactParity, case: GoldenCase, outputs: list[np.ndarray], golden: GoldenSet) -> None:
     tolerance = PRECISIONS[result.precision]
     label = f"{case.input.name}@{case.size}"
-    for index, (name, out) in enumerate(zip(OUTPUT_NAMES, outputs, strict=True)):
-        if not np.isfinite(out).all():
-            result.failures.append(f"{name}: NaN or Inf on {label}")
-            return
+    for name, out in zip(OUTPUT_NAMES, outputs, strict=True):
         if len(out) <= int(case.rows.max()):
             result.failures.append(f"{name}: {len(out)} rows on {label}, the golden has more")
             return
-        if tolerance.atol is None and tolerance.range_fraction is None:
-            continue  # judged on detections only (INT8)
-        check = result.outputs[index]
-        got = out[case.rows]
-        error = float(np.max(np.abs(got - case.outputs[index])))
-        fraction = error / (case.ranges[index] or 1.0)
-        check.max_abs, check.max_of_range = max(check.max_abs, error), max(check.max_of_range, fraction)
-        if tolerance.atol is not None:
-            allowed = allowed_abs_error(tolerance, case.ranges[index])
-            check.max_excess = max(check.max_excess, error / allowed)
-            if not error <= allowed:
-                check.passed = False
-                result.failures.append(
-                    f"{name}: max abs error {error:.2e} > {allowed:.2e} (= {tolerance.atol:g} + "
-                    f"{tolerance.rtol:g} × range {case.ranges[index]:.1f}) on {label}"
-                )
-        if tolerance.range_fraction is not None and not fraction <= tolerance.range_fraction:
-            check.passed = False
-            result.failures.append(f"{name}: error {fraction:.1%} of range > {tolerance.range_fraction:.0%} on {label}")
+    verdict = compare_outputs([Case(label, case.outputs, [out[case.rows] for out in outputs], case.ranges)], tolerance)
+    for worst, now in zip(result.outputs, verdict.outputs, strict=True):
+        worst.max_abs, worst.max_of_range = max(worst.max_abs, now.max_abs), max(worst.max_of_range, now.max_of_range)
+        worst.max_excess, worst.passed = max(worst.max_excess, now.max_excess), worst.passed and now.passed
+    result.failures += verdict.failures
+    if not all(np.isfinite(out).all() for out in outputs):
+        return
     faces = decode_faces(outputs, golden.anchors, case.size, FACE_THRESHOLD - tolerance.score_margin - 1e-6)
     strong = [f for f in case.faces if f.score > FACE_THRESHOLD]
     strict = compare_faces(strong, [f for f in faces if f.score > FACE_THRESHOLD])
@@ -179,42 +142,36 @@ def _compare_case(result: ArtifactParity, case: GoldenCase, outputs: list[np.nda
 
 
 def check_artifact(
-    export_dir: Path, artifact: dict[str, Any], golden: GoldenSet, image_dirs: list[Path]
+    export_dir: Path, artifact: ArtifactRecord, golden: GoldenSet, image_dirs: list[Path]
 ) -> ArtifactParity:
     """Parity of one manifest entry against ``golden``."""
-    precision = artifact.get("precision", "fp32")
+    tolerance = PRECISIONS[artifact.precision]
     result = ArtifactParity(
-        path=artifact["path"],
-        format=artifact["format"],
-        precision=precision,
-        input_format=artifact.get("input_format", DEFAULT_INPUT_FORMAT),
-        size="dynamic" if artifact.get("dynamic") else "x".join(map(str, artifact["size"])),
+        path=artifact.path,
+        format=artifact.format,
+        precision=artifact.precision,
+        input_format=artifact.input_format,
+        size=artifact.size_label,
+        limit=tolerance.describe(),
+        outputs=[OutputVerdict(name) for name in OUTPUT_NAMES],
+        detection=DetectionCheck(min_f1=tolerance.min_f1, score_margin=tolerance.score_margin),
     )
-    if precision not in PRECISIONS or artifact["format"] not in FORMATS:
-        result.failures.append(f"unknown format/precision {artifact['format']}/{precision}")
-        return result
-    result.outputs = [OutputCheck(name) for name in OUTPUT_NAMES]
-    tolerance = PRECISIONS[precision]
-    limit = (
-        f"≤ {tolerance.atol:g}"
-        if tolerance.atol is not None
-        else (
-            f"≤ {tolerance.range_fraction:.0%} of range" if tolerance.range_fraction is not None else "detections only"
-        )
-    )
-    for check in result.outputs:
-        check.limit = limit
-    result.detection = DetectionCheck(min_f1=tolerance.min_f1, score_margin=tolerance.score_margin)
-    result.failures += _file_problems(export_dir, artifact)
+    try:
+        path = check_files(export_dir, artifact)
+        result.failures += provenance_problems(artifact.to_dict(), FORMATS[artifact.format].provenance_blocks(path))
+    except RetinaFaceExportError as exc:
+        result.failures.append(getattr(exc, "reason", str(exc)))
+    except Exception as exc:  # each runtime's reader fails in its own types on a damaged file
+        result.failures.append(f"cannot read its provenance: {type(exc).__name__}: {exc}")
     cases = _cases_for(golden, artifact)
     if not cases:
         result.failures.append(f"the golden set has no input at size {result.size}: nothing to compare")
     if result.failures:
         return result
     try:
-        backend = artifact_backend(export_dir / artifact["path"])
+        backend = artifact_backend(export_dir / artifact.path)
     except RetinaFaceExportError as exc:
-        result.failures.append(f"cannot open: {exc}")
+        result.failures.append(f"cannot open: {getattr(exc, 'reason', exc)}")
         return result
     except ImportError as exc:
         result.failures.append(f"runtime missing: {exc}")
@@ -256,6 +213,6 @@ def run_parity(export_dir: str | Path, goldens: list[GoldenSet], image_dirs: lis
         return report
     if not manifest.artifacts:
         report.failures.append("the manifest lists no artifacts: nothing to compare")
-    for artifact in sorted(manifest.artifacts, key=lambda a: a["path"]):
+    for artifact in sorted(manifest.artifacts, key=lambda a: a.path):
         report.artifacts.append(check_artifact(export_dir, artifact, matching[0], image_dirs))
     return report

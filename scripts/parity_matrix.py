@@ -10,6 +10,7 @@ registered variant, format, precision, input format or size is missing from them
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def _run(bin_dir: Path, command: str, *args: str) -> None:
     subprocess.run([str(bin_dir / command), *args], check=True)
 
 
+def _validate_manifest(path: Path) -> None:
+    """Every manifest the commands write validates against the schema shipped with the package."""
+    import jsonschema
+
+    from retinaface_export.manifest import schema_path
+
+    jsonschema.validate(json.loads(path.read_text()), json.loads(schema_path().read_text()))
+
+
 def main() -> int:
     """Build the matrix and run parity on it; 1 if any variant fails."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -99,6 +109,7 @@ def main() -> int:
                 str(folder / "parity.xml"),
             ]
         )
+        _validate_manifest(folder / "manifest.json")
         print(f"{variant}: built in {built:.0f} s, parity in {time.perf_counter() - start - built:.0f} s", flush=True)
         if parity.returncode:
             failed.append(variant)

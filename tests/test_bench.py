@@ -14,7 +14,7 @@ from retinaface_export.sizes import InputSize
 
 def test_bench_reports_every_backend(tmp_path, real_weights):
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(320, 320),)), tmp_path)
-    convert_export(tmp_path, ConvertOptions("openvino", embed_mean=True, input_format="u8-nhwc"))
+    convert_export(tmp_path, ConvertOptions("openvino", input_format="u8-nhwc"))
     result = CliRunner().invoke(
         main,
         [

@@ -13,8 +13,9 @@ from checkpoint_cases import BAD_CHECKPOINTS
 from retinaface_export import __version__, formats
 from retinaface_export.cli.common import expand_multi_value
 from retinaface_export.cli.export import main
+from retinaface_export.converters.onnx import OnnxExporter, OnnxFormat
+from retinaface_export.converters.torchscript import FORMAT as TORCHSCRIPT
 from retinaface_export.hashing import sha256_file
-from retinaface_export.torchscript_export import read_torchscript_provenance as read_provenance
 
 
 def run(*args: str):
@@ -103,7 +104,7 @@ def test_provenance_inside_artifacts(tmp_path, real_weights):
     assert meta["checkpoint_sha256"] == digest
     assert meta["variant"] == "mobilenet0.25" and meta["tool_version"] == __version__
     assert json.loads(meta["input_size"]) == [320, 320] and json.loads(meta["opset"]) == 17
-    ts = read_provenance(str(out / "retinaface_mobilenet0.25_320x320.torchscript.pt"))
+    ts = TORCHSCRIPT.read_provenance(str(out / "retinaface_mobilenet0.25_320x320.torchscript.pt"))
     assert ts["checkpoint_sha256"] == digest and ts["input_size"] == [320, 320] and ts["opset"] is None
 
 
@@ -149,21 +150,24 @@ def test_failed_run_keeps_earlier_export_intact(tmp_path, monkeypatch, real_weig
     assert run("--weights", str(real_weights), "--size", "320", "--output-dir", str(out), "-q").exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    onnx_format = formats.EXPORT_FORMATS["onnx"]
-
-    class CrashesAt640(onnx_format.exporter):
+    class CrashesAt640(OnnxExporter):
         def artifact(self, size, batch, num_anchors, provenance):
             if size.height == 640:
                 raise RuntimeError("simulated exporter crash")
             return super().artifact(size, batch, num_anchors, provenance)
 
-    monkeypatch.setitem(
-        formats.EXPORT_FORMATS, "onnx", formats.ArtifactFormat(**{**onnx_format.__dict__, "exporter": CrashesAt640})
-    )
+    class CrashingOnnx(OnnxFormat):
+        def exporter(self, model, example, opset):
+            return CrashesAt640(model, example, opset)
+
+    monkeypatch.setitem(formats.FORMATS, "onnx", CrashingOnnx())
     # both formats at 320 are rebuilt (and would replace the old files), then onnx at 640 fails: nothing may change
     result = run("--weights", str(real_weights), "--size", "320", "640", "--output-dir", str(out), "-q")
     assert result.exit_code == 1
-    assert "retinaface_mobilenet0.25_640x640.onnx: onnx export failed: simulated exporter crash" in result.stderr
+    assert (
+        "retinaface_mobilenet0.25_640x640.onnx: onnx export failed: RuntimeError: simulated exporter crash"
+        in result.stderr
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(tmp_path.glob(".out.staging-*"))
 

@@ -14,14 +14,17 @@ from retinaface_export.cli.convert import main
 from retinaface_export.convert import ConvertOptions, convert_export
 from retinaface_export.detection import DetectionConfig, Detector
 from retinaface_export.detection.compare import compare_faces
+from retinaface_export.formats import FORMATS
 from retinaface_export.hashing import sha256_file
 from retinaface_export.images import read_image
-from retinaface_export.onnx_export import read_onnx_provenance
 from retinaface_export.preprocess import to_raw_nchw, to_u8_nhwc
-from retinaface_export.runtimes import onnxruntime_runner, openvino_runner, read_openvino_provenance
 from retinaface_export.sizes import STANDARD_SIZES, InputSize
 
 IMAGES = SHARED / "images"
+onnxruntime_runner = FORMATS["onnx"].open_runner
+openvino_runner = FORMATS["openvino"].open_runner
+read_onnx_provenance = FORMATS["onnx"].read_provenance
+read_openvino_provenance = FORMATS["openvino"].read_provenance
 
 
 def artifact(manifest: dict, **fields) -> dict:
@@ -37,8 +40,8 @@ def converted(standard_export, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"converted-{checkpoint.variant.name}")
     convert_export(export_dir, ConvertOptions("onnxsim"), out)
     convert_export(export_dir, ConvertOptions("openvino", precisions=("fp32", "fp16")), out)
-    convert_export(export_dir, ConvertOptions("openvino", embed_mean=True, input_format="f32-nchw"), out)
-    convert_export(export_dir, ConvertOptions("openvino", embed_mean=True, input_format="u8-nhwc"), out)
+    convert_export(export_dir, ConvertOptions("openvino", input_format="f32-nchw"), out)
+    convert_export(export_dir, ConvertOptions("openvino", input_format="u8-nhwc"), out)
     int8_sizes = () if checkpoint.variant.name == "mobilenet0.25" else (InputSize(320, 320),)
     convert_export(
         export_dir, ConvertOptions("openvino", ("int8",), calibration=require(IMAGES), sizes=int8_sizes), out
@@ -62,7 +65,7 @@ def test_fp32_ir_and_simplified_onnx_equal_onnx(converted, crowd_photo, size):
     expected = onnxruntime_runner(source_onnx(converted, size))(data)
     ir = artifact(manifest, format="openvino", precision="fp32", size=[size, size], input_format="f32-nchw-minus-mean")
     sim = artifact(manifest, format="onnxsim", size=[size, size])
-    assert sim["simplified"] and sim["nodes_after"] < sim["nodes_before"]
+    assert sim["conversion"]["simplified"] and sim["conversion"]["nodes_after"] < sim["conversion"]["nodes_before"]
     for path, run in ((ir["path"], openvino_runner), (sim["path"], onnxruntime_runner)):
         for exp, got in zip(expected, run(out / path)(data), strict=True):
             assert got.shape == exp.shape
@@ -91,7 +94,7 @@ def test_embedded_mean_ir_fed_raw_pixels_equals_plain_ir(converted, crowd_photo,
         manifest, format="openvino", precision="fp32", size=[size, size], input_format="f32-nchw-minus-mean"
     )
     embedded = artifact(manifest, format="openvino", precision="fp32", size=[size, size], input_format=input_format)
-    assert embedded["mean_embedded"] is True
+    assert read_openvino_provenance(out / embedded["path"])["mean_embedded"] is True
     expected = openvino_runner(out / plain["path"])(image)
     got = openvino_runner(out / embedded["path"])(prepare(raw.round().astype(np.uint8)))
     for exp, res in zip(expected, got, strict=True):
@@ -125,7 +128,7 @@ def test_int8_keeps_the_faces_of_fp32(converted, crowd_photo, size):
         ):
             strong = [face for face in confident if face.score >= 0.6]
             assert len(strong) >= 5 and compare_faces(strong, other).matched == len(strong)
-    assert int8["calibration"]["images"] == 7 and int8["calibration"]["samples"] == 42
+    assert int8["conversion"]["calibration"]["images"] == 7 and int8["conversion"]["calibration"]["samples"] == 42
 
 
 def test_ir_weights_have_the_precision_they_are_labelled(converted):
@@ -157,7 +160,7 @@ def test_provenance_and_files_of_converted_artifacts(converted):
     assert info["checkpoint_state_dict_sha256"] == checkpoint.state_dict_sha256
     assert info["source_sha256"] == entry["source"]["sha256"] == sha256_file(export_dir / info["source"])
     sim = artifact(manifest, format="onnxsim", size=[640, 640])
-    assert read_onnx_provenance(out / sim["path"])["converter"] == "onnxsim"
+    assert read_onnx_provenance(out / sim["path"])["format"] == "onnxsim"
 
 
 def test_dynamic_export_stays_dynamic_when_simplified(tmp_path, real_weights):
@@ -170,8 +173,8 @@ def test_dynamic_export_stays_dynamic_when_simplified(tmp_path, real_weights):
         tmp_path,
     )
     result = convert_export(tmp_path, ConvertOptions("onnxsim"))
-    (entry,) = result.added
-    assert entry["dynamic"] and entry["simplified"]
+    (entry,) = [a.to_dict() for a in result.added]
+    assert entry["dynamic"] and entry["conversion"]["simplified"]
     run = onnxruntime_runner(tmp_path / entry["path"])
     for h, w in ((320, 320), (480, 640)):
         outputs = run(np.zeros((2, 3, h, w), np.float32))
@@ -209,7 +212,7 @@ def test_folder_without_manifest(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "damage, says", [("delete", "listed in the manifest but missing"), ("alter", "altered since it was exported")]
+    "damage, says", [("delete", "listed in the manifest but missing"), ("alter", "altered since it was written")]
 )
 def test_missing_or_altered_source(small_export, damage, says):
     onnx_path = small_export / "retinaface_mobilenet0.25_320x320.onnx"
@@ -262,7 +265,7 @@ def test_failed_conversion_writes_nothing(small_export, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("simulated converter crash")
 
-    monkeypatch.setattr(ov_converter, "save_ir", explode)
+    monkeypatch.setattr(ov_converter, "finish_ir", explode)
     before = snapshot(small_export)
     result = run(small_export, "--to", "openvino", "--precision", "fp32")
     assert result.exit_code == 1
@@ -278,7 +281,7 @@ def test_output_dir_gets_its_own_manifest(small_export, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     (entry,) = manifest["artifacts"]
     assert entry["input_format"] == "u8-nhwc" and entry["path"].endswith("_fp32_u8.xml")
-    assert entry["source"]["path"] == str((small_export / "retinaface_mobilenet0.25_320x320.onnx").resolve())
+    assert entry["source"]["path"] == "retinaface_mobilenet0.25_320x320.onnx"
     faces = Detector.from_artifact(out / entry["path"]).detect(read_image(require(CROWD_PHOTO)))
     assert len(faces) >= 5  # the crowd letterboxed to 320: 6 faces above 0.5
 
@@ -291,9 +294,9 @@ def test_onnxsim_failure_keeps_the_original_and_says_so(small_export, monkeypatc
 
     monkeypatch.setattr(onnxsim, "simplify", broken)
     result = convert_export(small_export, ConvertOptions("onnxsim"))
-    (entry,) = result.added
-    assert entry["simplified"] is False and "simulated onnxsim bug" in entry["reason"]
-    assert entry["nodes_after"] == entry["nodes_before"]
+    (entry,) = [a.to_dict() for a in result.added]
+    assert entry["conversion"]["simplified"] is False and "simulated onnxsim bug" in entry["conversion"]["reason"]
+    assert entry["conversion"]["nodes_after"] == entry["conversion"]["nodes_before"]
     original = onnxruntime_runner(small_export / "retinaface_mobilenet0.25_320x320.onnx")
     kept = onnxruntime_runner(small_export / entry["path"])
     data = np.zeros((1, 3, 320, 320), np.float32)

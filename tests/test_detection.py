@@ -186,7 +186,7 @@ def exported_640(real_weights, tmp_path_factory):
     out = tmp_path_factory.mktemp("det640")
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(640, 640),)), out)
     convert_export(out, ConvertOptions("openvino"))
-    convert_export(out, ConvertOptions("openvino", embed_mean=True, input_format="u8-nhwc"))
+    convert_export(out, ConvertOptions("openvino", input_format="u8-nhwc"))
     return out
 
 

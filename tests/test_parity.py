@@ -78,7 +78,7 @@ def clean_export(real_weights, tmp_path_factory):
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=SIZES), folder)
     convert_export(folder, ConvertOptions("onnxsim"))
     convert_export(folder, ConvertOptions("openvino", ("fp32", "fp16", "int8"), calibration=require(IMAGES)))
-    convert_export(folder, ConvertOptions("openvino", embed_mean=True, input_format="u8-nhwc", sizes=SIZES[:1]))
+    convert_export(folder, ConvertOptions("openvino", input_format="u8-nhwc", sizes=SIZES[:1]))
     return folder
 
 
@@ -218,14 +218,11 @@ def test_missing_runtime_fails(tmp_path, real_weights, golden_sets, monkeypatch)
 
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=SIZES[2:], formats=("onnx",)), tmp_path)
 
-    def no_runtime(path):
-        raise ImportError("No module named 'onnxruntime'")
+    class NoRuntime(type(formats.FORMATS["onnx"])):
+        def open_runner(self, path, threads=None, optimize=False):
+            raise ImportError("No module named 'onnxruntime'")
 
-    monkeypatch.setitem(
-        formats.FORMATS,
-        "onnx",
-        formats.ArtifactFormat(**{**formats.FORMATS["onnx"].__dict__, "open_runner": no_runtime}),
-    )
+    monkeypatch.setitem(formats.FORMATS, "onnx", NoRuntime())
     (result,) = run_parity(tmp_path, golden_sets, [require(IMAGES)]).artifacts
     assert not result.passed and "runtime missing" in result.failures[0]
 

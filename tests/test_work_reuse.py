@@ -14,9 +14,8 @@ import pytest
 
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.convert import ConvertOptions, convert_export
+from retinaface_export.converters.onnx import graph_fingerprint, onnxruntime_runner
 from retinaface_export.export import ExportOptions, export_checkpoint
-from retinaface_export.onnx_export import graph_fingerprint
-from retinaface_export.runtimes import onnxruntime_runner
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache, run_jobs
 
@@ -65,9 +64,15 @@ def test_openvino_converts_each_graph_once_and_reshapes_per_size(onnx_export, tm
     assert len(calls) == 1
     assert len(result.added) == 4
     for entry in result.added:  # each IR passed its tensor check against its own source at its own size
-        assert entry["tensor_check"]["max_abs_error"]
-        model = ov.Core().read_model(str(tmp_path / entry["path"]))
-        assert list(model.input(0).get_shape()) == [1, 3, *entry["size"]]
+        check = entry.verification
+        assert (
+            check["kind"] == "tensors" and check["passed"] and check["reference"] == f"its source {entry.source.path}"
+        )
+        assert set(check["max_abs_error"]) == {"face_rpn_bbox_pred", "face_rpn_cls_prob", "face_rpn_landmark_pred"}
+        assert 0 < max(check["max_abs_error"].values()) <= (1e-4 if entry.precision == "fp32" else 0.2)
+        assert check["sizes"] == [list(entry.size)]
+        model = ov.Core().read_model(str(tmp_path / entry.path))
+        assert list(model.input(0).get_shape()) == [1, 3, *entry.size]
 
 
 def test_threads_give_the_artifacts_of_a_sequential_run(real_weights, tmp_path):

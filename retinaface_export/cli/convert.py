@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from retinaface_export.cli.choices import RegistryChoice
 from retinaface_export.cli.common import (
     MultiValueCommand,
     configure_logging,
@@ -16,9 +17,11 @@ from retinaface_export.cli.common import (
     jobs_option,
     step_progress,
 )
-from retinaface_export.convert import TARGETS, ConvertOptions, ConvertResult, convert_export
+from retinaface_export.convert import ConvertOptions, convert_export
 from retinaface_export.errors import UsageError
-from retinaface_export.formats import PRECISIONS
+from retinaface_export.formats import PRECISIONS, convert_targets
+from retinaface_export.manifest import ArtifactRecord
+from retinaface_export.pipeline import RunResult
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.sizes import parse_size
 
@@ -26,29 +29,25 @@ log = logging.getLogger(__name__)
 COMMAND = "retinaface-convert"
 
 
-def _check(artifact: dict) -> str:
-    if "tensor_check" in artifact:
-        return f"max |Δ| {max(artifact['tensor_check']['max_abs_error'].values()):.1e}"
-    if "detection_check" in artifact:
-        check = artifact["detection_check"]
-        return f"F1 {check['f1']:.3f} on {check['images']} photos"
-    if "simplified" in artifact:
-        before, after = artifact["nodes_before"], artifact["nodes_after"]
-        return f"{before} → {after} nodes" if artifact["simplified"] else f"kept original: {artifact['reason']}"
-    return ""
+def _check(artifact: ArtifactRecord) -> str:
+    verification, conversion = artifact.verification, artifact.conversion
+    if conversion.get("simplified") is False:
+        return f"kept original: {conversion['reason']}"
+    if verification.get("kind") == "detections":
+        return f"F1 {verification['f1']:.3f} on {verification['images']} photos"
+    check = f"max |Δ| {max(verification['max_abs_error'].values()):.1e}"
+    if conversion.get("simplified"):
+        check += f", {conversion['nodes_before']} → {conversion['nodes_after']} nodes"
+    return check
 
 
-def _summary(result: ConvertResult) -> Table:
+def _summary(result: RunResult) -> Table:
     table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
     for column in ("artifact", "precision", "input", "check", "MB"):
         table.add_column(column, justify="right" if column == "MB" else "left")
     for artifact in result.added:
         table.add_row(
-            artifact["path"],
-            artifact["precision"],
-            artifact.get("input_format", DEFAULT_INPUT_FORMAT),
-            _check(artifact),
-            f"{artifact['bytes'] / 1e6:.1f}",
+            artifact.path, artifact.precision, artifact.input_format, _check(artifact), f"{artifact.bytes / 1e6:.1f}"
         )
     return table
 
@@ -59,7 +58,7 @@ def _summary(result: ConvertResult) -> Table:
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--to", "target", type=click.Choice(TARGETS), required=True, help="Target format.")
+@click.option("--to", "target", type=RegistryChoice(convert_targets), required=True, help="Target format.")
 @click.option(
     "--precision",
     "precisions",
@@ -118,13 +117,14 @@ def main(
     options = ConvertOptions(
         target=target,
         precisions=precisions or ("fp32",),
-        embed_mean=embed_mean,
         input_format=input_format,
         calibration=calibration,
         sizes=tuple(parse_size(s) for s in sizes),
         workers=workers,
     )
     with step_progress("converting", quiet) as on_step:
-        result = convert_export(export_dir, options, output_dir, on_step=on_step)
+        result = convert_export(
+            export_dir, options, output_dir, on_step=lambda job, i, n: on_step(job.describe(), i, n)
+        )
     if not quiet:
         Console().print(_summary(result))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from retinaface_export.anchors import bundled_anchor_presets, load_anchors
 from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
+from retinaface_export.cli.choices import RegistryChoice
 from retinaface_export.cli.common import (
     MultiValueCommand,
     configure_logging,
@@ -21,10 +22,11 @@ from retinaface_export.cli.common import (
     stderr,
     step_progress,
 )
+from retinaface_export.converters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from retinaface_export.errors import UsageError
-from retinaface_export.export import ExportOptions, ExportResult, export_checkpoint
-from retinaface_export.formats import EXPORT_FORMATS
-from retinaface_export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from retinaface_export.export import ExportOptions, export_checkpoint
+from retinaface_export.formats import export_formats
+from retinaface_export.pipeline import RunResult
 from retinaface_export.sizes import InputSize, parse_size
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant, list_variants
@@ -52,27 +54,26 @@ def _announce_synthetic(checkpoint: LoadedCheckpoint) -> None:
     )
 
 
-def _summary(result: ExportResult) -> Table:
+def _summary(result: RunResult) -> Table:
     table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
     for column in ("artifact", "format", "size", "anchors", "max |Δ| vs PyTorch", "MB"):
         table.add_column(column, justify="right" if column in ("anchors", "MB") else "left")
     for artifact in result.added:
-        size = "dynamic" if artifact["dynamic"] else "x".join(map(str, artifact["size"]))
-        error = max(artifact["verification"]["max_abs_error"].values())
+        error = max(artifact.verification["max_abs_error"].values())
         table.add_row(
-            artifact["path"],
-            artifact["format"],
-            size,
-            str(artifact["num_anchors"] or "-"),
+            artifact.path,
+            artifact.format,
+            artifact.size_label,
+            str(artifact.num_anchors or "-"),
             f"{error:.1e}",
-            f"{artifact['bytes'] / 1e6:.1f}",
+            f"{artifact.bytes / 1e6:.1f}",
         )
     return table
 
 
 @click.command(
     cls=MultiValueCommand,
-    multi_value={"--size": not_an_option, "--format": lambda token: token in EXPORT_FORMATS},
+    multi_value={"--size": not_an_option, "--format": lambda token: token in export_formats()},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.option(
@@ -106,9 +107,9 @@ def _summary(result: ExportResult) -> Table:
     "--format",
     "formats",
     multiple=True,
-    type=click.Choice(list(EXPORT_FORMATS)),
+    type=RegistryChoice(export_formats),
     metavar="FORMAT...",
-    help=f"Formats ({', '.join(EXPORT_FORMATS)}); several after one flag. Default: all.",
+    help=f"Formats ({', '.join(export_formats())}); several after one flag. Default: all.",
 )
 @click.option(
     "--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True, help="ONNX opset."
@@ -154,7 +155,7 @@ def main(
     anchor_config = load_anchors(anchors) if anchors else None
     options = ExportOptions(
         sizes=sizes,
-        formats=formats or tuple(EXPORT_FORMATS),
+        formats=formats,
         opset=opset,
         dynamic=dynamic,
         batch=batch,

@@ -27,7 +27,7 @@ def _table(report: ParityReport) -> Table:
     for a in report.artifacts:
         cells = []
         for check in a.outputs or []:
-            if check.limit == "detections only":
+            if a.limit == "detections only":
                 cells.append("-")
             else:
                 cells.append(f"{'✓' if check.passed else '✗'} {check.max_abs:.1e}")

@@ -16,9 +16,10 @@ import numpy as np
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.errors import FileError
-from retinaface_export.formats import FORMATS, ArtifactFormat, companion_paths, format_for_path
+from retinaface_export.format_api import ArtifactFormat, Runner
+from retinaface_export.formats import FORMATS, format_for_path
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
-from retinaface_export.runtimes import Runner, eager_runner
+from retinaface_export.runtimes import eager_runner
 from retinaface_export.sizes import InputSize
 
 
@@ -62,7 +63,7 @@ def _input_size(value: Any) -> InputSize | None:
     return None if value == "dynamic" else InputSize(int(value[0]), int(value[1]))
 
 
-def artifact_backend(path: str | Path) -> Backend:
+def artifact_backend(path: str | Path, threads: int | None = None, optimize: bool = False) -> Backend:
     """Open an exported artifact with its runtime, configured from the provenance inside it.
 
     Raises:
@@ -72,7 +73,7 @@ def artifact_backend(path: str | Path) -> Backend:
     if not path.is_file():
         raise FileError(path, "no such artifact file")
     fmt = format_of(path)
-    for companion in companion_paths(fmt, path):
+    for companion in fmt.companions(path):
         if not companion.is_file():
             raise FileError(companion, f"missing: {path.name} needs it beside it")
     try:
@@ -89,7 +90,7 @@ def artifact_backend(path: str | Path) -> Backend:
     return Backend(
         name=fmt.backend,
         source=str(path),
-        run=fmt.open_runner(path),
+        run=fmt.open_runner(path, threads=threads, optimize=optimize),
         anchors=AnchorConfig.from_mapping(provenance["anchors"]),
         input_size=_input_size(provenance["input_size"]),
         batch=None if batch == "dynamic" else int(batch),

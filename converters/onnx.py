@@ -1,4 +1,4 @@
-"""ONNX export with the Open Model Zoo names, optional dynamic axes, provenance in ``metadata_props``.
+"""ONNX: exported with the Open Model Zoo names and provenance in ``metadata_props``; run by ONNX Runtime.
 
 Deliberately the TorchScript-based exporter (``dynamo=False``), not the torch.export one that is
 torch's default since 2.9: for this static CNN it gives the same graph numerics, any opset from 11, and
@@ -15,10 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import onnx
-import torch
-
 from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES, OUTPUT_WIDTHS
+from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Runner
 from retinaface_export.sizes import InputSize
 
 DEFAULT_OPSET = 17
@@ -33,7 +31,7 @@ def _dynamic_axes() -> dict[str, dict[int, str]]:
     return axes
 
 
-def _fix_output_widths(proto: onnx.ModelProto) -> None:
+def _fix_output_widths(proto) -> None:
     """The exporter leaves the last output axis symbolic under dynamic axes; it is 4, 2 and 10."""
     for output, width in zip(proto.graph.output, OUTPUT_WIDTHS, strict=True):
         last = output.type.tensor_type.shape.dim[-1]
@@ -47,7 +45,7 @@ def _set_dims(dims, values: tuple[int, ...]) -> None:
         dim.dim_value = value
 
 
-def pin_shapes(proto: onnx.ModelProto, batch: int, size: InputSize, num_anchors: int) -> None:
+def pin_shapes(proto, batch: int, size: InputSize, num_anchors: int) -> None:
     """Give a dynamic graph a fixed ``batch``×3×H×W input and ``batch``×``num_anchors``×(4, 2, 10) outputs."""
     _set_dims(proto.graph.input[0].type.tensor_type.shape.dim, (batch, 3, size.height, size.width))
     for output, width in zip(proto.graph.output, OUTPUT_WIDTHS, strict=True):
@@ -66,7 +64,10 @@ class OnnxExporter:
     shape arithmetic into constants, per size.
     """
 
-    def __init__(self, model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET) -> None:
+    def __init__(self, model, example, opset: int = DEFAULT_OPSET) -> None:
+        import onnx
+        import torch
+
         buffer = io.BytesIO()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice of the TorchScript-based exporter
@@ -95,6 +96,8 @@ class OnnxExporter:
         pinned copy differs from it in declared dimensions only, which the exporter's verification run
         at that size checks against PyTorch.
         """
+        import onnx
+
         proto = onnx.load_from_string(self._dynamic)
         if size is not None:
             assert num_anchors is not None
@@ -103,38 +106,18 @@ class OnnxExporter:
         return proto.SerializeToString()
 
 
-def set_metadata(proto: onnx.ModelProto, values: dict[str, Any]) -> None:
-    """Set ``metadata_props`` entries (values that are not strings as JSON), replacing existing keys."""
-    existing = {entry.key: entry for entry in proto.metadata_props}
+def set_metadata(proto, values: dict[str, Any]) -> None:
+    """Make ``metadata_props`` exactly ``values`` (values that are not strings as JSON).
+
+    Entries already there are dropped: a derived model describes itself, not its source.
+    """
+    del proto.metadata_props[:]
     for key, value in values.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        if key in existing:
-            existing[key].value = text
-        else:
-            proto.metadata_props.add(key=key, value=text)
+        proto.metadata_props.add(key=key, value=text)
 
 
-def read_onnx_provenance(path: str | Path) -> dict[str, Any]:
-    """An ONNX file's provenance: its ``metadata_props``, JSON values decoded."""
-    return decode_metadata(onnx.load(str(path), load_external_data=False))
-
-
-def graph_fingerprint(proto: onnx.ModelProto) -> str:
-    """sha256 of an ONNX model with its declared input/output shapes and metadata left out.
-
-    Two files with the same fingerprint compute the same function and differ only in the shapes they
-    declare (the fixed-size artifacts pinned from one dynamic export): a converter may convert one and
-    reshape it for the others.
-    """
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    del copy.metadata_props[:]
-    for value in [*copy.graph.input, *copy.graph.output]:
-        value.type.tensor_type.shape.Clear()
-    return hashlib.sha256(copy.SerializeToString()).hexdigest()
-
-
-def decode_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
+def decode_metadata(proto) -> dict[str, Any]:
     """``metadata_props`` with JSON-encoded values decoded (the inverse of :func:`set_metadata`)."""
     decoded: dict[str, Any] = {}
     for entry in proto.metadata_props:
@@ -143,3 +126,77 @@ def decode_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
         except json.JSONDecodeError:
             decoded[entry.key] = entry.value
     return decoded
+
+
+def read_onnx_provenance(path: str | Path) -> dict[str, Any]:
+    """An ONNX file's provenance: its ``metadata_props``, JSON values decoded."""
+    import onnx
+
+    return decode_metadata(onnx.load(str(path), load_external_data=False))
+
+
+def graph_fingerprint(proto) -> str:
+    """sha256 of an ONNX model with its declared input/output shapes and metadata left out.
+
+    Two files with the same fingerprint compute the same function and differ only in the shapes they
+    declare (the fixed-size artifacts pinned from one dynamic export): a converter may convert one and
+    reshape it for the others.
+    """
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    del copy.metadata_props[:]
+    for value in [*copy.graph.input, *copy.graph.output]:
+        value.type.tensor_type.shape.Clear()
+    return hashlib.sha256(copy.SerializeToString()).hexdigest()
+
+
+def source_model(inputs: ConvertInputs):
+    """The parsed source ONNX of a conversion, shared by every job of the run (changers work on a copy)."""
+    import onnx
+
+    return inputs.shared.get(("onnx-model", inputs.source_path), lambda: onnx.load(str(inputs.source_path)))
+
+
+def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int | None = None) -> Runner:
+    """An ONNX model (file or bytes) through ONNX Runtime's CPU provider; graph optimisation off unless asked.
+
+    With optimisation off, ONNX Runtime computes the graph as written (onnxsim's ``compare`` habit).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(data):
+        return session.run(list(OUTPUT_NAMES), {input_name: data})
+
+    return run
+
+
+class OnnxFormat(ArtifactFormat):
+    """ONNX from the PyTorch model, run by ONNX Runtime."""
+
+    name = "onnx"
+    suffix = ".onnx"
+    backend = "onnxruntime"
+    uses_opset = True
+
+    def exporter(self, model, example, opset: int) -> OnnxExporter:
+        return OnnxExporter(model, example, opset)
+
+    def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
+        return onnxruntime_runner(path, optimize=optimize, threads=threads)
+
+    def read_provenance(self, path: Path) -> dict[str, Any]:
+        return read_onnx_provenance(path)
+
+
+FORMAT = OnnxFormat()

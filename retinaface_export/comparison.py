@@ -1,0 +1,150 @@
+"""The one tensor comparison: reference outputs against a candidate's, judged by a precision's tolerance.
+
+Export verification (artifact against PyTorch eager), every conversion check (converted artifact against
+its source, onnxsim's graph against the original) and parity (artifact against golden rows) call
+:func:`compare_outputs`, so an FP32 artifact is held to the same rule everywhere:
+``max |candidate - reference| <= atol + rtol × (reference max - reference min)`` per output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from retinaface_export.contract import OUTPUT_NAMES
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close an artifact of one precision must stay to its FP32 reference."""
+
+    # max |artifact - reference| <= atol + rtol * (the reference output's range, max - min), or None when not
+    # judged on tensors this way. Float32 accumulation-order noise scales with a tensor's magnitude, not with
+    # each element: rtol lets ~1e-5-relative noise on landmarks (range ~20) pass, while a 1% weight change
+    # (errors ~1e-2) still fails by two orders of magnitude.
+    atol: float | None
+    rtol: float
+    # Largest |artifact - reference| as a fraction of the reference output's range (max - min).
+    range_fraction: float | None
+    # Smallest detection F1 against the reference's faces (score > 0.5, IoU >= 0.5) ...
+    min_f1: float
+    # ... where a face above 0.5 on one side is matched by a face above 0.5 - score_margin on the other:
+    # a face scored 0.507 by FP32 and 0.49 by INT8 is the same face, not a miss and a false alarm.
+    score_margin: float
+
+    @property
+    def judges_tensors(self) -> bool:
+        """False for precisions judged on detections only (INT8)."""
+        return self.atol is not None or self.range_fraction is not None
+
+    def allowed(self, output_range: float) -> float:
+        """The largest abs error allowed on an output whose reference spans ``output_range``."""
+        if self.atol is not None:
+            return self.atol + self.rtol * output_range
+        if self.range_fraction is not None:
+            return self.range_fraction * (output_range or 1.0)
+        return float("inf")
+
+    def describe(self) -> str:
+        """The rule in words, for tables and messages."""
+        if self.atol is not None:
+            return f"≤ {self.atol:g} + {self.rtol:g}×range"
+        if self.range_fraction is not None:
+            return f"≤ {self.range_fraction:.0%} of range"
+        return "detections only"
+
+
+@dataclass
+class OutputVerdict:
+    """One output, worst over every case compared."""
+
+    name: str
+    max_abs: float = 0.0
+    # max_abs as a fraction of the reference's range
+    max_of_range: float = 0.0
+    # worst |Δ| / allowed (at most 1 passes)
+    max_excess: float = 0.0
+    passed: bool = True
+
+
+@dataclass
+class TensorVerdict:
+    """Every output's verdict and the failures, each naming the output, the error and the limit."""
+
+    tolerance: Tolerance
+    outputs: list[OutputVerdict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    cases: int = 0
+
+    @property
+    def passed(self) -> bool:
+        """Something was compared and nothing failed."""
+        return self.cases > 0 and not self.failures
+
+    def max_abs_errors(self) -> dict[str, float]:
+        """``{output name: worst abs error}``."""
+        return {o.name: o.max_abs for o in self.outputs}
+
+    def record(self) -> dict[str, object]:
+        """What a manifest keeps of it."""
+        return {
+            "kind": "tensors",
+            "rule": self.tolerance.describe(),
+            "cases": self.cases,
+            "max_abs_error": self.max_abs_errors(),
+            "max_error_of_range": {o.name: o.max_of_range for o in self.outputs},
+            "max_excess": {o.name: o.max_excess for o in self.outputs},
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input's reference and candidate outputs; ``ranges`` when the reference holds sampled rows only."""
+
+    label: str
+    reference: Sequence[np.ndarray]
+    candidate: Sequence[np.ndarray]
+    ranges: Sequence[float] | None = None
+
+
+def compare_outputs(cases: Iterable[Case], tolerance: Tolerance, names: Sequence[str] = OUTPUT_NAMES) -> TensorVerdict:
+    """Judge a candidate's outputs against the reference's over ``cases``, collecting every failure.
+
+    A shape that differs, or NaN/Inf in the candidate, fails that output whatever the tolerance. Outputs of
+    a precision judged on detections only are checked for shape and finiteness alone.
+    """
+    verdict = TensorVerdict(tolerance, [OutputVerdict(name) for name in names])
+    for case in cases:
+        verdict.cases += 1
+        for index, (out, reference, candidate) in enumerate(
+            zip(verdict.outputs, case.reference, case.candidate, strict=True)
+        ):
+            candidate = np.asarray(candidate)
+            if candidate.shape != reference.shape:
+                out.passed = False
+                verdict.failures.append(
+                    f"{out.name} has shape {candidate.shape}, the reference {reference.shape} on {case.label}"
+                )
+                continue
+            if not np.isfinite(candidate).all():
+                out.passed, out.max_abs, out.max_excess = False, float("inf"), float("inf")
+                verdict.failures.append(f"{out.name}: NaN or Inf on {case.label}")
+                continue
+            if not tolerance.judges_tensors:
+                continue
+            span = float(case.ranges[index]) if case.ranges is not None else float(reference.max() - reference.min())
+            error = float(np.max(np.abs(candidate - reference))) if reference.size else 0.0
+            allowed = tolerance.allowed(span)
+            out.max_abs = max(out.max_abs, error)
+            out.max_of_range = max(out.max_of_range, error / (span or 1.0))
+            out.max_excess = max(out.max_excess, error / allowed)
+            if not error <= allowed:
+                out.passed = False
+                verdict.failures.append(
+                    f"{out.name}: max abs error {error:.2e} > {allowed:.2e} ({tolerance.describe()}, "
+                    f"range {span:.3g}) on {case.label}"
+                )
+    return verdict
