@@ -336,10 +336,14 @@ def test_stop_signal_during_a_commit_waits_for_it_to_finish_or_be_undone(tmp_pat
     steps = _replace_calls_of_a_commit(tmp_path, OLD)
     real = os.replace
 
-    class Stop(KeyboardInterrupt):
+    class Stop(Exception):  # what the handler raises (not a KeyboardInterrupt, so a failure cannot end pytest)
         pass
 
+    in_the_middle = False
+    handled_in_the_middle = []
+
     def stop(signum, frame):
+        handled_in_the_middle.append(in_the_middle)
         raise Stop
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -350,11 +354,13 @@ def test_stop_signal_during_a_commit_waits_for_it_to_finish_or_be_undone(tmp_pat
             calls = 0
 
             def signalled(*args, at=step + 1):
-                nonlocal calls
+                nonlocal calls, in_the_middle
                 calls += 1
                 if calls == at:
+                    in_the_middle = True
                     os.kill(os.getpid(), signal.SIGTERM)
                     time.sleep(0.01)  # the handler would run here if the commit did not hold it
+                    in_the_middle = False
                 return real(*args)
 
             with staging_dir(out) as staging:
@@ -367,6 +373,7 @@ def test_stop_signal_during_a_commit_waits_for_it_to_finish_or_be_undone(tmp_pat
             assert snapshot(out) == ({**OLD, **NEW, MANIFEST: NEW_MANIFEST} if last else before), step
             assert stagings(out) == []
             assert signal.getsignal(signal.SIGTERM) is stop
+            assert handled_in_the_middle == [False] * (step + 1 - last), step  # after the commit, or not at all
     finally:
         signal.signal(signal.SIGTERM, previous)
 
