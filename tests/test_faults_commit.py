@@ -642,6 +642,43 @@ def test_signal_ends_a_console_script_with_one_line_and_no_staging(tmp_path, sig
     assert stagings(out) == []
 
 
+SLOW_CLEANUP = """
+import sys, time
+from pathlib import Path
+from retinaface_export.atomic import staging_dir
+from retinaface_export.cli.entry import exit_interrupted, install_signal_handlers
+install_signal_handlers("cmd")
+try:
+    with staging_dir(Path(sys.argv[1])) as staging:
+        try:
+            print(staging, flush=True)
+            time.sleep(300)
+        finally:
+            print("cleaning up", flush=True)
+            time.sleep(300)  # as when worker threads finish the artifact they are building
+except KeyboardInterrupt as exc:
+    exit_interrupted("cmd", exc)
+"""
+
+
+def test_second_signal_during_cleanup_stops_at_once_and_the_next_run_cleans_up(tmp_path):
+    out = tmp_path / "out"
+    run = python(SLOW_CLEANUP, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        staging = Path(run.stdout.readline().strip())
+        run.send_signal(signal.SIGTERM)
+        assert run.stdout.readline().strip() == "cleaning up"
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=30) == 130
+    finally:
+        run.kill()
+    assert "cmd: interrupted again; stopped at once" in run.stderr.read()
+    assert staging.is_dir()
+    with output_lock(out, timeout=5):
+        pass
+    assert not staging.exists()
+
+
 def test_every_console_script_installs_the_signal_handlers_first():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     commands = {path.stem for path in (REPO / "retinaface_export" / "cli").glob("*.py")} - {
