@@ -72,3 +72,15 @@ class ManifestError(FileError):
 
 class ExportError(RetinaFaceExportError):
     """An export that failed or whose artifact does not reproduce the PyTorch model."""
+
+
+class OutputDirError(FileError):
+    """An output folder that cannot be written: a file, a dangling symlink, a read-only folder or parent."""
+
+
+class FolderBusyError(FileError):
+    """Another run holds the output folder's lock and did not release it in time."""
+
+
+class CommitError(FileError):
+    """A run's files could not all be moved into the output folder; the folder was left as it was."""

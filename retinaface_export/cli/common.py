@@ -1,4 +1,8 @@
-"""What every command shares: multi-value options, logging to stderr, errors as one line and an exit code."""
+"""What every command shares: multi-value options, logging to stderr, errors as one line and an exit code.
+
+Stop signals (SIGINT, SIGTERM, SIGHUP) are installed by the console-script entry points
+(:mod:`retinaface_export.cli.entry`), before the heavy imports; :func:`handle_errors` reports them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from retinaface_export.cli.entry import exit_interrupted
 from retinaface_export.errors import RetinaFaceExportError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,10 +74,14 @@ def configure_logging(quiet: bool, verbose: bool = False) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("filelock").setLevel(max(level, logging.INFO))  # its DEBUG lines narrate every poll
 
 
 def handle_errors(command_name: str) -> Callable[[F], F]:
-    """Turn library errors into ``<command>: error: <one line>`` on stderr and the error's exit code."""
+    """Turn library errors into ``<command>: error: <one line>`` on stderr and the error's exit code.
+
+    A stop signal or Ctrl-C becomes ``<command>: interrupted; nothing was written`` and 128 + its number.
+    """
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
@@ -83,9 +92,8 @@ def handle_errors(command_name: str) -> Callable[[F], F]:
                 message = " ".join(str(exc).split())
                 click.echo(f"{command_name}: error: {message}", err=True)
                 sys.exit(exc.exit_code)
-            except KeyboardInterrupt:
-                click.echo(f"{command_name}: interrupted; nothing was written", err=True)
-                sys.exit(130)
+            except KeyboardInterrupt as exc:
+                exit_interrupted(command_name, exc)
 
         return wrapper  # type: ignore[return-value]
 

@@ -1,0 +1,104 @@
+"""Console-script entry points: stop signals are handled before the command's heavy imports begin.
+
+SIGINT, SIGTERM and SIGHUP all raise :class:`Interrupted` (a ``KeyboardInterrupt``), so a run stops the way
+Ctrl-C stops it: context managers remove staging folders and release locks, a commit in progress is finished
+or undone first (:func:`retinaface_export.atomic.commit_run`), and the command prints one line and exits
+128 + the signal number. Importing torch and friends takes seconds; a signal then ends the run the same way.
+This module imports only the standard library, so the handlers are in place within milliseconds.
+
+A second signal while the first one's cleanup runs (worker threads finish their artifact first) exits at
+once: what it leaves (a staging folder, a commit cut short) belongs to a dead process, which the next run
+into that folder removes or undoes (:func:`retinaface_export.atomic.clean_stale_staging`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+COMMANDS = {
+    "retinaface-export": "retinaface_export.cli.export",
+    "retinaface-convert": "retinaface_export.cli.convert",
+    "retinaface-detect": "retinaface_export.cli.detect",
+    "retinaface-golden": "retinaface_export.cli.golden",
+    "retinaface-parity": "retinaface_export.cli.parity",
+    "retinaface-bench": "retinaface_export.cli.bench",
+    "retinaface-eval": "retinaface_export.cli.evaluate",
+}
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP, raised in the main thread."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: list[int] = []
+_command = ["retinaface-export"]
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    if _received:  # a second signal while the first one's cleanup runs: stop now
+        _write_line(f"{_command[0]}: interrupted again; stopped at once (the next run cleans up after it)")
+        os._exit(128 + signum)
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+def _write_line(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # the terminal that sent SIGHUP may be gone
+        pass
+
+
+def install_signal_handlers(command: str) -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``command`` for messages)."""
+    _command[0] = command
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_interrupted)
+
+
+def exit_interrupted(command: str, exc: KeyboardInterrupt) -> NoReturn:
+    """Print ``<command>: interrupted; ...`` and exit 128 + the signal number (130 for Ctrl-C)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    done = "its files were written before it stopped" if getattr(exc, "committed", False) else "nothing was written"
+    _write_line(f"{command}: interrupted; {done}")
+    sys.exit(128 + signum)
+
+
+def run(command: str) -> NoReturn:
+    """Install the handlers, then import ``command``'s module and run its click ``main``."""
+    install_signal_handlers(command)
+    try:
+        main = importlib.import_module(COMMANDS[command]).main
+        main(prog_name=command)
+    except KeyboardInterrupt as exc:
+        exit_interrupted(command, exc)
+    sys.exit(0)  # click's standalone main exits itself; this is not reached
+
+
+def _entry(command: str) -> Callable[[], NoReturn]:
+    def entry() -> NoReturn:
+        run(command)
+
+    entry.__name__ = entry.__qualname__ = command.removeprefix("retinaface-")
+    entry.__doc__ = f"The ``{command}`` console script."
+    return entry
+
+
+export = _entry("retinaface-export")
+convert = _entry("retinaface-convert")
+detect = _entry("retinaface-detect")
+golden = _entry("retinaface-golden")
+parity = _entry("retinaface-parity")
+bench = _entry("retinaface-bench")
+evaluate = _entry("retinaface-eval")
