@@ -230,6 +230,13 @@ def convert_export(
             return _detection_check(source_path, staging / job.file_name, calibration, job.precision), conversion
         return verify_tensors(job, staging / job.file_name, reference), conversion
 
+    def recheck_sources() -> None:
+        # under the output folder's lock: a run that replaced a source since it was read is caught here
+        for source in sources:
+            check_files(export_dir, source)
+
     # NNCF is not made for concurrent use: INT8 conversions run one at a time.
     workers = 1 if "int8" in options.precisions else options.workers
-    return run_builds(output_dir or export_dir, manifest.checkpoint, jobs, make, workers, on_step)
+    return run_builds(
+        output_dir or export_dir, manifest.checkpoint, jobs, make, workers, on_step, prepare=recheck_sources
+    )

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retinaface_export import __version__
-from retinaface_export.atomic import commit_files, staging_dir
+from retinaface_export.atomic import commit_run, output_lock, staging_dir
 from retinaface_export.comparison import Case, compare_outputs
 from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_NAMES, OUTPUT_WIDTHS
 from retinaface_export.errors import ExportError, ManifestError, RetinaFaceExportError
@@ -186,12 +186,27 @@ def run_builds(
             output folder is checked, so a refused run does not pay for it).
 
     Raises:
-        ManifestError: ``output_dir`` is not a folder or holds an export of another checkpoint.
+        OutputDirError: ``output_dir`` cannot be written (a file, a dangling link, read-only).
+        FolderBusyError: another run holds the folder past the lock's timeout.
+        ManifestError: ``output_dir`` holds an export of another checkpoint, or a malformed manifest.
         ExportError: a build failed or an artifact does not match its reference (named).
+        CommitError: the artifacts could not all be moved in (nothing was: the folder is as it was).
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ManifestError(output_dir, "output path exists and is not a folder")
+    # The folder lock is held from reading the manifest to committing it: two runs into one folder (any
+    # commands) take turns, so the manifest always lists exactly the files.
+    with output_lock(output_dir) as folder:
+        return _run_locked(folder, checkpoint, jobs, make, workers, on_step, prepare)
+
+
+def _run_locked(
+    output_dir: Path,
+    checkpoint: dict[str, Any],
+    jobs: list[Job],
+    make: Callable[[Job, Path], Made],
+    workers: int,
+    on_step: Callable[[Job, int, int], None] | None,
+    prepare: Callable[[], None] | None,
+) -> RunResult:
     previous = Manifest.read_if_present(output_dir)
     if previous is not None and not previous.same_checkpoint(checkpoint):
         raise ManifestError(
@@ -225,8 +240,6 @@ def run_builds(
         for record in added:
             manifest.add(record)
         manifest.versions = library_versions()
-        commit_files(staging, [f.path for record in added for f in record.files()], output_dir)
-    from retinaface_export.atomic import atomic_write_bytes
-
-    atomic_write_bytes(output_dir / MANIFEST_NAME, manifest.to_json().encode())
+        names = [f.path for record in added for f in record.files()]
+        commit_run(staging, names, output_dir, MANIFEST_NAME, manifest.to_json().encode())
     return RunResult(output_dir, manifest, added)
