@@ -5,15 +5,20 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch; installed first so nothing pulls a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install test test-fast lint format parity golden bench export-demo clean
+.PHONY: install constraints test test-fast lint format parity golden bench export-demo clean
 
 install: $(BIN)/retinaface-export
 
-$(BIN)/retinaface-export: pyproject.toml
+# Exactly the versions CI tested (constraints.txt); `make constraints` rewrites it from the venv after an upgrade.
+$(BIN)/retinaface-export: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $@
+
+constraints: install
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 test: install lint
 	$(BIN)/python -m pytest

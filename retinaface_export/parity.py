@@ -54,6 +54,8 @@ class ArtifactParity:
     outputs: list[OutputVerdict] = field(default_factory=list)
     detection: DetectionCheck | None = None
     failures: list[str] = field(default_factory=list)
+    # golden cases not run: photo cases when no --images folder was given
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -74,6 +76,7 @@ class ArtifactParity:
             "outputs": [o.__dict__ for o in self.outputs],
             "detection": self.detection.__dict__ if self.detection else None,
             "failures": self.failures,
+            "skipped": self.skipped,
         }
 
 
@@ -165,7 +168,10 @@ def check_artifact(
         result.failures.append(f"cannot read its provenance: {type(exc).__name__}: {exc}")
     cases = _cases_for(golden, artifact)
     if not cases:
-        result.failures.append(f"the golden set has no input at size {result.size}: nothing to compare")
+        result.failures.append(
+            f"the golden set has no input at size {result.size}: nothing to compare. Record one with: retinaface-"
+            f"golden record --weights CHECKPOINT --size {result.size} --output-dir DIR, then pass --golden DIR"
+        )
     if result.failures:
         return result
     try:
@@ -177,6 +183,9 @@ def check_artifact(
         result.failures.append(f"runtime missing: {exc}")
         return result
     for case in cases:
+        if case.input.photo is not None and not image_dirs:
+            result.skipped.append(f"{case.input.name}@{case.size}")
+            continue
         try:
             canvas = prepared_input(case, image_dirs)
         except RetinaFaceExportError as exc:
@@ -190,7 +199,16 @@ def check_artifact(
             continue
         result.cases += 1
         _compare_case(result, case, outputs, golden)
+    if result.cases == 0 and not result.failures:
+        result.failures.append("every golden case needs a photo: nothing compared (pass --images DIR)")
     return result
+
+
+def packaged_golden_root() -> Path:
+    """The golden sets that ship with the package (``golden/`` of the repository)."""
+    from importlib.resources import files
+
+    return Path(str(files("retinaface_export.goldens")))
 
 
 def run_parity(export_dir: str | Path, goldens: list[GoldenSet], image_dirs: list[Path]) -> ParityReport:
@@ -208,7 +226,8 @@ def run_parity(export_dir: str | Path, goldens: list[GoldenSet], image_dirs: lis
         known = ", ".join(f"{g.folder.name} ({str(g.checkpoint.get('state_dict_sha256'))[:12]})" for g in goldens)
         report.failures.append(
             f"no golden set for checkpoint {manifest.checkpoint.get('variant')} (state dict sha256 "
-            f"{str(digest)[:12]}); golden sets found: {known or 'none'}"
+            f"{str(digest)[:12]}); golden sets found: {known or 'none'}. Record one with: retinaface-golden record "
+            f"--weights CHECKPOINT --output-dir DIR, then pass --golden DIR"
         )
         return report
     if not manifest.artifacts:

@@ -102,3 +102,33 @@ golden = _entry("retinaface-golden")
 parity = _entry("retinaface-parity")
 bench = _entry("retinaface-bench")
 evaluate = _entry("retinaface-eval")
+
+
+def module_main() -> NoReturn:
+    """``python -m retinaface_export``: one click group whose subcommands are the console scripts' commands.
+
+    Each command's module is imported only when that command runs or its help is shown.
+    """
+    import click
+
+    class Commands(click.Group):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return [name.removeprefix("retinaface-") for name in COMMANDS]
+
+        def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+            module = COMMANDS.get(f"retinaface-{name}")
+            return importlib.import_module(module).main if module else None
+
+    group = Commands(
+        name="retinaface_export",
+        help="RetinaFace checkpoints to verified TorchScript, ONNX and OpenVINO artifacts. Each command is also "
+        "installed as a console script: retinaface-export, retinaface-convert, ...\n\n"
+        "Example: python -m retinaface_export export --weights mobilenet0.25_Final.pth --size 640 --output-dir out",
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    install_signal_handlers("retinaface_export")
+    try:
+        group.main(prog_name="python -m retinaface_export")
+    except KeyboardInterrupt as exc:
+        exit_interrupted("retinaface_export", exc)
+    sys.exit(0)

@@ -14,7 +14,7 @@ from retinaface_export.atomic import atomic_write_bytes
 from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, not_an_option
 from retinaface_export.contract import OUTPUT_NAMES
 from retinaface_export.golden import find_golden_sets
-from retinaface_export.parity import ParityReport, run_parity
+from retinaface_export.parity import ParityReport, packaged_golden_root, run_parity
 
 COMMAND = "retinaface-parity"
 SHORT = {"face_rpn_bbox_pred": "bbox", "face_rpn_cls_prob": "cls", "face_rpn_landmark_pred": "landmarks"}
@@ -33,7 +33,7 @@ def _table(report: ParityReport) -> Table:
                 cells.append(f"{'✓' if check.passed else '✗'} {check.max_abs:.1e}")
         cells += [""] * (len(OUTPUT_NAMES) - len(cells))
         d = a.detection
-        detection = f"{'✓' if d.passed else '✗'} F1 {d.f1:.3f} ({d.faces} faces)" if d else ""
+        detection = f"{'✓' if d.passed else '✗'} F1 {d.f1:.3f} ({d.faces} faces)" if d and a.cases else "-"
         table.add_row(a.path, a.precision, a.input_format, *cells, detection, "✓" if a.passed else "✗ FAIL")
     return table
 
@@ -63,19 +63,18 @@ def _junit(report: ParityReport) -> bytes:
 @click.option(
     "--golden",
     type=click.Path(path_type=Path),
-    default=Path("golden"),
-    show_default=True,
-    help="A golden set, or a folder of them (the one for the export's checkpoint is used).",
+    default=None,
+    help="A golden set, or a folder of them (the one for the export's checkpoint is used). "
+    "Default: the golden sets installed with the package.",
 )
 @click.option(
     "--images",
     "image_dirs",
     multiple=True,
     type=click.Path(path_type=Path),
-    default=(Path("../shared/images"),),
-    show_default=True,
     metavar="DIR...",
-    help="Where the golden sets' photos are.",
+    help="Folders with the golden sets' photos (found by sha256). Without them the photo cases are skipped "
+    "and the seeded synthetic cases still run.",
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
@@ -84,7 +83,7 @@ def _junit(report: ParityReport) -> bytes:
 @handle_errors(COMMAND)
 def main(
     export_dir: Path,
-    golden: Path,
+    golden: Path | None,
     image_dirs: tuple[Path, ...],
     json_path: Path | None,
     junit_path: Path | None,
@@ -92,7 +91,7 @@ def main(
 ) -> None:
     """Check every artifact in EXPORT_DIR/manifest.json against golden PyTorch outputs; exit 0 only if all pass."""
     configure_logging(quiet)
-    report = run_parity(export_dir, find_golden_sets(golden), list(image_dirs))
+    report = run_parity(export_dir, find_golden_sets(golden or packaged_golden_root()), list(image_dirs))
     if json_path:
         atomic_write_bytes(json_path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
     if junit_path:
@@ -105,6 +104,8 @@ def main(
         for failure in artifact.failures:
             click.echo(f"{COMMAND}: error: {artifact.path}: {failure}", err=True)
     passed = sum(a.passed for a in report.artifacts)
-    click.echo(f"parity: {passed} passed, {len(report.artifacts) - passed} failed", err=quiet)
+    skipped = sum(len(a.skipped) for a in report.artifacts)
+    note = f" ({skipped} photo cases skipped: pass --images DIR to run them)" if skipped else ""
+    click.echo(f"parity: {passed} passed, {len(report.artifacts) - passed} failed{note}", err=quiet)
     if not report.passed:
         raise click.exceptions.Exit(1)

@@ -1,0 +1,1 @@
+"""Golden sets recorded with retinaface-golden; installed as package data (retinaface_export.goldens)."""
