@@ -72,3 +72,23 @@ class ManifestError(FileError):
 
 class ExportError(RetinaFaceExportError):
     """An export that failed or whose artifact does not reproduce the PyTorch model."""
+
+
+class InputFileError(FileError):
+    """A path that cannot be read as a regular file: missing, a folder, a FIFO or device, a symlink loop."""
+
+
+class ImageTooLargeError(FileError):
+    """An image whose header declares more pixels than the configured limit."""
+
+
+class UntrustedArtifactError(FileError):
+    """An artifact refused before any runtime opens it: its code, structure or contract is not ours."""
+
+
+class OutsideFolderError(FileError):
+    """A name from a data file (or a symlink) that leads outside the folder it must stay in."""
+
+
+class EvaluationError(RetinaFaceExportError):
+    """Predictions that cannot be scored (non-finite values)."""
