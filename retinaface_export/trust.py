@@ -6,17 +6,18 @@ Security policy (the README's security section states it):
 - **TorchScript is code**: ``torch.jit.load`` compiles and runs the Python-like code stored in the archive
   (``forward``, and ``__setstate__`` while unpickling), so an archive from anywhere could run anything.
   A ``.torchscript.pt`` file is therefore opened only if :func:`check_torchscript_archive` finds that its
-  code is exactly the code this version of retinaface-export writes: the archive's ``code/`` files must be,
-  byte for byte, those of a fresh trace of the same RetinaFace variant made here with the installed
-  torch (only torch's per-process ``___torch_mangle_N`` class numbering is ignored), its pickles may name
-  only the classes and functions that trace's pickles name (no ``STACK_GLOBAL``/``INST``/``OBJ``), and it
-  may hold nothing else than tensor storages and ``extra/provenance.json``. The zip must be plain (one
-  top folder, no duplicate or ``..`` names, nothing before or after it), so that Python's reader and
-  torch's see the same files. The check reads the archive with ``zipfile`` and ``pickletools`` only,
-  which never execute anything. Consequences: a TorchScript file from an older torch or tool version is
-  refused (re-export it, or use its ONNX/OpenVINO sibling); weights inside it are not judged here (the
-  manifest's sha256 and parity do that). What remains trusted is torch's own archive and pickle readers,
-  as for any checkpoint.
+  code is exactly the code this version of retinaface-export writes: every class in the archive's
+  ``code/`` files must be, character for character, a class of a fresh trace of the same RetinaFace
+  variant made here with the installed torch (and the archive must have all of them, no more), ignoring
+  only torch's per-process numbering of classes (``___torch_mangle_N``) and of temporaries (``_N``); its
+  pickles may name only the classes and functions that trace's pickles name, with GLOBAL opcodes only
+  (no ``STACK_GLOBAL``/``INST``/``OBJ``); and it may hold nothing but tensor storages, the entries of
+  that trace and ``extra/provenance.json``. The zip must be plain (one top folder, no ``..`` names, no
+  two names equal but for case, nothing before or after it) so that Python's zip reader and torch's see
+  the same files. The check reads the archive with ``zipfile`` and ``pickletools``, which execute nothing.
+  Consequences: a TorchScript file written with another torch or tool version is refused (re-export it,
+  or use its ONNX or OpenVINO sibling); the weights inside are not judged here (the manifest's sha256 and
+  parity do that). What stays trusted is torch's own zip and pickle readers, as for any checkpoint.
 - **ONNX is data for ONNX Runtime**, with two ways to misuse it: external-data paths (read any file the
   user can read) and operators from other domains (custom-op libraries). :func:`check_onnx_file` refuses
   external data outside the model's folder, operators that are not standard ONNX at the model's opset,
@@ -127,7 +128,7 @@ def _plain_zip(path: Path, data: bytes) -> zipfile.ZipFile:
     if len(infos) > MAX_ENTRIES:
         raise _refuse(path, f"{len(infos)} entries; a RetinaFace archive has about 600")
     names = [info.filename for info in infos]
-    if len(set(names)) != len(names):
+    if len({name.lower() for name in names}) != len(names):  # torch's zip reader looks names up ignoring case
         raise _refuse(path, "zip archive with duplicate entry names")
     top = names[0].split("/", 1)[0] if names else ""
     for name in names:

@@ -185,6 +185,7 @@ class _Global:
         ("foreign-global", "its pickles name"),
         ("not-a-pickle", "data.pkl is not a valid pickle"),
         ("duplicate-entry", "duplicate entry names"),
+        ("same-name-but-for-case", "duplicate entry names"),
         ("trailing-data", "data after its end"),
         ("leading-data", "not a zip file"),
         ("entry-outside-top-folder", "is outside the archive's one top folder"),
@@ -209,6 +210,9 @@ def test_archive_tricks_are_refused(tmp_path, exported, fault, says):
         rewrite(source, target, {})
         with zipfile.ZipFile(target, "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
             archive.writestr(archive.namelist()[0], b"")
+    elif fault == "same-name-but-for-case":  # torch's reader finds names ignoring case
+        code = entry(source, r"model/retinaface(/___torch_mangle_\d+)?\.py$")
+        rewrite(source, target, {}, {code.split("/", 1)[1].replace("code/", "Code/"): b"class Evil(Module):\n"})
     elif fault == "trailing-data":
         target.write_bytes(source.read_bytes() + b"\0" * 10)
     elif fault == "leading-data":
