@@ -8,7 +8,9 @@ refused before it costs 1.2 GB to decode and more to run.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import imagesize
@@ -24,14 +26,14 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGE_PIXELS_ENV = "RETINAFACE_EXPORT_MAX_IMAGE_PIXELS"
 
 
-def image_size_from_header(path: Path, data: bytes) -> tuple[int, int]:
-    """``(height, width)`` from an encoded image's header, without decoding it.
+def image_size_from_header(path: Path, data: bytes | BinaryIO) -> tuple[int, int]:
+    """``(height, width)`` from an encoded image's header (bytes or an open file), without decoding it.
 
     Raises:
         FileError: the header is not one imagesize knows (JPEG, PNG, BMP, WebP, TIFF, GIF, PNM, ...).
         ImageTooLargeError: more pixels than ``RETINAFACE_EXPORT_MAX_IMAGE_PIXELS`` (default 50 MP).
     """
-    width, height = imagesize.get(io.BytesIO(data))
+    width, height = imagesize.get(io.BytesIO(data) if isinstance(data, bytes) else data)
     if width <= 0 or height <= 0:
         raise FileError(path, "cannot be read as an image")
     limit = env_limit(MAX_IMAGE_PIXELS_ENV, MAX_IMAGE_PIXELS)
@@ -70,6 +72,9 @@ def read_image(path: str | Path) -> np.ndarray:
         ImageTooLargeError: the header declares more pixels than ``RETINAFACE_EXPORT_MAX_IMAGE_PIXELS``.
     """
     with open_regular(path, "an image") as handle:
+        if os.fstat(handle.fileno()).st_size:
+            image_size_from_header(Path(path), handle)  # before reading a file that may be huge
+            handle.seek(0)
         data = handle.read()
     return decode_image(path, data)
 
