@@ -18,6 +18,7 @@ from typing import Any
 from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES, OUTPUT_WIDTHS
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Runner
 from retinaface_export.sizes import InputSize
+from retinaface_export.trust import check_onnx_file
 
 DEFAULT_OPSET = 17
 # Resize with `sizes` (the FPN's nearest upsampling) needs opset 11.
@@ -132,6 +133,7 @@ def read_onnx_provenance(path: str | Path) -> dict[str, Any]:
     """An ONNX file's provenance: its ``metadata_props``, JSON values decoded."""
     import onnx
 
+    check_onnx_file(path)
     return decode_metadata(onnx.load(str(path), load_external_data=False))
 
 
@@ -156,7 +158,11 @@ def source_model(inputs: ConvertInputs):
     """The parsed source ONNX of a conversion, shared by every job of the run (changers work on a copy)."""
     import onnx
 
-    return inputs.shared.get(("onnx-model", inputs.source_path), lambda: onnx.load(str(inputs.source_path)))
+    def load():
+        check_onnx_file(inputs.source_path)
+        return onnx.load(str(inputs.source_path))
+
+    return inputs.shared.get(("onnx-model", inputs.source_path), load)
 
 
 def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int | None = None) -> Runner:
@@ -171,6 +177,8 @@ def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not isinstance(model, bytes):
+        check_onnx_file(model)  # external data inside its folder, standard operators, the contract's names
     source = model if isinstance(model, bytes) else str(model)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name

@@ -25,6 +25,7 @@ from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_NAMES
 from retinaface_export.converters.onnx import graph_fingerprint, source_model
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
+from retinaface_export.trust import check_onnx_file
 
 # rt_info section of an IR that holds retinaface-export's provenance.
 RT_SECTION = "retinaface_export"
@@ -82,6 +83,7 @@ def read_onnx(source: Path):
     """``source`` (an exported ONNX file) as an ``ov.Model``, before any precision or preprocessing choice."""
     import openvino as ov
 
+    check_onnx_file(source)
     with OPENVINO_LOCK:
         model = ov.convert_model(str(source))
     del model.get_rt_info()[SOURCE_METADATA_SECTION]

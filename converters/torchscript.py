@@ -1,5 +1,8 @@
 """TorchScript: one trace per checkpoint, written once per artifact with its own provenance, run by torch.
 
+TorchScript is code: a file is loaded only after :func:`~retinaface_export.trust.checked_torchscript_bytes`
+found its code to be exactly what this exporter writes, and what is loaded is the bytes that were checked.
+
 The trace records sizes through ``Tensor.size`` calls, so one trace runs at every input size and batch; the
 export verifies every size it claims, so a trace that did not generalise would be caught there.
 """
@@ -15,6 +18,7 @@ from typing import Any
 from retinaface_export.format_api import ArtifactFormat, Runner
 from retinaface_export.runtimes import eager_runner
 from retinaface_export.sizes import InputSize
+from retinaface_export.trust import checked_torchscript_bytes
 
 PROVENANCE_FILE = "provenance.json"
 
@@ -58,13 +62,13 @@ class TorchScriptFormat(ArtifactFormat):
         del optimize  # TorchScript runs as traced
         if threads:
             torch.set_num_threads(threads)
-        return eager_runner(torch.jit.load(str(path), map_location="cpu").eval())
+        return eager_runner(torch.jit.load(io.BytesIO(checked_torchscript_bytes(path)), map_location="cpu").eval())
 
     def read_provenance(self, path: Path) -> dict[str, Any]:
         import torch
 
         extra = {PROVENANCE_FILE: ""}
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        torch.jit.load(io.BytesIO(checked_torchscript_bytes(path)), map_location="cpu", _extra_files=extra)
         return json.loads(extra[PROVENANCE_FILE]) if extra[PROVENANCE_FILE] else {}
 
 

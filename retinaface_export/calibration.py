@@ -11,12 +11,15 @@ import numpy as np
 
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.errors import FileError
-from retinaface_export.images import IMAGE_SUFFIXES, read_image
+from retinaface_export.images import IMAGE_SUFFIXES, decode_image, images_in_folder
 from retinaface_export.preprocess import to_network_input
+from retinaface_export.safe_paths import read_regular_bytes
 from retinaface_export.sizes import InputSize
 
 # Fewer images than this get every augmentation below (a 7-photo folder gives 42 samples).
 AUGMENT_BELOW = 32
+# Smallest image side: the half-size crops below must keep a few pixels (a 1×1 image would crop to nothing).
+MIN_SIDE = 32
 
 
 def _crop(top: float, left: float, bottom: float, right: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -76,18 +79,26 @@ def load_calibration_set(folder: str | Path) -> CalibrationSet:
     """Read every image in ``folder`` (not recursive).
 
     Raises:
-        FileError: the folder is missing or holds no images; an image cannot be read (named).
+        FileError: the folder is missing or holds no images; an image cannot be read, is not a regular
+            file, or is smaller than ``MIN_SIDE`` on a side (named).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileError(folder, "calibration folder does not exist")
-    files = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+    files = tuple(images_in_folder(folder))
     if not files:
         raise FileError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the calibration folder")
     digest = hashlib.sha256()
     images = []
     for path in files:
-        images.append(read_image(path))
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        data = read_regular_bytes(path, "an image")
+        image = decode_image(path, data)
+        height, width = image.shape[:2]
+        if min(height, width) < MIN_SIDE:
+            raise FileError(
+                path, f"{width}x{height} image is too small to calibrate with (each side needs {MIN_SIDE} px or more)"
+            )
+        images.append(image)
+        digest.update(path.name.encode() + b"\0" + data)
     augmentations = tuple(AUGMENTATIONS) if len(files) < AUGMENT_BELOW else ("original",)
     return CalibrationSet(folder.resolve(), files, tuple(images), digest.hexdigest(), augmentations)

@@ -8,13 +8,17 @@ refuse non-finite weights, then ``load_state_dict(strict=True)``. Every failure 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
+import pickletools
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -24,11 +28,14 @@ from retinaface_export.errors import (
     BackboneOnlyCheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    InputFileError,
     NonFiniteWeightsError,
     StateDictMismatchError,
+    UsageError,
 )
-from retinaface_export.hashing import sha256_file, sha256_state_dict
+from retinaface_export.hashing import sha256_state_dict
 from retinaface_export.model import RetinaFace, build_model
+from retinaface_export.safe_paths import open_regular
 from retinaface_export.variants import Variant, get_variant, list_variants
 
 # Keys a BatchNorm may lack in checkpoints saved by old PyTorch; filled with zeros (no effect in eval).
@@ -39,6 +46,25 @@ _NAMES_SHOWN = 4
 _DETECTOR_PREFIXES = ("body.", "fpn.", "ssh1.", "ssh2.", "ssh3.", "ClassHead.", "BboxHead.", "LandmarkHead.")
 # Phrases of torch.load's RuntimeErrors for a file cut short (zip archives and the legacy format).
 _TRUNCATION_MARKERS = ("zip archive", "central directory", "file not found", "unexpected EOF", "corrupted")
+# torch's words when it advises weights_only=False: never shown to users.
+_ADVICE_MARKERS = ("weights_only", "trusted source", "torch.serialization", "add_safe_globals", "Please")
+# torch.load's refusal of a class or function while unpickling with weights_only=True.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# How torch.save files start: a zip archive, or (legacy format) a pickled magic number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]  # LONG1 opcode and value
+_HEAD_BYTES = 512
+# Signatures of files users hand over by mistake, for the message.
+_OTHER_FORMATS = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"\x7fELF", "an executable"),
+)
+# Floating dtypes a checkpoint's float tensors may have: loading converts them to float32 exactly enough.
+_FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
 # Keys that mark a classification backbone saved on its own: MobileNetV1 stages / torchvision ResNet.
 _BACKBONE_ONLY_MARKERS = {
     "stage1.0.0.weight": "MobileNetV1",
@@ -75,33 +101,104 @@ def _names(keys: list[str]) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > _NAMES_SHOWN else "")
 
 
-def _read(path: Path) -> Any:
-    if not path.exists():
-        raise CheckpointNotFoundError(path, "no such file")
-    if path.is_dir():
-        raise CheckpointNotFoundError(path, "is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CorruptCheckpointError(path, "empty file")
+def _sniff(head: bytes) -> str:
+    """What a file that torch.save did not write looks like, for the message."""
+    for magic, kind in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised binary data"
+    return "text" if all(c.isprintable() or c.isspace() for c in text) else "unrecognised data"
+
+
+def _pickle_globals(data: bytes) -> list[str] | None:
+    """The classes and functions a plain pickle names (read, never run), or None if it does not parse."""
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # pickletools raises several types on data that is not a pickle
+        return None
+    return found
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """Torch's first line, unless it is torch's advice (``weights_only=False``) rather than a reason."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not first or any(word in first for word in _ADVICE_MARKERS):
+        return type(exc).__name__
+    return first[:200]
+
+
+def _load_torch_file(path: Path, handle: BinaryIO) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notices about the file's origin
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in first or "weights_only" in str(exc):
-            reason = "holds Python objects that safe loading (weights_only=True) refuses; re-save its state_dict"
-        else:
-            reason = f"not a PyTorch checkpoint ({first})"
-        raise CorruptCheckpointError(path, reason) from exc
-    except (EOFError, zipfile.BadZipFile) as exc:
-        raise CorruptCheckpointError(path, "truncated or corrupt checkpoint (unexpected end of data)") from exc
+        refused = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if refused:
+            raise CorruptCheckpointError(
+                path,
+                f"holds Python objects ({refused.group(1)}) that safe loading (weights_only=True) refuses; "
+                "re-save its state_dict with torch.save(model.state_dict(), path)",
+            ) from None
+        raise CorruptCheckpointError(
+            path, "corrupt checkpoint (its pickle data is not what torch.save writes)"
+        ) from None
+    except (EOFError, zipfile.BadZipFile):
+        raise CorruptCheckpointError(path, "truncated or corrupt checkpoint (unexpected end of data)") from None
     except RuntimeError as exc:
-        text = str(exc)
-        if any(marker in text for marker in _TRUNCATION_MARKERS):
-            raise CorruptCheckpointError(path, "truncated or corrupt checkpoint (data ends early)") from exc
-        raise CorruptCheckpointError(path, f"not a PyTorch checkpoint ({text.splitlines()[0]})") from exc
+        if "TorchScript archive" in str(exc):
+            raise CorruptCheckpointError(
+                path, "is a TorchScript archive, not a checkpoint (an exported artifact goes with --model)"
+            ) from None
+        if any(marker in str(exc) for marker in _TRUNCATION_MARKERS):
+            raise CorruptCheckpointError(path, "truncated or corrupt checkpoint (data ends early)") from None
+        raise CorruptCheckpointError(path, f"not a PyTorch checkpoint ({_torch_reason(exc)})") from None
     except Exception as exc:  # torch.load parses untrusted bytes: garbage fails in any type (IndexError, ...)
-        raise CorruptCheckpointError(path, f"not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CorruptCheckpointError(path, f"corrupt checkpoint ({_torch_reason(exc)})") from None
+
+
+def _read(path: Path) -> tuple[Any, str]:
+    """The unpickled checkpoint (weights only) and the file's sha256, from one open regular file."""
+    try:
+        handle = open_regular(path, "a checkpoint file")
+    except InputFileError as exc:
+        raise CheckpointNotFoundError(path, exc.reason) from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise CorruptCheckpointError(path, "empty file (0 bytes)")
+        head = handle.read(_HEAD_BYTES)
+        is_zip = head.startswith(_ZIP_MAGIC)
+        is_legacy = head[:1] == b"\x80" and head[2 : 2 + len(_LEGACY_MAGIC)] == _LEGACY_MAGIC
+        is_tar = head[257:262] == b"ustar"  # torch.save's oldest format
+        if not (is_zip or is_legacy or is_tar):
+            if head[:1] == b"\x80":
+                handle.seek(0)
+                names = _pickle_globals(handle.read())
+                if names:
+                    raise CorruptCheckpointError(
+                        path,
+                        f"a plain Python pickle holding Python objects ({_names(sorted(set(names)))}) that safe "
+                        "loading (weights_only=True) refuses; re-save its state_dict with torch.save",
+                    )
+                if names is not None:
+                    raise CorruptCheckpointError(path, "a plain Python pickle, not a torch.save checkpoint")
+            raise CorruptCheckpointError(path, f"not a PyTorch checkpoint (it holds {_sniff(head)})")
+        handle.seek(0)
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()  # type: ignore[arg-type]
+        handle.seek(0)
+        return _load_torch_file(path, handle), digest
 
 
 def _unwrap(path: Path, obj: Any) -> dict[str, torch.Tensor]:
@@ -132,10 +229,15 @@ def _refuse_backbone_only(path: Path, state_dict: dict[str, torch.Tensor]) -> No
     raise StateDictMismatchError(path, f"not a RetinaFace checkpoint (keys such as {_names(sorted(state_dict))})")
 
 
-def _expected_keys(variant: Variant) -> dict[str, torch.Size]:
+def _expected_tensors(variant: Variant) -> dict[str, torch.Tensor]:
+    """The variant's state dict on the meta device: names, shapes and dtypes, no memory."""
     with torch.device("meta"):
         model = build_model(variant)
-    return {name: tensor.shape for name, tensor in model.state_dict().items()}
+    return dict(model.state_dict())
+
+
+def _expected_keys(variant: Variant) -> dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in _expected_tensors(variant).items()}
 
 
 def _required(keys: set[str]) -> set[str]:
@@ -176,6 +278,16 @@ def _check_against(path: Path, state_dict: dict[str, torch.Tensor], variant: Var
     ]
     if wrong:
         raise StateDictMismatchError(path, f"shape mismatch for {variant.name}: {_names(wrong)}")
+    dtypes = {name: tensor.dtype for name, tensor in _expected_tensors(variant).items()}
+    bad = [
+        f"{k} is {str(state_dict[k].dtype).removeprefix('torch.')}"
+        for k in expected
+        if k in state_dict and dtypes[k].is_floating_point and state_dict[k].dtype not in _FLOAT_DTYPES
+    ]
+    if bad:
+        raise StateDictMismatchError(
+            path, f"weights must be float32 (or float16/float64), but {_names(bad)}; re-save it in floating point"
+        )
 
 
 def _refuse_non_finite(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
@@ -220,7 +332,8 @@ def load_checkpoint(
     """
     path = Path(path)
     requested = get_variant(backbone) if backbone else None
-    state_dict = _unwrap(path, _read(path))
+    raw, file_sha256 = _read(path)
+    state_dict = _unwrap(path, raw)
     _refuse_backbone_only(path, state_dict)
     variant = _infer_variant(path, state_dict)
     _check_against(path, state_dict, variant)
@@ -229,12 +342,17 @@ def load_checkpoint(
             path, f"holds a {variant.name} RetinaFace, but --backbone {requested.name} was asked for"
         )
     if anchors is not None:
+        if anchors.anchors_per_location != variant.anchors.anchors_per_location:
+            raise UsageError(
+                f"--anchors give {anchors.anchors_per_location} anchors per feature-map cell, but the heads of "
+                f"{path} predict {variant.anchors.anchors_per_location}"
+            )
         variant = variant.with_anchors(anchors)
     model = model_from_state_dict(state_dict, variant, path)
     return LoadedCheckpoint(
         model=model,
         variant=variant,
         path=path.resolve(),
-        file_sha256=sha256_file(path),
+        file_sha256=file_sha256,
         state_dict_sha256=sha256_state_dict(state_dict),
     )

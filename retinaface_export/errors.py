@@ -84,3 +84,23 @@ class FolderBusyError(FileError):
 
 class CommitError(FileError):
     """A run's files could not all be moved into the output folder; the folder was left as it was."""
+
+
+class InputFileError(FileError):
+    """A path that cannot be read as a regular file: missing, a folder, a FIFO or device, a symlink loop."""
+
+
+class ImageTooLargeError(FileError):
+    """An image whose header declares more pixels than the configured limit."""
+
+
+class UntrustedArtifactError(FileError):
+    """An artifact refused before any runtime opens it: its code, structure or contract is not ours."""
+
+
+class OutsideFolderError(FileError):
+    """A name from a data file (or a symlink) that leads outside the folder it must stay in."""
+
+
+class EvaluationError(RetinaFaceExportError):
+    """Predictions that cannot be scored (non-finite values)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retinaface_export.errors import EvaluationError
 from retinaface_export.widerface import SETTINGS, GroundTruth
 
 THRESHOLDS = 1000
@@ -77,7 +78,16 @@ def _curve(first_t: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def evaluate(
     predictions: list[np.ndarray], truth: GroundTruth, iou_threshold: float = IOU_THRESHOLD
 ) -> dict[str, float]:
-    """AP per setting for predictions (N×5 ``x y w h score`` per ground-truth image, in its order)."""
+    """AP per setting for predictions (N×5 ``x y w h score`` per ground-truth image, in its order).
+
+    Raises:
+        EvaluationError: predictions that are not N×5 finite numbers, or not one array per image.
+    """
+    if len(predictions) != len(truth.images):
+        raise EvaluationError(f"{len(predictions)} prediction arrays for {len(truth.images)} ground-truth images")
+    for (event, name), boxes in zip(truth.images, predictions, strict=True):
+        if boxes.ndim != 2 or boxes.shape[1] != 5 or not np.isfinite(boxes).all():
+            raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
     predictions = normalise_scores(predictions)
     gt_offsets = np.concatenate(([0], np.cumsum([len(b) for b in truth.boxes])))
     best_gt, matched, first_t = [], [], []

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,18 +28,19 @@ import numpy as np
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.atomic import commit_files, staging_dir
 from retinaface_export.checkpoint import LoadedCheckpoint
-from retinaface_export.contract import OUTPUT_NAMES
+from retinaface_export.contract import OUTPUT_NAMES, OUTPUT_WIDTHS
 from retinaface_export.detection.detector import Face, faces_from_arrays
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.errors import FileError
+from retinaface_export.errors import FileError, UsageError
 from retinaface_export.hashing import sha256_file
 from retinaface_export.images import read_image
 from retinaface_export.preprocess import synthetic_photos, to_network_input
 from retinaface_export.provenance import library_versions
 from retinaface_export.runtimes import eager_runner
-from retinaface_export.sizes import InputSize
+from retinaface_export.safe_paths import check_plain_name, open_regular, read_regular_bytes, shown
+from retinaface_export.sizes import InputSize, check_size
 
 GOLDEN_FILE = "golden.json"
 TENSORS_FILE = "tensors.npz"
@@ -45,6 +50,10 @@ STRIDED_ROWS = 768
 # Faces are stored down to this score, so that comparisons can allow a score margin below 0.5.
 FACES_DOWN_TO = 0.3
 FACE_THRESHOLD = 0.5
+# Refused above these sizes: a set is ~1 MB of tensors and a few KB of JSON.
+MAX_TENSOR_BYTES = 256 << 20
+MAX_META_BYTES = 16 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ class GoldenInput:
         """
         if self.photo is None:
             return synthetic_photos(1, size.height, size.width, seed=int(self.seed or 0))[0]
+        try:
+            check_plain_name(self.photo)  # load_golden checked it; a GoldenInput made in code is checked here
+        except ValueError as exc:
+            raise FileError(self.name, f"golden input photo {exc}") from None
         for folder in image_dirs:
             path = Path(folder) / self.photo
             if path.is_file():
@@ -148,7 +161,8 @@ def record_golden(
     Raises:
         FileError: a photo cannot be read.
     """
-    inputs = [GoldenInput(p.stem, p.name, sha256_file(p), None) for p in photos]
+    digests = [hashlib.sha256(read_regular_bytes(p, "an image")).hexdigest() for p in photos]
+    inputs = [GoldenInput(p.stem, p.name, digest, None) for p, digest in zip(photos, digests, strict=True)]
     photo_dirs = [p.parent for p in photos]
     inputs += [GoldenInput(f"synthetic-{seed}", None, None, seed) for seed in seeds]
     run = eager_runner(checkpoint.model)
@@ -192,38 +206,80 @@ def record_golden(
     return load_golden(output)
 
 
+def _golden_input(spec: Any) -> GoldenInput:
+    """One input recipe of golden.json, checked: a photo is a plain file name, looked up only in --images."""
+    if not isinstance(spec, dict) or set(spec) - {"name", "photo", "photo_sha256", "seed"}:
+        raise ValueError("an input is not a table of name, photo, photo_sha256, seed")
+    name, photo, digest, seed = (spec.get(key) for key in ("name", "photo", "photo_sha256", "seed"))
+    if not isinstance(name, str) or not name:
+        raise ValueError("an input has no name")
+    if photo is not None:
+        check_plain_name(photo)
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise ValueError(f"input {shown(name)}: photo_sha256 is not a sha256")
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"input {shown(name)}: needs a photo or an integer seed")
+    return GoldenInput(name, photo, digest, seed)
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every array of tensors.npz, read eagerly from one open regular file (no pickles)."""
+    with open_regular(path, "a golden tensors file") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise FileError(path, "empty file (0 bytes), not golden tensors")
+        with zipfile.ZipFile(handle) as archive:
+            if sum(info.file_size for info in archive.infolist()) > MAX_TENSOR_BYTES:
+                raise FileError(path, f"holds more than {MAX_TENSOR_BYTES} bytes of tensors; not a golden set")
+        handle.seek(0)
+        with np.load(handle, allow_pickle=False) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+
+
 def load_golden(folder: str | Path) -> GoldenSet:
-    """Read a golden set.
+    """Read a golden set, validating it as input: plain photo names, sizes within limits, tensors only.
 
     Raises:
-        FileError: not a golden set folder, or its files are malformed.
+        FileError: not a golden set folder, or its files are malformed (one line, naming the file).
     """
     folder = Path(folder)
-    meta_path = folder / GOLDEN_FILE
-    if not meta_path.is_file() or not (folder / TENSORS_FILE).is_file():
+    meta_path, tensors_path = folder / GOLDEN_FILE, folder / TENSORS_FILE
+    if not meta_path.is_file() or not tensors_path.is_file():
         raise FileError(folder, f"not a golden set (needs {GOLDEN_FILE} and {TENSORS_FILE})")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        arrays = np.load(folder / TENSORS_FILE)
-        inputs = {spec["name"]: GoldenInput(**spec) for spec in meta["inputs"]}
+        meta = json.loads(read_regular_bytes(meta_path, "a golden set file", max_bytes=MAX_META_BYTES))
+        inputs = {spec.name: spec for spec in map(_golden_input, meta["inputs"])}
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise FileError(meta_path, f"malformed golden set ({type(exc).__name__}: {exc})") from None
+    try:
+        arrays = _read_tensors(tensors_path)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise FileError(tensors_path, f"not readable golden tensors ({type(exc).__name__}: {reason})") from None
+    try:
         cases = []
         for case in meta["cases"]:
-            size = InputSize(*case["size"])
+            size = check_size(*case["size"])
             key = f"{case['input']}@{size}"
+            outputs = tuple(arrays[f"{key}/{name}"] for name in OUTPUT_NAMES)
+            rows, faces = arrays[f"{key}/rows"], arrays[f"{key}/faces"]
+            if rows.ndim != 1 or faces.ndim != 2 or faces.shape[1] != 15:
+                raise ValueError(f"{key}: rows or faces have the wrong shape")
+            if any(out.shape != (len(rows), w) for out, w in zip(outputs, OUTPUT_WIDTHS, strict=True)):
+                raise ValueError(f"{key}: outputs do not have one row per sampled row")
             cases.append(
                 GoldenCase(
                     input=inputs[case["input"]],
                     size=size,
-                    input_sha256=case["input_sha256"],
-                    rows=arrays[f"{key}/rows"],
-                    outputs=tuple(arrays[f"{key}/{name}"] for name in OUTPUT_NAMES),
-                    ranges=tuple(case["ranges"]),
-                    faces=_faces_from_array(arrays[f"{key}/faces"]),
+                    input_sha256=str(case["input_sha256"]),
+                    rows=rows,
+                    outputs=outputs,
+                    ranges=tuple(float(r) for r in case["ranges"]),
+                    faces=_faces_from_array(faces),
                 )
             )
         anchors = AnchorConfig.from_mapping(meta["checkpoint"]["anchors"])
-    except (KeyError, ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
-        raise FileError(folder, f"malformed golden set ({type(exc).__name__}: {exc})") from exc
+    except (KeyError, ValueError, TypeError, UsageError) as exc:
+        raise FileError(folder, f"malformed golden set ({type(exc).__name__}: {exc})") from None
     return GoldenSet(folder, meta["checkpoint"], anchors, cases, meta)
 
 

@@ -17,11 +17,51 @@ from retinaface_export.cli.common import configure_logging, handle_errors
 from retinaface_export.detection import DetectionConfig, Detector
 from retinaface_export.detection.drawing import draw_faces
 from retinaface_export.errors import FileError, UsageError
-from retinaface_export.images import read_image
+from retinaface_export.images import IMAGE_SUFFIXES, images_in_folder, read_image
 from retinaface_export.variants import list_variants
 
 log = logging.getLogger(__name__)
 COMMAND = "retinaface-detect"
+
+
+def _expand(arguments: tuple[Path, ...]) -> tuple[list[Path], list[str]]:
+    """Image paths (a folder stands for its images, by suffix, not recursive) and errors for empty folders."""
+    paths, errors = [], []
+    for argument in arguments:
+        if argument.is_dir():
+            found = images_in_folder(argument)
+            if not found:
+                errors.append(f"{argument}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            paths.extend(found)
+        else:
+            paths.append(argument)
+    return paths, errors
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except (OSError, RuntimeError):  # a symlink loop: not the same as anything we write
+        return False
+
+
+def _refuse_overwriting_inputs(
+    images: list[Path], output_dir: Path | None, json_path: Path | None, png_names: list[str]
+) -> None:
+    """Outputs never replace inputs: no drawing folder among the photos, no --json onto a photo or drawing."""
+    if output_dir is not None:
+        for image in images:
+            if _same_file(image.parent, output_dir):
+                raise UsageError(
+                    f"--output-dir {output_dir} is the folder of the input image {image}: drawings could replace "
+                    "photos there; choose another folder"
+                )
+    if json_path is not None:
+        for image in images:
+            if _same_file(image, json_path):
+                raise UsageError(f"--json {json_path} is the input image {image}: it would be overwritten")
+        if output_dir is not None and any(_same_file(json_path, output_dir / name) for name in png_names):
+            raise UsageError(f"--json {json_path} is the name of a drawing in --output-dir; choose another name")
 
 
 def _output_names(paths: list[Path]) -> list[str]:
@@ -35,7 +75,7 @@ def _output_names(paths: list[Path]) -> list[str]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IMAGE|FOLDER...")
 @click.option("--weights", type=str, default=None, help="Checkpoint (.pth): PyTorch eager at each image's size.")
 @click.option("--model", "artifact", type=str, default=None, help="Exported artifact (.onnx, .torchscript.pt).")
 @click.option("--backbone", type=click.Choice(list_variants()), default=None, help="With --weights: expected variant.")
@@ -70,7 +110,7 @@ def main(
     output_dir: Path | None,
     quiet: bool,
 ) -> None:
-    """Detect faces in IMAGES with a checkpoint (--weights) or an exported artifact (--model).
+    """Detect faces in images (a folder stands for the images in it) with --weights or --model.
 
     Example: retinaface-detect photo.jpg --model out/retinaface_mobilenet0.25_640x640.onnx --output-dir drawn
     """
@@ -80,17 +120,22 @@ def main(
     if artifact and (backbone or anchors):
         raise UsageError("--backbone and --anchors go with --weights; an artifact carries its own")
     config = DetectionConfig(score_threshold=threshold, nms_threshold=nms)
+    paths, folder_errors = _expand(images)
+    png_names = _output_names(paths)
+    _refuse_overwriting_inputs(paths, output_dir, json_path, png_names)
     if weights:
         detector = Detector.from_checkpoint(weights, backbone, load_anchors(anchors) if anchors else None, config)
     else:
         detector = Detector.from_artifact(artifact, config)
 
-    failures = 0
+    for message in folder_errors:
+        click.echo(f"{COMMAND}: error: {message}", err=True)
+    failures = len(folder_errors)
     report = []
     table = Table(title=f"faces ({detector.backend.name}, {detector.backend.source})")
     table.add_column("image")
     table.add_column("faces", justify="right")
-    for path, png_name in zip(images, _output_names(list(images)), strict=True):
+    for path, png_name in zip(paths, png_names, strict=True):
         try:
             image = read_image(path)
         except FileError as exc:  # report it, go on with the other images, fail at the end

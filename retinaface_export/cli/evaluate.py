@@ -18,6 +18,7 @@ from retinaface_export.detection import DetectionConfig, Detector
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.evaluation import evaluate
 from retinaface_export.images import read_image
+from retinaface_export.safe_paths import resolve_inside
 from retinaface_export.widerface import SETTINGS, load_ground_truth, prediction_text, read_predictions
 
 COMMAND = "retinaface-eval"
@@ -38,8 +39,8 @@ def _run_model(detector: Detector, images_root: Path, truth, long_side: int | No
     with Progress(console=stderr, disable=quiet, transient=True) as progress:
         task = progress.add_task("detecting", total=len(truth.images))
         for event, name in truth.images:
-            path = images_root / event / f"{name}.jpg"
-            image = read_image(path)
+            # names from the .mat are plain (load_ground_truth checks them); symlinks must not lead out either
+            image = read_image(resolve_inside(images_root, event, f"{name}.jpg"))
             scale = 1.0
             if long_side:
                 image, scale = _resize_long_side(image, long_side)
@@ -50,7 +51,8 @@ def _run_model(detector: Detector, images_root: Path, truth, long_side: int | No
             rows[:, :4] /= scale
             predictions.append(rows)
             if save is not None:
-                atomic_write_bytes(save / event / f"{name}.txt", prediction_text(name, rows).encode())
+                target = resolve_inside(save, event, f"{name}.txt")
+                atomic_write_bytes(target, prediction_text(name, rows).encode())
             progress.advance(task)
     return predictions
 
@@ -66,7 +68,12 @@ def _run_model(detector: Detector, images_root: Path, truth, long_side: int | No
 @click.option("--model", "artifact", type=str, help="Exported artifact for --images.")
 @click.option("--weights", type=str, help="Checkpoint for --images (PyTorch eager).")
 @click.option("--anchors", type=str, help="With --weights: anchors file or preset.")
-@click.option("--origin-size", is_flag=True, help="Run at each image's own size (default for --weights).")
+@click.option(
+    "--origin-size",
+    is_flag=True,
+    help="Run at each image's own size (the default for --weights and dynamic artifacts; "
+    "refused for fixed-size artifacts, which letterbox).",
+)
 @click.option("--long-side", type=click.IntRange(min=32), help="Resize so the long side is N pixels first.")
 @click.option("--save-predictions", type=click.Path(file_okay=False, path_type=Path), help="Write prediction files.")
 @click.option(
@@ -113,6 +120,12 @@ def main(
             )
         else:
             detector = Detector.from_artifact(artifact, EVAL_DETECTION)
+        fixed = detector.backend.input_size
+        if origin_size and fixed is not None:
+            raise UsageError(
+                f"--origin-size: {artifact} has a fixed {fixed} input (each image would be letterboxed to it); "
+                "use an artifact exported with --dynamic, or --weights"
+            )
         preds = _run_model(detector, images_root, truth, long_side, save_predictions, quiet)
     aps = evaluate(preds, truth)
     if json_path:

@@ -27,7 +27,7 @@ from retinaface_export.errors import UsageError
 from retinaface_export.export import ExportOptions, export_checkpoint
 from retinaface_export.formats import export_formats
 from retinaface_export.pipeline import RunResult
-from retinaface_export.sizes import InputSize, parse_size
+from retinaface_export.sizes import InputSize, check_batch, parse_size
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant, list_variants
 
@@ -152,6 +152,7 @@ def main(
     Example: retinaface-export --weights mobilenet0.25_Final.pth --size 640 512 320 --output-dir out
     """
     configure_logging(quiet)
+    check_batch(batch)
     anchor_config = load_anchors(anchors) if anchors else None
     options = ExportOptions(
         sizes=sizes,

@@ -8,9 +8,12 @@ pass the score threshold, which gives the same faces as decoding all of them fir
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from retinaface_export.errors import UsageError
 
 # Largest candidate count for the all-pairs IoU NMS (a 2048² float32 matrix is 16 MB).
 _MATRIX_NMS_MAX = 2048
@@ -24,6 +27,14 @@ class DetectionConfig:
     nms_threshold: float = 0.4
     top_k: int = 5000
     keep_top_k: int = 750
+
+    def __post_init__(self) -> None:
+        for label, value in (("score threshold", self.score_threshold), ("NMS threshold", self.nms_threshold)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+                raise UsageError(f"the {label} must be a number from 0 to 1, got {value!r}")  # NaN fails too
+        for label, count in (("top_k", self.top_k), ("keep_top_k", self.keep_top_k)):
+            if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+                raise UsageError(f"{label} must be a positive integer, got {count!r}")
 
 
 def decode_boxes(loc: np.ndarray, priors: np.ndarray, variance: tuple[float, float]) -> np.ndarray:

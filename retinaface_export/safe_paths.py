@@ -1,0 +1,127 @@
+"""Opening input files safely, and keeping names read from data files inside their folders.
+
+Every input the tools read (checkpoints, images, golden sets, prediction files) goes through
+:func:`open_regular`: it opens without blocking (a FIFO called ``photo.jpg`` cannot hang a run), then
+checks on the open descriptor that it is a regular file, so the check and the read see the same file.
+Names that come from data files (a WIDER event, a golden set's photo) are plain names checked by
+:func:`check_plain_name` and joined with :func:`resolve_inside`, which refuses a symlink leading out.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from retinaface_export.errors import InputFileError, OutsideFolderError
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+# Longest name from a data file echoed in a message.
+_NAME_SHOWN = 80
+
+
+def _kind(mode: int) -> str:
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _os_error_reason(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "no such file (a broken symbolic link)" if path.is_symlink() else "no such file"
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "no such file (a folder in its path is not a folder)"
+    if exc.errno == errno.ENXIO:  # a socket, or a device without a driver
+        try:
+            return f"is {_kind(os.stat(path).st_mode)}, not a regular file"
+        except OSError:
+            return "is not a regular file"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    return exc.strerror or type(exc).__name__
+
+
+def open_regular(path: str | Path, what: str = "a regular file") -> BinaryIO:
+    """Open ``path`` for binary reading if, once open, it is a regular file (symlinks to one are followed).
+
+    Args:
+        path: the file.
+        what: how a folder given instead is told apart in the message ("is a directory, not <what>").
+
+    Raises:
+        InputFileError: missing, a broken link or a link loop, no permission, a folder, a FIFO, a device.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputFileError(path, _os_error_reason(path, exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputFileError(path, f"is a directory, not {what}")
+        if not stat.S_ISREG(mode):
+            raise InputFileError(path, f"is {_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: str | Path, what: str = "a regular file", max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`), refusing files over ``max_bytes``.
+
+    Raises:
+        InputFileError: not a readable regular file, or larger than ``max_bytes``.
+    """
+    with open_regular(path, what) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise InputFileError(path, f"{size} bytes is more than the {max_bytes} such a file may have")
+        return handle.read()
+
+
+def shown(name: str) -> str:
+    """A name from a data file as a message shows it: quoted, escaped, cut to a readable length."""
+    text = repr(name)
+    return text if len(text) <= _NAME_SHOWN else text[: _NAME_SHOWN - 4] + "...'"
+
+
+def check_plain_name(name: object) -> str:
+    """``name`` if it is one path component (no separator, not ``.``/``..``, no NUL), else ValueError."""
+    if not isinstance(name, str):
+        raise ValueError(f"{shown(str(name))} is not a text name")
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"{shown(name)} is not a plain file or folder name (no '/', '..' or absolute paths)")
+    return name
+
+
+def resolve_inside(root: Path, *parts: str) -> Path:
+    """``root / parts`` if, with symlinks resolved, it stays inside ``root`` (it need not exist yet).
+
+    ``parts`` are plain names (see :func:`check_plain_name`); this catches symlinks among them.
+
+    Raises:
+        OutsideFolderError: the path leaves ``root`` (a symlinked folder or file pointing elsewhere).
+    """
+    joined = root.joinpath(*parts)
+    try:
+        inside = joined.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError up to Python 3.12)
+        raise OutsideFolderError(joined, "symbolic link loop; refused") from None
+    if not inside:
+        raise OutsideFolderError(joined, f"leads outside {root} (a symbolic link); refused")
+    return joined

@@ -1,0 +1,421 @@
+"""What the tools trust in an artifact file, checked before any runtime opens it.
+
+Security policy (the README's security section states it):
+
+- **Weights are data, never code.** Checkpoints load with ``torch.load(weights_only=True)`` only.
+- **TorchScript is code**: ``torch.jit.load`` compiles and runs the Python-like code stored in the archive
+  (``forward``, and ``__setstate__`` while unpickling), so an archive from anywhere could run anything.
+  A ``.torchscript.pt`` file is therefore opened only if :func:`check_torchscript_archive` finds that its
+  code is exactly the code this version of retinaface-export writes: every class in the archive's
+  ``code/`` files must be, character for character, a class of a fresh trace of the same RetinaFace
+  variant made here with the installed torch (and the archive must have all of them, no more), ignoring
+  only torch's per-process numbering of classes (``___torch_mangle_N``) and of temporaries (``_N``); its
+  pickles may name only the classes and functions that trace's pickles name, with GLOBAL opcodes only
+  (no ``STACK_GLOBAL``/``INST``/``OBJ``); and it may hold nothing but tensor storages, the entries of
+  that trace and ``extra/provenance.json``. The zip must be plain (one top folder, no ``..`` names, no
+  two names equal but for case, nothing before or after it) so that Python's zip reader and torch's see
+  the same files. The check reads the archive with ``zipfile`` and ``pickletools``, which execute nothing.
+  Consequences: a TorchScript file written with another torch or tool version is refused (re-export it,
+  or use its ONNX or OpenVINO sibling); the weights inside are not judged here (the manifest's sha256 and
+  parity do that). What stays trusted is torch's own zip and pickle readers, as for any checkpoint.
+- **ONNX is data for ONNX Runtime**, with two ways to misuse it: external-data paths (read any file the
+  user can read) and operators from other domains (custom-op libraries). :func:`check_onnx_file` refuses
+  external data outside the model's folder, operators that are not standard ONNX at the model's opset,
+  local functions, and inputs/outputs that are not the contract's (``data``; ``face_rpn_bbox_pred``,
+  ``face_rpn_cls_prob``, ``face_rpn_landmark_pred`` in that order).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickletools
+import re
+import threading
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES, OUTPUT_WIDTHS
+from retinaface_export.errors import InputFileError, UntrustedArtifactError
+from retinaface_export.safe_paths import open_regular, shown
+
+# torch numbers re-defined classes per process (``conv/___torch_mangle_7.py``, ``conv.___torch_mangle_7.Conv2d``);
+# the numbers depend on what the process traced before, not on the model, so they are erased before comparing.
+_MANGLE_IN_NAME = re.compile(r"/___torch_mangle_\d+(?=\.py)")
+_MANGLE_IN_TEXT = re.compile(r"\.___torch_mangle_\d+")
+_MANGLE_IN_CODE = re.compile(rb"\.___torch_mangle_\d+")
+# torch's code printer numbers temporaries (``_0``, ``_1``) per file, and puts a process's first, unnumbered
+# classes of a module in one file but numbered ones in a file each: code is compared class by class with
+# temporaries renumbered in order of appearance (a consistent renaming, which cannot change what runs).
+_TEMPORARY = re.compile(rb"\b_(\d+)\b")
+# Entries holding raw tensor bytes (parameters, buffers, the traced example input): data, not code.
+_STORAGE = re.compile(r"(?:data|traced_inputs)/\d+")
+# Entries an artifact may hold that a trace made here does not: the exporter's provenance.
+_OUR_EXTRA = frozenset({"extra/provenance.json"})
+# Pickle opcodes that build objects from names other than GLOBAL's: the exporter's pickles use none.
+_FORBIDDEN_OPCODES = frozenset({"STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4"})
+# Limits on what the check reads: a RetinaFace archive has ~600 entries and < 1 MB of code and pickles.
+MAX_ENTRIES = 20_000
+MAX_CODE_BYTES = 64 << 20
+_EOCD = b"PK\x05\x06"
+_EOCD_SIZE = 22
+# The reference trace's input: its size does not change the code (the trace records sizes with Tensor.size).
+_REFERENCE_INPUT = (1, 3, 64, 64)
+
+
+@dataclass(frozen=True)
+class _ArchiveCode:
+    """What in a TorchScript archive can run or name code, with torch's class numbering erased."""
+
+    code: Counter[tuple[str, bytes]]  # (code/... path, canonical text) of every class or top-level block
+    names: frozenset[str]  # every entry but tensor storages, relative to the archive's top folder
+    globals: frozenset[str]  # every "module name" a GLOBAL opcode of any pickle names
+    provenance: bytes | None
+
+
+def _refuse(path: Path, reason: str) -> UntrustedArtifactError:
+    return UntrustedArtifactError(path, f"{reason}; refused before loading (TorchScript archives are code)")
+
+
+def _scan_pickle(path: Path, name: str, data: bytes) -> set[str]:
+    found = set()
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in _FORBIDDEN_OPCODES:
+                raise _refuse(path, f"{name} builds objects with {opcode.name}, which retinaface-export never writes")
+            if opcode.name == "GLOBAL":
+                found.add(_MANGLE_IN_TEXT.sub("", str(arg)))
+    except UntrustedArtifactError:
+        raise
+    except Exception:  # pickletools raises several types on data that is not a pickle
+        raise _refuse(path, f"{name} is not a valid pickle") from None
+    return found
+
+
+def _canonical_blocks(content: bytes) -> list[bytes]:
+    """A code file's top-level blocks (classes, functions), each without torch's numbering."""
+    blocks: list[list[bytes]] = []
+    for line in _MANGLE_IN_CODE.sub(b"", content).splitlines():
+        if (line and not line[:1].isspace()) or not blocks:
+            blocks.append([])
+        blocks[-1].append(line)
+    canonical = []
+    for block in blocks:
+        numbers: dict[bytes, bytes] = {}
+
+        def renumber(match: re.Match[bytes], numbers: dict[bytes, bytes] = numbers) -> bytes:
+            return numbers.setdefault(match.group(1), b"_%d" % len(numbers))
+
+        canonical.append(_TEMPORARY.sub(renumber, b"\n".join(block)))
+    return canonical
+
+
+def _plain_zip(path: Path, data: bytes) -> zipfile.ZipFile:
+    """The archive, if it is a zip with nothing before or after it, unique names and one top folder."""
+    if not data.startswith(b"PK\x03\x04"):
+        raise _refuse(path, "not a TorchScript archive (not a zip file)")
+    if data[-_EOCD_SIZE : -_EOCD_SIZE + 4] != _EOCD:
+        raise _refuse(path, "zip archive with a comment or data after its end")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise _refuse(path, "not a TorchScript archive (a damaged zip file)") from None
+    if len(infos) > MAX_ENTRIES:
+        raise _refuse(path, f"{len(infos)} entries; a RetinaFace archive has about 600")
+    names = [info.filename for info in infos]
+    if len({name.lower() for name in names}) != len(names):  # torch's zip reader looks names up ignoring case
+        raise _refuse(path, "zip archive with duplicate entry names")
+    top = names[0].split("/", 1)[0] if names else ""
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if not name.startswith(f"{top}/") or "\\" in name or ".." in parts or name.startswith("/"):
+            raise _refuse(path, f"entry {shown(name)} is outside the archive's one top folder")
+    return archive
+
+
+def _archive_code(path: Path, data: bytes) -> _ArchiveCode:
+    archive = _plain_zip(path, data)
+    code: Counter[tuple[str, bytes]] = Counter()
+    names, found_globals, read = set(), set(), 0
+    provenance = None
+    with archive:
+        for info in archive.infolist():
+            relative = info.filename.split("/", 1)[1]
+            if _STORAGE.fullmatch(relative):
+                continue
+            normalised = _MANGLE_IN_NAME.sub("", relative)
+            names.add(normalised)
+            wanted = relative.startswith("code/") or relative.endswith(("pkl", ".json"))
+            if not wanted:
+                continue
+            read += info.file_size
+            if read > MAX_CODE_BYTES:
+                raise _refuse(path, f"more than {MAX_CODE_BYTES} bytes of code and pickles")
+            try:
+                content = archive.read(info)  # also checks the local header names the same file
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+                raise _refuse(path, f"entry {shown(relative)} cannot be read (a damaged zip file)") from None
+            if relative.endswith("pkl"):
+                found_globals |= _scan_pickle(path, relative, content)
+            elif relative.startswith("code/"):
+                code.update((normalised, block) for block in _canonical_blocks(content))
+            if relative == "extra/provenance.json":
+                provenance = content
+    return _ArchiveCode(code, frozenset(names), frozenset(found_globals), provenance)
+
+
+def _traced_archive(variant_name: str) -> bytes:
+    """The bytes our exporter writes for a fresh trace of ``variant_name`` (random weights: code only).
+
+    The one place that knows how the exporter makes TorchScript; keep it in step with the format module.
+    """
+    import torch
+
+    from retinaface_export.model import build_model
+    from retinaface_export.converters.torchscript import TorchScriptExporter
+    from retinaface_export.variants import get_variant
+
+    with torch.device("cpu"):
+        model = build_model(get_variant(variant_name)).eval()
+    exporter = TorchScriptExporter(model, torch.zeros(_REFERENCE_INPUT), 0)
+    return exporter.artifact(None, 1, None, {})
+
+
+_REFERENCE_LOCK = threading.Lock()
+_REFERENCES: dict[str, _ArchiveCode] = {}
+
+
+def _reference(variant_name: str) -> _ArchiveCode:
+    """The code of a fresh trace of ``variant_name``, made once per process (threads wait for it)."""
+    with _REFERENCE_LOCK:
+        if variant_name not in _REFERENCES:
+            _REFERENCES[variant_name] = _archive_code(Path(f"<{variant_name}>"), _traced_archive(variant_name))
+        return _REFERENCES[variant_name]
+
+
+def _variant_hint(provenance: bytes | None) -> str | None:
+    """The variant the archive claims (untrusted: only the order in which references are tried)."""
+    try:
+        claimed = json.loads(provenance or b"{}").get("variant")
+    except (ValueError, AttributeError):
+        return None
+    return claimed if isinstance(claimed, str) else None
+
+
+def _differences(found: _ArchiveCode, reference: _ArchiveCode) -> str | None:
+    """Why ``found`` is not the reference's code, or None when it is."""
+    extra_code = found.code - reference.code
+    if extra_code:
+        name = sorted(extra_code)[0][0]
+        return f"{name} is not code retinaface-export writes"
+    missing = reference.code - found.code
+    if missing:
+        return f"{sorted(missing)[0][0]} is missing"
+    unknown = sorted(found.names - reference.names - _OUR_EXTRA)
+    if unknown:
+        return f"entry {shown(unknown[0])} is not in archives retinaface-export writes"
+    foreign = sorted(found.globals - reference.globals)
+    if foreign:
+        return f"its pickles name {shown(foreign[0])}, which retinaface-export archives never do"
+    return None
+
+
+def checked_torchscript_bytes(path: str | Path) -> bytes:
+    """The bytes of a TorchScript artifact, read once and checked (see :func:`check_torchscript_archive`).
+
+    Load these bytes (``torch.jit.load(io.BytesIO(data))``) rather than the path: what is loaded is then
+    what was checked.
+
+    Raises:
+        UntrustedArtifactError: the archive's code or content is not what retinaface-export writes.
+        InputFileError: not a readable regular file.
+    """
+    from retinaface_export.variants import list_variants
+
+    path = Path(path)
+    with open_regular(path, "a TorchScript file") as handle:
+        data = handle.read()
+    found = _archive_code(path, data)
+    hint = _variant_hint(found.provenance)
+    candidates = ([hint] if hint in list_variants() else []) + [v for v in list_variants() if v != hint]
+    first_reason = None
+    for variant in candidates:
+        reason = _differences(found, _reference(variant))
+        if reason is None:
+            return data
+        first_reason = first_reason or f"{reason} (compared with {variant})"
+    import torch
+
+    raise _refuse(
+        path,
+        f"its code is not what retinaface-export writes with torch {torch.__version__}: {first_reason}; "
+        "re-export it, or use its ONNX or OpenVINO artifact",
+    )
+
+
+def check_torchscript_archive(path: str | Path) -> None:
+    """Refuse a TorchScript archive unless its code is exactly what retinaface-export writes.
+
+    Call it before ``torch.jit.load`` on any ``.torchscript.pt`` (for provenance as well as for running).
+    The first call per variant traces a reference model (a few seconds); later calls reuse it.
+
+    Raises:
+        UntrustedArtifactError: code files that differ from a fresh trace of the same variant, pickles
+            naming other classes or functions, unexpected entries, or a zip that is not plain.
+        InputFileError: missing, a folder, a FIFO or device, a symlink loop.
+    """
+    checked_torchscript_bytes(path)
+
+
+def _onnx_refuse(path: Path, reason: str) -> UntrustedArtifactError:
+    return UntrustedArtifactError(path, f"{reason}; refused before opening it with a runtime")
+
+
+def _graphs(graph: Any) -> Any:
+    """``graph`` and every subgraph in its nodes' attributes (If, Loop, Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _graphs(attribute.g)
+            for sub in attribute.graphs:
+                yield from _graphs(sub)
+
+
+def _tensors(graph: Any) -> Any:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+
+
+def _check_external_data(path: Path, tensor: Any) -> None:
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    location = entries.get("location", "")
+    windows = PureWindowsPath(location)
+    if (
+        not location
+        or PurePosixPath(location).is_absolute()
+        or windows.is_absolute()
+        or windows.drive
+        or ".." in PurePosixPath(location.replace("\\", "/")).parts
+    ):
+        raise _onnx_refuse(
+            path, f"tensor {shown(tensor.name)} has external data at {shown(location)}, outside its folder"
+        )
+    folder = path.parent.resolve()
+    target = path.parent / location
+    try:
+        inside = target.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise _onnx_refuse(
+            path, f"tensor {shown(tensor.name)} has external data at {shown(location)}, outside its folder"
+        )
+    try:
+        with open_regular(target, "an external data file") as handle:
+            size = os.fstat(handle.fileno()).st_size
+    except InputFileError as exc:
+        raise _onnx_refuse(path, f"external data {shown(location)}: {exc.reason}") from None
+    try:
+        offset, length = int(entries.get("offset", 0)), int(entries.get("length", size))
+    except ValueError:
+        raise _onnx_refuse(path, f"external data {shown(location)} has a non-numeric offset or length") from None
+    if offset < 0 or length < 0 or offset + length > size:
+        raise _onnx_refuse(path, f"external data {shown(location)} is shorter than its tensor claims")
+
+
+def _check_operators(path: Path, model: Any) -> None:
+    import onnx
+
+    if len(model.functions):
+        raise _onnx_refuse(path, "defines local functions, which retinaface-export models never do")
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    version = opsets.get("ai.onnx")
+    if version is None:
+        raise _onnx_refuse(path, "imports no standard ONNX opset")
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            known = node.domain in ("", "ai.onnx")
+            if known:
+                try:
+                    onnx.defs.get_schema(node.op_type, version, "")
+                except onnx.defs.SchemaError:
+                    known = False
+            if not known:
+                raise _onnx_refuse(
+                    path,
+                    f"unknown operator {shown(node.op_type)} (domain {shown(node.domain)}) in node "
+                    f"{shown(node.name)}; only standard ONNX operators at opset {version} are allowed",
+                )
+
+
+def _check_contract(path: Path, model: Any) -> None:
+    import onnx
+
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if [value.name for value in inputs] != [INPUT_NAME]:
+        names = ", ".join(shown(value.name) for value in inputs) or "none"
+        raise _onnx_refuse(path, f"inputs are {names}, not the contract's one input {INPUT_NAME!r}")
+    tensor_type = inputs[0].type.tensor_type
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT or len(tensor_type.shape.dim) != 4:
+        raise _onnx_refuse(path, f"input {INPUT_NAME!r} is not a 4-d float32 tensor (N×3×H×W)")
+    outputs = [value.name for value in model.graph.output]
+    if outputs != list(OUTPUT_NAMES):
+        raise _onnx_refuse(
+            path,
+            f"outputs are {', '.join(shown(n) for n in outputs) or 'none'}, not the contract's "
+            f"{', '.join(OUTPUT_NAMES)} (in that order)",
+        )
+    for value, width in zip(model.graph.output, OUTPUT_WIDTHS, strict=True):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != 3 or (dims[2].HasField("dim_value") and dims[2].dim_value != width):
+            raise _onnx_refuse(path, f"output {shown(value.name)} is not N×A×{width}")
+
+
+def check_onnx_file(path: str | Path) -> None:
+    """Refuse an ONNX model that could read outside its folder, needs non-standard operators, or breaks the contract.
+
+    Call it before ONNX Runtime (or OpenVINO) opens an ``.onnx`` file. It parses the protobuf without loading
+    external data, then checks every tensor's external-data path (relative, inside the model's folder after
+    symlinks, a regular file long enough), every node's operator (standard ONNX at the model's opset, also in
+    subgraphs; no local functions), the contract's input and outputs (names, order, ranks, widths), and
+    finally ``onnx.checker.check_model``.
+
+    Raises:
+        UntrustedArtifactError: any of the above, naming the file and the first problem.
+        InputFileError: missing, a folder, a FIFO or device, a symlink loop.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    with open_regular(path, "an ONNX model") as handle:
+        data = handle.read()
+    try:
+        model = onnx.load_model_from_string(data)  # external data stays where it is: only its paths are read
+    except (DecodeError, ValueError, RuntimeError):
+        raise _onnx_refuse(path, "not an ONNX model (its protobuf does not parse)") from None
+    for graph in _graphs(model.graph):
+        for tensor in _tensors(graph):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                _check_external_data(path, tensor)
+    _check_operators(path, model)
+    _check_contract(path, model)
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise _onnx_refuse(path, f"not a valid ONNX model ({first})") from None
