@@ -176,8 +176,8 @@ def _traced_archive(variant_name: str) -> bytes:
     """
     import torch
 
-    from retinaface_export.model import build_model
     from retinaface_export.converters.torchscript import TorchScriptExporter
+    from retinaface_export.model import build_model
     from retinaface_export.variants import get_variant
 
     with torch.device("cpu"):
