@@ -163,48 +163,67 @@ def _dynamic_priors(b: _Builder, anchors: AnchorConfig) -> tuple[str, str, str]:
 
 
 def _decode(
-    b: _Builder, anchors: AnchorConfig, size: InputSize | None, names: tuple[str | None, str | None, str | None]
-) -> tuple[str, str, str]:
-    """``boxes`` N×A×4, ``scores`` N×A, ``landmarks`` N×A×10 in input pixels (``detection.postprocess``)."""
-    loc, conf, pre = OUTPUT_NAMES
-    priors, scale_xy, scale_box = _static_priors(b, anchors, size) if size else _dynamic_priors(b, anchors)
-    prior_xy, prior_wh = b.slice(priors, 0, 2, 1), b.slice(priors, 2, 4, 1)
+    b: _Builder, anchors: AnchorConfig, loc: str, pre: str, priors: str, scales: tuple[str, str], names=(None, None)
+) -> tuple[str, str]:
+    """Regressions (…×4, …×10) with their priors (…×4) to pixel boxes and landmarks (``detection.postprocess``).
+
+    Works on all anchors (A×4 priors against N×A rows) and on gathered candidates (N×k×4 against N×k).
+    """
+    scale_xy, scale_box = scales
+    prior_xy, prior_wh = b.slice(priors, 0, 2, -1), b.slice(priors, 2, 4, -1)
     var0, var1 = b.f32(anchors.variance[0]), b.f32(anchors.variance[1])
-    loc_xy, loc_wh = b.slice(loc, 0, 2, 2), b.slice(loc, 2, 4, 2)
+    loc_xy, loc_wh = b.slice(loc, 0, 2, -1), b.slice(loc, 2, 4, -1)
     centres = b.op("Add", [prior_xy, b.op("Mul", [b.op("Mul", [loc_xy, var0]), prior_wh])])
     sizes = b.op("Mul", [prior_wh, b.op("Exp", [b.op("Mul", [loc_wh, var1])])])
     top_left = b.op("Sub", [centres, b.op("Div", [sizes, b.f32(2.0)])])
-    corners = b.op("Concat", [top_left, b.op("Add", [top_left, sizes])], axis=2)
+    corners = b.op("Concat", [top_left, b.op("Add", [top_left, sizes])], axis=-1)
     boxes = b.op("Mul", [corners, scale_box], out=names[0])
-    scores = b.op("Gather", [conf, b.i64(1)], out=names[1], axis=2)  # [background, face] → face
     points = b.op("Reshape", [pre, b.i64([0, 0, 5, 2])])
-    offsets = b.op("Mul", [b.op("Mul", [points, var0]), b.unsqueeze(prior_wh, [1])])
-    decoded = b.op("Add", [b.unsqueeze(prior_xy, [1]), offsets])
-    landmarks = b.op("Reshape", [b.op("Mul", [decoded, scale_xy]), b.i64([0, 0, 10])], out=names[2])
-    return boxes, scores, landmarks
+    offsets = b.op("Mul", [b.op("Mul", [points, var0]), b.unsqueeze(prior_wh, [-2])])
+    decoded = b.op("Add", [b.unsqueeze(prior_xy, [-2]), offsets])
+    landmarks = b.op("Reshape", [b.op("Mul", [decoded, scale_xy]), b.i64([0, 0, 10])], out=names[1])
+    return boxes, landmarks
 
 
-def _nms(b: _Builder, boxes: str, scores: str, landmarks: str, settings: NmsSettings, num_anchors: int | None):
-    """``detections`` N×K×15 and ``num_detections`` N from the decoded outputs."""
-    rows = b.op("Concat", [boxes, b.unsqueeze(scores, [2]), landmarks], axis=2)  # N×A×15
-    if num_anchors is not None:
-        k = b.i64([min(settings.top_k, num_anchors)])
-    else:  # TopK needs k ≤ A
-        anchors_dim = b.dim(b.op("Shape", [scores]), 1)
-        k = b.reduce("ReduceMin", b.op("Concat", [b.i64([settings.top_k]), anchors_dim], axis=0), [0], keepdims=1)
-    # top-k before the threshold selects what the reference's threshold-then-top-k selects
+def _gather_rows(b: _Builder, rows: str, index: str, width: int) -> str:
+    """``rows`` N×A×width at ``index`` N×k: N×k×width."""
+    target = b.op("Concat", [b.op("Shape", [index]), b.i64([width])], axis=0)
+    return b.op("GatherElements", [rows, b.op("Expand", [b.unsqueeze(index, [2]), target])], axis=1)
+
+
+def _candidates(b: _Builder, anchors: AnchorConfig, priors: str, scales, scores: str, settings: NmsSettings) -> str:
+    """The decoded N×k×15 rows of the best k faces per image, best first, k = min(top_k, most above threshold).
+
+    Taking the top k before thresholding selects what the reference's threshold-then-top-k selects; k is
+    cut to the largest count above the threshold in the batch (at least 1, as TopK needs), so only those
+    candidates are decoded; the NMS drops the ones of an image that are not above it.
+    """
+    loc, _, pre = OUTPUT_NAMES
+    above = b.op("Cast", [b.op("Greater", [scores, b.f32(settings.score_threshold)])], to=TensorProto.INT64)
+    most = b.reduce("ReduceMax", b.reduce("ReduceSum", above, [1], keepdims=0), [0], keepdims=1)
+    k = b.reduce("ReduceMin", b.op("Concat", [most, b.i64([settings.top_k])], axis=0), [0], keepdims=1)
+    k = b.reduce("ReduceMax", b.op("Concat", [k, b.i64([1])], axis=0), [0], keepdims=1)
     top_scores, top_index = b.op("TopK", [scores, k], n_out=2, axis=1, largest=1, sorted=1)
-    gather_index = b.op(
-        "Expand",
-        [b.unsqueeze(top_index, [2]), b.op("Concat", [b.op("Shape", [top_index]), b.i64([DETECTION_WIDTH])], axis=0)],
+    boxes, landmarks = _decode(
+        b,
+        anchors,
+        _gather_rows(b, loc, top_index, 4),
+        _gather_rows(b, pre, top_index, 10),
+        b.op("Gather", [priors, top_index], axis=0),
+        scales,
     )
-    candidates = b.op("GatherElements", [rows, gather_index], axis=1)  # N×k×15, best first
+    return b.op("Concat", [boxes, b.unsqueeze(top_scores, [2]), landmarks], axis=2)
+
+
+def _nms(b: _Builder, candidates: str, settings: NmsSettings) -> tuple[str, str]:
+    """``detections`` N×K×15 and ``num_detections`` N from the N×k×15 candidates, best first."""
     plus_one = b.op("Add", [b.slice(candidates, 0, 4, 2), b.f32([0.0, 0.0, 1.0, 1.0])])
+    candidate_scores = b.op("Gather", [candidates, b.i64(4)], axis=2)
     selected = b.op(
         "NonMaxSuppression",
         [
             plus_one,
-            b.unsqueeze(top_scores, [1]),
+            b.unsqueeze(candidate_scores, [1]),
             b.i64([settings.max_detections]),
             b.f32([settings.nms_iou]),
             b.f32([settings.score_threshold]),
@@ -216,7 +235,7 @@ def _nms(b: _Builder, boxes: str, scores: str, landmarks: str, settings: NmsSett
         [b.dim(b.op("Shape", [selected]), 0)],
         value=helper.make_tensor("value", TensorProto.INT64, [1], [1]),
     )
-    kept = b.op("ScatterND", [b.zeros(b.op("Shape", [top_scores]), TensorProto.INT64), image_candidate, ones])
+    kept = b.op("ScatterND", [b.zeros(b.op("Shape", [candidate_scores]), TensorProto.INT64), image_candidate, ones])
     row = b.op("CumSum", [kept, b.i64(1)], exclusive=1)  # kept candidates before this one, in its image
     position = b.op(
         "Concat",
@@ -285,11 +304,14 @@ def add_postprocess(
     if clash:
         raise UsageError(f"the graph already has tensors named {sorted(clash)}")
     b = _Builder(opset, taken)
-    final = DECODE_OUTPUTS if mode == "decode" else (None, None, None)
-    boxes, scores, landmarks = _decode(b, anchors, size, final)
-    if mode == "nms":
-        num_anchors = anchors.num_anchors(size.height, size.width) if size else None
-        _nms(b, boxes, scores, landmarks, settings, num_anchors)
+    loc, conf, pre = OUTPUT_NAMES
+    priors, *scales = _static_priors(b, anchors, size) if size else _dynamic_priors(b, anchors)
+    face = DECODE_OUTPUTS[1] if mode == "decode" else None
+    scores = b.op("Gather", [conf, b.i64(1)], out=face, axis=2)  # [background, face] → face
+    if mode == "decode":
+        _decode(b, anchors, loc, pre, priors, tuple(scales), names=(DECODE_OUTPUTS[0], DECODE_OUTPUTS[2]))
+    else:
+        _nms(b, _candidates(b, anchors, priors, tuple(scales), scores, settings), settings)
     new_outputs = _output_info(model, mode, settings)
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.initializers)

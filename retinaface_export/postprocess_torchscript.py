@@ -83,41 +83,39 @@ def greedy_nms(boxes: Tensor, threshold: float, limit: int, block_size: int = 25
     return kept[:limit]
 
 
-class _Decode(nn.Module):
-    """The network's outputs to ``boxes``, ``scores``, ``landmarks`` in input pixels (``detection.postprocess``)."""
+def decode_rows(
+    loc: Tensor, pre: Tensor, priors: Tensor, scale_xy: Tensor, variance0: float, variance1: float
+) -> tuple[Tensor, Tensor]:
+    """Regressions (…×4, …×10) with their priors (…×4) to pixel boxes and landmarks (``detection.postprocess``)."""
+    prior_xy, prior_wh = priors[..., :2], priors[..., 2:]
+    centres = prior_xy + loc[..., :2] * variance0 * prior_wh
+    sizes = prior_wh * torch.exp(loc[..., 2:] * variance1)
+    top_left = centres - sizes / 2
+    boxes = torch.cat([top_left, top_left + sizes], dim=-1) * scale_xy.repeat(2)
+    offsets = pre.unflatten(-1, [5, 2]) * variance0 * prior_wh.unsqueeze(-2)
+    landmarks = ((prior_xy.unsqueeze(-2) + offsets) * scale_xy).flatten(-2)
+    return boxes, landmarks
+
+
+class _Priors(nn.Module):
+    """Priors for the input's size: a stored constant at a fixed size, else computed per call."""
 
     def __init__(self, anchors: AnchorConfig, size: InputSize | None) -> None:
         super().__init__()
         self.steps = list(anchors.steps)
         self.min_sizes = [list(sizes) for sizes in anchors.min_sizes]
-        self.variance0 = float(anchors.variance[0])
-        self.variance1 = float(anchors.variance[1])
-        self.fixed = size is not None
         self.height = size.height if size else 0
         self.width = size.width if size else 0
-        fixed_priors = prior_boxes(anchors, size.height, size.width).copy() if size else None
-        self.register_buffer("fixed_priors", torch.from_numpy(fixed_priors) if fixed_priors is not None else None)
+        fixed = torch.from_numpy(prior_boxes(anchors, size.height, size.width).copy()) if size else None
+        self.register_buffer("fixed", fixed)
 
-    def priors(self, height: int, width: int) -> Tensor:
-        fixed_priors = self.fixed_priors
-        if fixed_priors is None:
+    def forward(self, height: int, width: int) -> Tensor:
+        fixed = self.fixed
+        if fixed is None:
             return torch_priors(height, width, self.steps, self.min_sizes)
         if height != self.height or width != self.width:
             raise RuntimeError(f"this model takes {self.height}x{self.width} inputs, got {height}x{width}")
-        return fixed_priors
-
-    def forward(self, data: Tensor, loc: Tensor, conf: Tensor, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        height, width = data.size(2), data.size(3)
-        priors = self.priors(height, width)
-        prior_xy, prior_wh = priors[:, :2], priors[:, 2:]
-        centres = prior_xy + loc[..., :2] * self.variance0 * prior_wh
-        sizes = prior_wh * torch.exp(loc[..., 2:] * self.variance1)
-        top_left = centres - sizes / 2
-        scale = torch.tensor([float(width), float(height)], dtype=torch.float32)
-        boxes = torch.cat([top_left, top_left + sizes], dim=-1) * scale.repeat(2)
-        points = pre.reshape(pre.size(0), pre.size(1), 5, 2) * self.variance0 * prior_wh.unsqueeze(1)
-        landmarks = ((prior_xy.unsqueeze(1) + points) * scale).reshape(pre.size(0), pre.size(1), 10)
-        return boxes, conf[..., 1], landmarks
+        return fixed
 
 
 class DecodedRetinaFace(nn.Module):
@@ -126,20 +124,29 @@ class DecodedRetinaFace(nn.Module):
     def __init__(self, network: nn.Module, anchors: AnchorConfig, size: InputSize | None) -> None:
         super().__init__()
         self.network = network
-        self.decode = _Decode(anchors, size)
+        self.priors = _Priors(anchors, size)
+        self.variance0, self.variance1 = float(anchors.variance[0]), float(anchors.variance[1])
 
     def forward(self, data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         loc, conf, pre = self.network(data)
-        return self.decode(data, loc, conf, pre)
+        height, width = data.size(2), data.size(3)
+        scale = torch.tensor([float(width), float(height)], dtype=torch.float32)
+        priors = self.priors(height, width)
+        boxes, landmarks = decode_rows(loc, pre, priors, scale, self.variance0, self.variance1)
+        return boxes, conf[..., 1], landmarks
 
 
 class NmsRetinaFace(nn.Module):
-    """``data`` → ``detections`` N×K×15 (zero-padded), ``num_detections`` N (int64); see ``postprocess_settings``."""
+    """``data`` → ``detections`` N×K×15 (zero-padded), ``num_detections`` N (int64); see ``postprocess_settings``.
+
+    Per image, as ``detection.postprocess``: threshold, top-k, decode of those candidates only, NMS, keep-top-k.
+    """
 
     def __init__(self, network: nn.Module, anchors: AnchorConfig, settings: NmsSettings, size: InputSize | None):
         super().__init__()
         self.network = network
-        self.decode = _Decode(anchors, size)
+        self.priors = _Priors(anchors, size)
+        self.variance0, self.variance1 = float(anchors.variance[0]), float(anchors.variance[1])
         self.score_threshold = float(settings.score_threshold)
         self.nms_iou = float(settings.nms_iou)
         self.top_k = int(settings.top_k)
@@ -148,17 +155,28 @@ class NmsRetinaFace(nn.Module):
 
     def forward(self, data: Tensor) -> tuple[Tensor, Tensor]:
         loc, conf, pre = self.network(data)
-        boxes, scores, landmarks = self.decode(data, loc, conf, pre)
-        rows = torch.cat([boxes, scores.unsqueeze(2), landmarks], dim=2)
+        height, width = data.size(2), data.size(3)
+        scale = torch.tensor([float(width), float(height)], dtype=torch.float32)
+        priors = self.priors(height, width)
         batch = data.size(0)
         detections = torch.zeros(batch, self.max_detections, self.row_width, dtype=torch.float32)
         counts = torch.zeros(batch, dtype=torch.long)
         for image in range(batch):
-            candidates = torch.nonzero(scores[image] > self.score_threshold).squeeze(1)
-            order = torch.argsort(scores[image][candidates], descending=True, stable=True)[: self.top_k]
+            scores = conf[image, :, 1]
+            candidates = torch.nonzero(scores > self.score_threshold).squeeze(1)
+            order = torch.argsort(scores[candidates], descending=True, stable=True)[: self.top_k]
             candidates = candidates[order]
-            keep = candidates[greedy_nms(boxes[image][candidates], self.nms_iou, self.max_detections)]
-            detections[image, : keep.numel()] = rows[image][keep]
+            boxes, landmarks = decode_rows(
+                loc[image][candidates],
+                pre[image][candidates],
+                priors[candidates],
+                scale,
+                self.variance0,
+                self.variance1,
+            )
+            keep = greedy_nms(boxes, self.nms_iou, self.max_detections)
+            rows = torch.cat([boxes[keep], scores[candidates][keep].unsqueeze(1), landmarks[keep]], dim=1)
+            detections[image, : keep.numel()] = rows
             counts[image] = keep.numel()
         return detections, counts
 

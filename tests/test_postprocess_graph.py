@@ -114,7 +114,10 @@ def _run_torchscript(module: torch.jit.ScriptModule, data: np.ndarray) -> list[n
 
 @pytest.fixture(scope="module")
 def run(raw_onnx, traced, inputs, checkpoint, tmp_path_factory):
-    """``run(runtime, kind, mode, settings)`` → that artifact's outputs on the kind's batch (memoised)."""
+    """``run(runtime, kind, mode, settings)`` → that artifact's outputs on the kind's batch (memoised).
+
+    Mode ``none`` is the raw model, through the same calls.
+    """
     anchors = checkpoint.variant.anchors
     folder = tmp_path_factory.mktemp("postprocessed")
     cache: dict[tuple, list[np.ndarray]] = {}
@@ -162,23 +165,14 @@ def test_nms_artifact_gives_the_reference_pipelines_faces(run, reference_outputs
             assert np.abs(rows[i, 5:] - expected[j, 5:]).max() < 1.0
 
 
-def _raw_outputs(runtime: str, kind: str, raw_onnx, traced, data: np.ndarray, folder: Path) -> list[np.ndarray]:
-    if runtime == "onnxruntime":
-        return _run_onnxruntime(onnx.load(raw_onnx[kind]), data)
-    if runtime == "openvino":
-        return _run_openvino(onnx.load(raw_onnx[kind]), data, folder)
-    with torch.inference_mode():
-        return [out.numpy() for out in traced(torch.from_numpy(data))]
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_decode_artifact_equals_numpy_decode(run, raw_onnx, traced, inputs, checkpoint, tmp_path, runtime, kind):
+def test_decode_artifact_equals_numpy_decode(run, inputs, checkpoint, runtime, kind):
     anchors = checkpoint.variant.anchors
     data = inputs[kind]
     height, width = data.shape[2:]
     boxes, scores, landmarks = run(runtime, kind, "decode")
-    loc, conf, pre = _raw_outputs(runtime, kind, raw_onnx, traced, data, tmp_path)
+    loc, conf, pre = run(runtime, kind, "none")  # the raw model, same runtime
     priors = prior_boxes(anchors, height, width)
     assert boxes.shape == (BATCH, len(priors), 4) and scores.shape == (BATCH, len(priors))
     assert landmarks.shape == (BATCH, len(priors), 10)
