@@ -55,9 +55,9 @@ class _Builder:
 
     def name(self, hint: str) -> str:
         self._count += 1
-        name = f"{_PREFIX}{hint}_{self._count}"
-        assert name not in self._taken
-        return name
+        while f"{_PREFIX}{hint}_{self._count}" in self._taken:
+            self._count += 1
+        return f"{_PREFIX}{hint}_{self._count}"
 
     def const(self, value, dtype: type, hint: str = "const") -> str:
         tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype), self.name(hint))
