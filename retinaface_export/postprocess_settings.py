@@ -66,13 +66,29 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def covers(settings: NmsSettings, score_threshold: float, nms_iou: float, top_k: int, max_detections: int) -> bool:
+    """Whether an ``nms`` artifact made with ``settings`` gives what these settings ask, by cutting its rows.
+
+    NMS keeps faces best first and only a better face suppresses, so the faces of a lower-threshold
+    artifact that score above a higher threshold are exactly that threshold's faces (top-k and
+    keep-top-k cut both best first), as long as the IoU, top-k and keep-top-k are the same.
+    """
+    return (
+        score_threshold >= settings.score_threshold
+        and nms_iou == settings.nms_iou
+        and top_k == settings.top_k
+        and max_detections == settings.max_detections
+    )
+
+
 def split_detections(
-    detections: np.ndarray, num_detections: np.ndarray
+    detections: np.ndarray, num_detections: np.ndarray, min_score: float | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """An ``nms`` artifact's outputs to per-image ``(boxes K×4, scores K, landmarks K×10)``, best first.
 
     The arrays are in input-tensor pixels, as ``detection.postprocess.postprocess`` returns them, so the
-    Detector maps them to the image (letterbox) the same way.
+    Detector maps them to the image (letterbox) the same way. ``min_score`` keeps the faces scoring above
+    it (a threshold above the artifact's own; see :func:`covers`).
     """
     if detections.ndim != 3 or detections.shape[2] != DETECTION_WIDTH:
         raise ValueError(f"detections must be N×K×{DETECTION_WIDTH}, got {detections.shape}")
@@ -81,5 +97,7 @@ def split_detections(
     per_image = []
     for rows, count in zip(detections, num_detections, strict=True):
         kept = rows[: int(count)]
+        if min_score is not None:
+            kept = kept[kept[:, 4] > np.float32(min_score)]
         per_image.append((kept[:, :4], kept[:, 4], kept[:, 5:]))
     return per_image

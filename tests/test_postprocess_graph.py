@@ -28,7 +28,7 @@ from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.export import ExportOptions, export_checkpoint
 from retinaface_export.postprocess_onnx import add_postprocess
 from retinaface_export.postprocess_openvino import match_reference_nms
-from retinaface_export.postprocess_settings import NmsSettings
+from retinaface_export.postprocess_settings import NmsSettings, covers, split_detections
 from retinaface_export.postprocess_torchscript import script_with_postprocess
 from retinaface_export.sizes import InputSize
 
@@ -150,19 +150,36 @@ def test_nms_artifact_gives_the_reference_pipelines_faces(run, reference_outputs
     assert num_detections.shape == (BATCH,) and num_detections.dtype == np.int64
     height, width = inputs[kind].shape[2:]
     for image in range(BATCH):
-        loc, conf, landms = (out[image : image + 1] for out in reference_outputs[kind])
-        expected = reference_detections(loc, conf, landms, (height, width), REFERENCE_ANCHORS, threshold, 0.4)
         count = int(num_detections[image])
-        rows = detections[image, :count]
-        assert count == len(expected) > (80 if threshold == 0.5 else 700), (image, count, len(expected))
         assert not detections[image, count:].any(), "rows after num_detections must be zeros"
-        assert (np.diff(rows[:, 4]) <= 0).all(), "faces must come best first"
-        assert (rows[:, 4] > threshold).all()
-        pairs = greedy_match(rows[:, :4], expected[:, :4], min_iou=0.9)
-        assert len(pairs) == len(expected)
-        for i, j, _ in pairs:
-            assert abs(rows[i, 4] - expected[j, 4]) < 1e-3
-            assert np.abs(rows[i, 5:] - expected[j, 5:]).max() < 1.0
+        expected = _reference_faces(reference_outputs[kind], image, (height, width), threshold)
+        _assert_reference_faces(detections[image, :count], expected, threshold)
+
+
+def _reference_faces(outputs, image: int, hw: tuple[int, int], threshold: float) -> np.ndarray:
+    loc, conf, landms = (out[image : image + 1] for out in outputs)
+    return reference_detections(loc, conf, landms, hw, REFERENCE_ANCHORS, threshold, 0.4)
+
+
+def _assert_reference_faces(rows: np.ndarray, expected: np.ndarray, threshold: float) -> None:
+    assert len(rows) == len(expected) > (80 if threshold == 0.5 else 700), (len(rows), len(expected))
+    assert (np.diff(rows[:, 4]) <= 0).all(), "faces must come best first"
+    assert (rows[:, 4] > threshold).all()
+    pairs = greedy_match(rows[:, :4], expected[:, :4], min_iou=0.9)
+    assert len(pairs) == len(expected)
+    for i, j, _ in pairs:
+        assert abs(rows[i, 4] - expected[j, 4]) < 1e-3
+        assert np.abs(rows[i, 5:] - expected[j, 5:]).max() < 1.0
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_default_artifact_cut_at_a_higher_threshold_gives_that_thresholds_faces(run, reference_outputs, runtime):
+    settings = NmsSettings()  # 0.02, as retinaface-export writes by default
+    assert covers(settings, 0.5, 0.4, 5000, 750) and not covers(settings, 0.01, 0.4, 5000, 750)
+    detections, num_detections = run(runtime, "fixed", "nms", settings)
+    for image, (boxes, scores, points) in enumerate(split_detections(detections, num_detections, min_score=0.5)):
+        rows = np.concatenate([boxes, scores[:, None], points], axis=1)
+        _assert_reference_faces(rows, _reference_faces(reference_outputs["fixed"], image, (640, 640), 0.5), 0.5)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -23,7 +23,7 @@ from reference_pipeline import reference_detections, reference_nms
 from retinaface_export.errors import UsageError
 from retinaface_export.postprocess_onnx import add_postprocess
 from retinaface_export.postprocess_openvino import match_reference_nms
-from retinaface_export.postprocess_settings import NmsSettings, check_mode, split_detections
+from retinaface_export.postprocess_settings import NmsSettings, check_mode, covers, split_detections
 from retinaface_export.postprocess_torchscript import greedy_nms, script_with_postprocess
 from retinaface_export.sizes import InputSize
 from retinaface_export.variants import get_variant
@@ -289,3 +289,19 @@ def test_split_detections_cuts_each_image_at_its_count():
     np.testing.assert_array_equal(scores0, detections[0, :3, 4])
     with pytest.raises(ValueError, match="N×K×15"):
         split_detections(detections[..., :14], np.array([3, 0]))
+
+
+def test_covers_only_a_higher_threshold_with_the_same_nms():
+    settings = NmsSettings()
+    assert covers(settings, 0.02, 0.4, 5000, 750) and covers(settings, 0.9, 0.4, 5000, 750)
+    assert not covers(settings, 0.01, 0.4, 5000, 750)
+    assert not covers(settings, 0.5, 0.3, 5000, 750)
+    assert not covers(settings, 0.5, 0.4, 1000, 750)
+    assert not covers(settings, 0.5, 0.4, 5000, 100)
+
+
+def test_split_detections_min_score_keeps_faces_strictly_above():
+    detections = np.zeros((1, 4, 15), np.float32)
+    detections[0, :3, 4] = [0.9, 0.5, 0.3]
+    ((_, scores, _),) = split_detections(detections, np.array([3]), min_score=0.5)
+    assert scores.tolist() == [np.float32(0.9)]
