@@ -88,7 +88,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         result = export_checkpoint(checkpoint, ExportOptions(sizes=(size,), formats=("onnx",)), folder / "export")
-        raw = onnx.load(folder / "export" / result.added[0]["path"])
+        raw = onnx.load(folder / "export" / result.added[0].path)
         print("| runtime | threshold | faces | net ms | numpy post ms | net + post ms | nms artifact ms | saved |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for threshold in args.thresholds:

@@ -60,7 +60,7 @@ def raw_onnx(checkpoint, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("raw-onnx")
     fixed = export_checkpoint(checkpoint, ExportOptions(sizes=(FIXED,), formats=("onnx",), batch=BATCH), out / "f")
     dynamic = export_checkpoint(checkpoint, ExportOptions(sizes=(FIXED,), formats=("onnx",), dynamic=True), out / "d")
-    return {"fixed": out / "f" / fixed.added[0]["path"], "dynamic": out / "d" / dynamic.added[0]["path"]}
+    return {"fixed": out / "f" / fixed.added[0].path, "dynamic": out / "d" / dynamic.added[0].path}
 
 
 @pytest.fixture(scope="module")
