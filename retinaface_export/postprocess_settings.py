@@ -1,0 +1,103 @@
+"""Post-processing inside an artifact: the modes, the NMS settings, the output names, and reading them back.
+
+``none`` keeps the raw Open Model Zoo outputs. ``decode`` outputs ``boxes`` (N×A×4, x1 y1 x2 y2),
+``scores`` (N×A, face probability) and ``landmarks`` (N×A×10, five x, y) in input-tensor pixels. ``nms``
+also applies the score threshold, top-k, NMS (biubug6 ``py_cpu_nms``, ``+1`` pixel convention) and
+keep-top-k per image, and outputs ``detections`` (N×K×15: x1 y1 x2 y2 score, then five landmark x, y),
+zero after ``num_detections`` (N, int64) rows, best first. The graph builders are in
+``postprocess_onnx`` and ``postprocess_torchscript``; this module imports neither ONNX nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from retinaface_export.errors import UsageError
+
+POSTPROCESS_MODES = ("none", "decode", "nms")
+DECODE_OUTPUTS = ("boxes", "scores", "landmarks")
+NMS_OUTPUTS = ("detections", "num_detections")
+# Columns of a ``detections`` row: box (4), score (1), five landmark points (10).
+DETECTION_WIDTH = 15
+
+
+@dataclass(frozen=True)
+class NmsSettings:
+    """Thresholds of the ``nms`` mode; the defaults are the reference's WIDER FACE evaluation settings.
+
+    Attributes:
+        score_threshold: faces need a probability strictly above it.
+        nms_iou: a face is suppressed by a better one when their IoU (``+1`` convention) is above it.
+        top_k: candidates kept, best first, before NMS.
+        max_detections: faces kept after NMS (K, the ``detections`` rows per image).
+    """
+
+    score_threshold: float = 0.02
+    nms_iou: float = 0.4
+    top_k: int = 5000
+    max_detections: int = 750
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise UsageError(f"--score-threshold must be in [0, 1), got {self.score_threshold}")
+        if not 0.0 <= self.nms_iou <= 1.0:  # ONNX Runtime refuses an IoU threshold outside [0, 1]
+            raise UsageError(f"--nms-iou must be in [0, 1], got {self.nms_iou}")
+        if self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.max_detections < 1:
+            raise UsageError(f"--max-detections must be at least 1, got {self.max_detections}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values, for provenance and manifests."""
+        return asdict(self)
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` itself when it is one of :data:`POSTPROCESS_MODES`.
+
+    Raises:
+        UsageError: an unknown mode, naming the valid ones.
+    """
+    if mode not in POSTPROCESS_MODES:
+        raise UsageError(f"unknown post-processing {mode!r}; valid: {', '.join(POSTPROCESS_MODES)}")
+    return mode
+
+
+def covers(settings: NmsSettings, score_threshold: float, nms_iou: float, top_k: int, max_detections: int) -> bool:
+    """Whether an ``nms`` artifact made with ``settings`` gives what these settings ask, by cutting its rows.
+
+    NMS keeps faces best first and only a better face suppresses, so the faces of a lower-threshold
+    artifact that score above a higher threshold are exactly that threshold's faces (top-k and
+    keep-top-k cut both best first), as long as the IoU, top-k and keep-top-k are the same.
+    """
+    return (
+        score_threshold >= settings.score_threshold
+        and nms_iou == settings.nms_iou
+        and top_k == settings.top_k
+        and max_detections == settings.max_detections
+    )
+
+
+def split_detections(
+    detections: np.ndarray, num_detections: np.ndarray, min_score: float | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """An ``nms`` artifact's outputs to per-image ``(boxes K×4, scores K, landmarks K×10)``, best first.
+
+    The arrays are in input-tensor pixels, as ``detection.postprocess.postprocess`` returns them, so the
+    Detector maps them to the image (letterbox) the same way. ``min_score`` keeps the faces scoring above
+    it (a threshold above the artifact's own; see :func:`covers`).
+    """
+    if detections.ndim != 3 or detections.shape[2] != DETECTION_WIDTH:
+        raise ValueError(f"detections must be N×K×{DETECTION_WIDTH}, got {detections.shape}")
+    if num_detections.shape != detections.shape[:1]:
+        raise ValueError(f"num_detections must have shape ({detections.shape[0]},), got {num_detections.shape}")
+    per_image = []
+    for rows, count in zip(detections, num_detections, strict=True):
+        kept = rows[: int(count)]
+        if min_score is not None:
+            kept = kept[kept[:, 4] > np.float32(min_score)]
+        per_image.append((kept[:, :4], kept[:, 4], kept[:, 5:]))
+    return per_image
