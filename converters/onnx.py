@@ -13,11 +13,14 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES, OUTPUT_WIDTHS
-from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Runner
+from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
 from retinaface_export.sizes import InputSize
+
+if TYPE_CHECKING:
+    from retinaface_export.anchors import AnchorConfig
 from retinaface_export.trust import check_onnx_file
 
 DEFAULT_OPSET = 17
@@ -88,21 +91,23 @@ class OnnxExporter:
         onnx.checker.check_model(proto, full_check=True)
         self._dynamic = proto.SerializeToString()
 
-    def artifact(
-        self, size: InputSize | None, batch: int, num_anchors: int | None, provenance: dict[str, Any]
-    ) -> bytes:
-        """The serialised model at ``size`` × ``batch`` (``size`` None: dynamic) with ``provenance``.
+    def artifact(self, job: Job, anchors: AnchorConfig, provenance: dict[str, Any]) -> bytes:
+        """The serialised model at the job's size × batch (dynamic without a size) with ``provenance``.
 
         The dynamic graph passed ``onnx.checker`` (with strict shape inference) when it was exported; a
         pinned copy differs from it in declared dimensions only, which the exporter's verification run
-        at that size checks against PyTorch.
+        at that size checks against PyTorch. Post-processing (``decode``, ``nms``) is appended to the
+        pinned graph (:mod:`retinaface_export.postprocess_onnx`).
         """
         import onnx
 
+        from retinaface_export.postprocess_onnx import add_postprocess
+
         proto = onnx.load_from_string(self._dynamic)
-        if size is not None:
-            assert num_anchors is not None
-            pin_shapes(proto, batch, size, num_anchors)
+        if job.size is not None:
+            pin_shapes(proto, job.batch, job.size, anchors.num_anchors(job.size.height, job.size.width))
+        if job.postprocess.mode != "none":
+            proto = add_postprocess(proto, anchors, job.postprocess.mode, job.postprocess.settings, job.size)
         set_metadata(proto, provenance)
         return proto.SerializeToString()
 
@@ -184,7 +189,7 @@ def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int
     input_name = session.get_inputs()[0].name
 
     def run(data):
-        return session.run(list(OUTPUT_NAMES), {input_name: data})
+        return session.run(None, {input_name: data})  # in the model's order, which the trust check pinned
 
     return run
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_NAMES
+from retinaface_export.contract import INPUT_NAME, MEAN_BGR
 from retinaface_export.converters.onnx import graph_fingerprint, source_model
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
@@ -83,10 +83,13 @@ def read_onnx(source: Path):
     """``source`` (an exported ONNX file) as an ``ov.Model``, before any precision or preprocessing choice."""
     import openvino as ov
 
+    from retinaface_export.postprocess_openvino import match_reference_nms
+
     check_onnx_file(source)
     with OPENVINO_LOCK:
         model = ov.convert_model(str(source))
     del model.get_rt_info()[SOURCE_METADATA_SECTION]
+    match_reference_nms(model)  # OpenVINO's NMS suppresses at IoU == threshold, the reference only above
     return model
 
 
@@ -159,7 +162,7 @@ class OpenVinoFormat(ArtifactFormat):
         with OPENVINO_LOCK:
             compiled = ov.Core().compile_model(str(path), "CPU", config)
             request = compiled.create_infer_request()
-            outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+            outputs = list(compiled.outputs)  # in the model's order (raw: the contract's)
 
         def run(data: np.ndarray) -> list[np.ndarray]:
             with OPENVINO_LOCK:

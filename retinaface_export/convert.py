@@ -34,6 +34,7 @@ from retinaface_export.pipeline import (
     verification_photos,
     verify_tensors,
 )
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
@@ -120,6 +121,7 @@ def plan(sources: list[ArtifactRecord], options: ConvertOptions) -> list[Job]:
                     input_format=options.input_format,
                     opset=source.opset if fmt.uses_opset else None,
                     source=source,
+                    postprocess=PostprocessSpec.from_record(source.postprocess),
                 )
             )
     return jobs
