@@ -45,16 +45,18 @@ INT8_IGNORED_TYPES = ("Softmax", "SoftMax")
 OPENVINO_LOCK = threading.RLock()
 
 
-def _quantize(model, samples: list[np.ndarray]):
+def quantize_int8(model, samples: list[np.ndarray]):
+    """NNCF post-training INT8 of an ``ov.Model`` or ``onnx.ModelProto`` (QDQ for ONNX) from ``samples``."""
     import nncf
 
     # NNCF logs at INFO to its own stdout handler and draws progress bars on stdout with no switch to turn
     # them off; the command has its own progress display, so both are silenced here.
     nncf.set_log_level(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):
+        is_onnx = hasattr(model, "graph")  # onnx.ModelProto: NNCF's ONNX backend feeds {input name: array}
         return nncf.quantize(
             model,
-            nncf.Dataset(samples),
+            nncf.Dataset(samples, (lambda sample: {INPUT_NAME: sample}) if is_onnx else None),
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(samples),
             ignored_scope=nncf.IgnoredScope(
@@ -109,7 +111,7 @@ def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: 
     if job.precision == "int8":
         if not calibration:
             raise ValueError("INT8 needs calibration samples")
-        model = _quantize(model, calibration)
+        model = quantize_int8(model, calibration)
     if job.input_format != DEFAULT_INPUT_FORMAT:
         model = _embed_preprocessing(model, job.input_format)
     for key, value in provenance.items():

@@ -57,6 +57,7 @@ class TorchScriptFormat(ArtifactFormat):
     name = "torchscript"
     suffix = ".torchscript.pt"
     backend = "torchscript"
+    exported = True
 
     def exporter(self, model, example, opset: int) -> TorchScriptExporter:
         return TorchScriptExporter(model, example, opset)

@@ -66,12 +66,17 @@ class ConvertOptions:
         if self.target not in convert_targets():
             raise UsageError(f"unknown target {self.target!r}; valid targets: {', '.join(convert_targets())}")
         fmt = FORMATS[self.target]
+        if not self.precisions:
+            raise UsageError(f"--to {self.target} needs --precision ({', '.join(fmt.conversion_precisions)})")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
             raise UsageError(f"unknown precisions {unknown}; valid: {', '.join(PRECISIONS)}")
-        unsupported = [p for p in self.precisions if p not in fmt.precisions]
+        unsupported = [p for p in self.precisions if p not in fmt.conversion_precisions]
         if unsupported:
-            raise UsageError(f"{self.target} makes {', '.join(fmt.precisions)} only, not {', '.join(unsupported)}")
+            raise UsageError(
+                f"--to {self.target} makes {', '.join(fmt.conversion_precisions)}, not {', '.join(unsupported)}"
+                + (" (FP32 ONNX is what retinaface-export writes)" if fmt.exported else "")
+            )
         if self.input_format not in fmt.input_formats:
             raise UsageError(
                 f"{self.target} keeps the input as the source takes it: --embed-mean and --input are for "
@@ -92,7 +97,15 @@ def checked_sources(export_dir: Path, manifest: Manifest, options: ConvertOption
     """
     source_format = FORMATS[options.target].source_format
     wanted = [(s.height, s.width) for s in options.sizes]
-    sources = [a for a in manifest.artifacts if a.format == source_format and (not wanted or a.size in wanted)]
+    sources = [
+        a
+        for a in manifest.artifacts
+        if a.format == source_format
+        and a.precision == "fp32"
+        and a.input_format == DEFAULT_INPUT_FORMAT
+        and a.source is None  # exported, not itself converted (a simplified or FP16 ONNX)
+        and (not wanted or a.size in wanted)
+    ]
     if not sources:
         which = f" of sizes {', '.join(map(str, options.sizes))}" if options.sizes else ""
         raise ManifestError(export_dir / MANIFEST_NAME, f"lists no {source_format} artifacts{which} to convert")

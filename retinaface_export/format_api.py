@@ -89,9 +89,13 @@ class ArtifactFormat:
     suffix: ClassVar[str]
     # the runtime that runs it, as reports name it
     backend: ClassVar[str]
-    # the format it is converted from; None: ``retinaface-export`` makes it from the PyTorch model
+    # ``retinaface-export`` makes it from the PyTorch model (always FP32)
+    exported: ClassVar[bool] = False
+    # the format ``retinaface-convert`` converts it from; None: not made by conversion
     source_format: ClassVar[str | None] = None
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # the precisions ``retinaface-convert`` makes (an exported format's FP32 is the source itself)
+    conversion_precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     input_formats: ClassVar[tuple[str, ...]] = (DEFAULT_INPUT_FORMAT,)
     # files that travel with the main one (OpenVINO's weights), as suffixes replacing ``suffix``
     companion_suffixes: ClassVar[tuple[str, ...]] = ()
@@ -108,7 +112,7 @@ class ArtifactFormat:
         return [path.with_name(stem + suffix) for suffix in self.companion_suffixes]
 
     def exporter(self, model: torch.nn.Module, example: torch.Tensor, opset: int) -> Exporter:
-        """The exporter of a format made from the PyTorch model (source_format None)."""
+        """The exporter of a format made from the PyTorch model (``exported``)."""
         raise NotImplementedError(f"{self.name} is not exported from a PyTorch model")
 
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
