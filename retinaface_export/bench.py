@@ -23,7 +23,7 @@ import torch
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.bench_runtimes import BENCH_RUNTIMES, Source
-from retinaface_export.bench_stats import UNSTABLE_RULE, UNSTABLE_SPREAD, Budget, Stats, interleaved, slice_rates
+from retinaface_export.bench_stats import UNSTABLE_RULE, Budget, Stats, interleaved
 from retinaface_export.bench_system import machine_record, runtime_versions
 from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
 from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
@@ -90,14 +90,14 @@ class BenchRow:
     seconds: float
     # images per second: batch x 1000 / median latency (latency mode), images / wall time (throughput mode)
     fps: float
-    # std of the fps of five equal slices of the run (throughput mode; None in latency mode)
+    # throughput mode: fps x the requests' std / mean (None in latency mode)
     fps_std: float | None
     latency_ms_mean: float
     latency_ms_std: float
     latency_ms_min: float
     latency_ms_median: float
     latency_ms_p90: float
-    # std / mean of the figure the row reports (latency, or fps for throughput), and whether it is past the rule
+    # std / mean of the request latencies, and whether it is past the UNSTABLE_RULE
     spread: float
     unstable: bool
     # latency mode only (None in throughput rows), all timed in turns with the network:
@@ -215,9 +215,10 @@ def _plan(export_dir: Path, manifest: Manifest, settings: BenchSettings) -> dict
         size: sorted([a for a in fixed if a["size"] == size.as_list()] + dynamic, key=lambda a: a["path"])
         for size in sizes
     }
-    if not any(plan.values()):
+    empty = [size for size, artifacts in plan.items() if not artifacts]
+    if empty:
         shown = ", ".join(map(str, available)) or "none"
-        raise UsageError(f"no artifact of size {', '.join(map(str, sizes))} in {export_dir} (sizes there: {shown})")
+        raise UsageError(f"no artifact of size {', '.join(map(str, empty))} in {export_dir} (sizes there: {shown})")
     _check_files(export_dir, [a for artifacts in plan.values() for a in artifacts])
     return plan
 
@@ -276,8 +277,8 @@ def _row(model: _Model, size: InputSize, mode: str, batch: int, streams: int, st
         latency_ms_min=stats.min,
         latency_ms_median=stats.median,
         latency_ms_p90=stats.p90,
-        spread=extra.pop("spread", stats.spread),
-        unstable=extra.pop("unstable", stats.unstable),
+        spread=stats.spread,
+        unstable=stats.unstable,
         **extra,
     )
 
@@ -329,22 +330,19 @@ def measure_throughput(
     streams, run = BENCH_RUNTIMES[model.backend.name].throughput(model.source, settings.threads, settings.streams)
     data = model.backend.prepare(_batch_of(image, size, batch))
     result = run(data, settings.budget)
-    rates = slice_rates(result.completions, result.start, batch)
+    stats = Stats.of(result.latencies_ms)
     fps = result.images / result.seconds
-    fps_std = float(rates.std(ddof=1)) if rates.size > 1 else 0.0
-    spread = fps_std / fps
     return _row(
         model,
         size,
         "throughput",
         batch,
         streams,
-        Stats.of(result.latencies_ms),
+        stats,
         seconds=result.seconds,
         fps=fps,
-        fps_std=fps_std,
-        spread=spread,
-        unstable=spread > UNSTABLE_SPREAD,
+        # in steady state fps = streams x batch / request latency, so it varies as the request latencies do
+        fps_std=fps * stats.spread,
     )
 
 

@@ -32,7 +32,7 @@ def _label(row: BenchRow) -> str:
 
 
 def plot_png(rows: list[BenchRow], title: str) -> bytes:
-    """A PNG: median latency ± std (left) and throughput ± std of its slices (right) against input size.
+    """A PNG: median latency ± std (left) and throughput ± its std (right) against input size.
 
     Raises:
         UsageError: matplotlib is not installed.
@@ -42,7 +42,7 @@ def plot_png(rows: list[BenchRow], title: str) -> bytes:
 
     panels = [
         ("latency", "latency, one request at a time (median ± std, ms)", "ms"),
-        ("throughput", "throughput (images/s ± std over slices of the run)", "images / s"),
+        ("throughput", "throughput (images/s ± fps × std/mean of the requests)", "images / s"),
     ]
     panels = [p for p in panels if any(r.mode == p[0] for r in rows)]
     figure = Figure(figsize=(7 * len(panels), 5.5), layout="constrained")

@@ -18,10 +18,7 @@ from retinaface_export.errors import UsageError
 MIN_RUNS = 5
 # The unstable rule: a row whose spread (sample std) exceeds this fraction of its mean is flagged.
 UNSTABLE_SPREAD = 0.2
-UNSTABLE_RULE = (
-    f"std > {UNSTABLE_SPREAD:.0%} of the mean: of the latencies for a latency row, of the fps of "
-    "five equal slices of the run for a throughput row"
-)
+UNSTABLE_RULE = f"the request latencies' std is more than {UNSTABLE_SPREAD:.0%} of their mean"
 
 
 @dataclass(frozen=True)
@@ -108,16 +105,3 @@ def interleaved(fns: list[Callable[[], object]], budget: Budget) -> list[np.ndar
             fn()
             times[j].append((time.perf_counter() - begin) * 1e3)
     return [np.asarray(t) for t in times]
-
-
-def slice_rates(completions: list[float], start: float, images_per_request: int, slices: int = 5) -> np.ndarray:
-    """Images per second in ``slices`` consecutive groups of completed requests (completion times in seconds)."""
-    ends = np.sort(np.asarray(completions, dtype=np.float64))
-    groups = np.array_split(np.arange(ends.size), min(slices, ends.size))
-    rates = []
-    previous = start
-    for group in groups:
-        last = float(ends[group[-1]])
-        rates.append(group.size * images_per_request / max(last - previous, 1e-9))
-        previous = last
-    return np.asarray(rates)
