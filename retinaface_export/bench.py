@@ -23,7 +23,7 @@ import torch
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.bench_runtimes import BENCH_RUNTIMES, Source
-from retinaface_export.bench_stats import UNSTABLE_RULE, Budget, Stats, interleaved
+from retinaface_export.bench_stats import UNSTABLE_RULE, UNSTABLE_SPREAD, Budget, Stats, interleaved
 from retinaface_export.bench_system import machine_record, runtime_versions
 from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
 from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
@@ -346,6 +346,30 @@ def measure_throughput(
     )
 
 
+def _time_model(
+    model: _Model,
+    image: np.ndarray,
+    size: InputSize,
+    settings: BenchSettings,
+    report: BenchReport,
+    on_step: Callable[[str], None] | None,
+) -> None:
+    if model.backend.name not in BENCH_RUNTIMES:
+        report.notes.append(f"{model.name}: no benchmark runtime for backend {model.backend.name}; skipped")
+        return
+    if "latency" in settings.modes:
+        if on_step:
+            on_step(f"{model.name} latency at {size}")
+        report.rows.append(measure_latency(model, image, size, settings))
+    if "throughput" in settings.modes:
+        if set(settings.batches) - set(model.batches):
+            report.notes.append(f"{model.name}: fixed batch {model.batches[0]}, timed at that batch only")
+        for batch in model.batches:
+            if on_step:
+                on_step(f"{model.name} throughput at {size}, batch {batch}")
+            report.rows.append(measure_throughput(model, image, size, batch, settings))
+
+
 def bench_export(
     export_dir: str | Path,
     image: np.ndarray,
@@ -383,35 +407,22 @@ def bench_export(
         report.notes.append("eager skipped (--no-eager)")
     torch.set_num_threads(settings.threads)
     for size, artifacts in plan.items():
-        models = [_eager_model(checkpoint, size, settings)] if checkpoint else []
+        if checkpoint:
+            _time_model(_eager_model(checkpoint, size, settings), image, size, settings, report, on_step)
         for artifact in artifacts:
-            if on_step:
-                on_step(f"{artifact['path']} (opening)")
-            models.append(_artifact_model(export_dir, artifact, size, settings))
-        for model in models:
-            if model.backend.name not in BENCH_RUNTIMES:
-                report.notes.append(f"{model.name}: no benchmark runtime for backend {model.backend.name}; skipped")
-                continue
-            if "latency" in settings.modes:
-                if on_step:
-                    on_step(f"{model.name} latency at {size}")
-                report.rows.append(measure_latency(model, image, size, settings))
-            if "throughput" in settings.modes:
-                if set(settings.batches) - set(model.batches):
-                    report.notes.append(f"{model.name}: fixed batch {model.batches[0]}, timed at that batch only")
-                for batch in model.batches:
-                    if on_step:
-                        on_step(f"{model.name} throughput at {size}, batch {batch}")
-                    report.rows.append(measure_throughput(model, image, size, batch, settings))
+            # opened just before timing: no idle session of another artifact holds threads meanwhile
+            model = _artifact_model(export_dir, artifact, size, settings)
+            _time_model(model, image, size, settings, report, on_step)
+            del model  # its sessions go before the next opens
     report.notes = list(dict.fromkeys(report.notes))
     for row in report.rows:
         if row.unstable:
             log.warning(
-                "%s %s at %dx%d: spread %.0f%% (%s); compare it with care",
+                "%s %s at %dx%d: request latencies spread %.0f%% of their mean (over %.0f%%): compare with care",
                 row.artifact,
                 row.mode,
                 *row.size,
                 100 * row.spread,
-                UNSTABLE_RULE,
+                100 * UNSTABLE_SPREAD,
             )
     return report
