@@ -65,6 +65,7 @@ def plot_png(rows: list[BenchRow], title: str) -> bytes:
                 y, err = [r.fps for r in points], [r.fps_std or 0.0 for r in points]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=label)
         ax.set_xticks(range(len(sizes)), [f"{h}x{w}" for h, w in sizes])
+        ax.set_xlim(-0.5, len(sizes) - 0.5)
         ax.set_xlabel("input size (px)")
         ax.set_ylabel(unit)
         ax.set_title(heading, fontsize=10)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from retinaface_export.atomic import atomic_write_bytes
 from retinaface_export.bench import MODES, BenchReport, BenchRow, BenchSettings, bench_export
-from retinaface_export.bench_stats import UNSTABLE_RULE, Budget
+from retinaface_export.bench_stats import MIN_RUNS, UNSTABLE_RULE, Budget
 from retinaface_export.bench_system import machine
 from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, not_an_option, stderr
 from retinaface_export.errors import UsageError
@@ -145,7 +145,7 @@ def _positive_int(token: str) -> bool:
     "seconds",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help=f"Seconds of timed runs per row (at least 5 runs) [default: {DEFAULT_SECONDS:g}].",
+    help=f"Seconds of timed runs per row (at least {MIN_RUNS} runs) [default: {DEFAULT_SECONDS:g}].",
 )
 @click.option("--runs", type=click.IntRange(min=3), default=None, help="A fixed count of timed runs instead of --time.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first.")
