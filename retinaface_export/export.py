@@ -21,6 +21,7 @@ from retinaface_export.errors import ExportError, UsageError
 from retinaface_export.format_api import Exporter, Job
 from retinaface_export.formats import FORMATS, export_formats
 from retinaface_export.pipeline import (
+    NOT_VERIFIED,
     Made,
     RunResult,
     artifact_provenance,
@@ -50,6 +51,8 @@ class ExportOptions:
     workers: int = 1
     # post-processing inside every artifact (raw outputs by default: the Open Model Zoo contract)
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    # False only to time the build alone (scripts/bench_toolchain.py): the manifest then says "skipped"
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -163,6 +166,8 @@ def export_checkpoint(
     def make(job: Job, staging: Path) -> Made:
         data = exporter(job).artifact(job, checkpoint.variant.anchors, artifact_provenance(record, job))
         (staging / job.file_name).write_bytes(data)
+        if not options.verify:
+            return NOT_VERIFIED, {}
         return verify_tensors(job, staging / job.file_name, reference), {}
 
     return run_builds(output_dir, record, jobs, make, options.workers, on_step, prepare=trace_each_format_once)

@@ -57,6 +57,10 @@ class Reference(Protocol):
         ...
 
 
+# The verification record of an artifact built with verification turned off (benchmarks of the build alone).
+NOT_VERIFIED = {"kind": "skipped", "reference": "none: built with verify=False", "passed": False}
+
+
 def verification_photos(size: InputSize, batch: int) -> np.ndarray:
     """The deterministic photo-like batch every artifact of ``size`` is verified on."""
     return synthetic_photos(batch, size.height, size.width, seed=size.height * 7 + size.width)
