@@ -116,7 +116,30 @@ def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: 
         model = _embed_preprocessing(model, job.input_format)
     for key, value in provenance.items():
         model.set_rt_info(value if isinstance(value, str) else json.dumps(value, sort_keys=True), [RT_SECTION, key])
+    for key, value in model_info(job).items():
+        model.set_rt_info(value, ["model_info", key])
+    if job.precision == "fp32":
+        # a client compiling with defaults would otherwise run bf16 on CPUs that have it
+        model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
     return model
+
+
+def model_info(job: Job) -> dict[str, str]:
+    """``rt_info/model_info``: what OpenVINO Model API-style readers configure their preprocessing from.
+
+    ``mean_values`` is what the client must subtract (none when the IR subtracts it itself); BGR in, so no
+    channel reversal; letterboxed like ``retinaface-detect`` (aspect kept, padded bottom/right).
+    """
+    embedded = job.input_format != DEFAULT_INPUT_FORMAT
+    return {
+        "model_type": "RetinaFace-PyTorch",
+        "mean_values": "0 0 0" if embedded else " ".join(f"{m:g}" for m in MEAN_BGR),
+        "scale_values": "1 1 1",
+        "reverse_input_channels": "False",
+        "resize_type": "fit_to_window_letterbox",
+        "layout": f"{INPUT_NAME}:{'NHWC' if job.input_format == RAW_U8_INPUT else 'NCHW'}",
+        "postprocess": job.postprocess.mode,
+    }
 
 
 def _decode(value: str) -> Any:
