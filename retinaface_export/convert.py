@@ -238,6 +238,8 @@ def convert_export(
 
         int8 = job.precision == "int8"
         samples = calibration.samples(job.size or job.verify_sizes[0]) if (int8 and calibration) else None
+        if samples and not job.dynamic and job.batch > 1:  # a fixed batch takes batches: each photo repeated
+            samples = [np.repeat(sample, job.batch, axis=0) for sample in samples]
         inputs = ConvertInputs(
             source_path, artifact_provenance(manifest.checkpoint, job), shared, source_cases, samples
         )

@@ -1,9 +1,9 @@
 """A slow, direct transcription of biubug6's widerface_evaluate/evaluation.py, for ``bench_eval.py`` to time.
 
 Loops as the reference has them (per prediction, per threshold); ``bbox_overlaps`` transcribes its Cython
-kernel element by element. Works on in-memory ground truth in the loader's layout. The tests keep their own
-copy as an oracle (``tests/reference_evaluation.py``); scripts do not import from ``tests/``, and
-``bench_eval.py`` fails when this copy and the package disagree on any AP.
+kernel element by element. Works on in-memory ground truth in the loader's layout. It is also the tests'
+oracle (``tests/reference_evaluation.py`` loads it from here: scripts do not import from ``tests/``), and
+``bench_eval.py`` fails when it and the package disagree on any AP.
 """
 
 from __future__ import annotations
