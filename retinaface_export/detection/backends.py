@@ -15,7 +15,7 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
-from retinaface_export.errors import FileError, UsageError
+from retinaface_export.errors import FileError, RetinaFaceExportError, UsageError
 from retinaface_export.format_api import ArtifactFormat, Runner
 from retinaface_export.formats import FORMATS, format_for_path
 from retinaface_export.postprocess_settings import PostprocessSpec
@@ -81,6 +81,8 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
             raise FileError(companion, f"missing: {path.name} needs it beside it")
     try:
         provenance = fmt.read_provenance(path)
+    except RetinaFaceExportError:
+        raise  # refused by the trust checks: their message names the file and the reason
     except Exception as exc:  # each runtime's loader fails in its own types on a damaged file
         raise FileError(path, f"cannot read {fmt.name} artifact ({type(exc).__name__}: {exc})") from exc
     missing = {"anchors", "input_size", "batch"} - provenance.keys()
