@@ -157,6 +157,7 @@ class OpenVinoFormat(ArtifactFormat):
     backend = "openvino"
     source_format = "onnx"
     precisions = ("fp32", "fp16", "int8")
+    conversion_precisions = precisions
     input_formats = (DEFAULT_INPUT_FORMAT, RAW_FLOAT_INPUT, RAW_U8_INPUT)
     companion_suffixes = (".bin",)
 
