@@ -151,10 +151,10 @@ def test_failed_run_keeps_earlier_export_intact(tmp_path, monkeypatch, real_weig
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     class CrashesAt640(OnnxExporter):
-        def artifact(self, size, batch, num_anchors, provenance):
-            if size.height == 640:
+        def artifact(self, job, anchors, provenance):
+            if job.size.height == 640:
                 raise RuntimeError("simulated exporter crash")
-            return super().artifact(size, batch, num_anchors, provenance)
+            return super().artifact(job, anchors, provenance)
 
     class CrashingOnnx(OnnxFormat):
         def exporter(self, model, example, opset):
