@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import click
-import cv2
 from rich.console import Console
 from rich.table import Table
 
@@ -146,6 +145,8 @@ def main(
         report.append({"image": str(path), "faces": [face.to_dict() for face in faces]})
         table.add_row(str(path), str(len(faces)))
         if output_dir is not None:
+            import cv2
+
             ok, encoded = cv2.imencode(".png", draw_faces(image, faces))
             if not ok:
                 raise FileError(output_dir / png_name, "PNG encoding failed")
