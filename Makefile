@@ -13,7 +13,7 @@ install: $(BIN)/retinaface-export
 $(BIN)/retinaface-export: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,plot]"
 	@touch $@
 
 constraints: install
@@ -28,7 +28,8 @@ test: install lint
 parity: install
 	$(BIN)/python scripts/parity_matrix.py --out build/parity --golden golden
 
-# Latency of every backend and precision at 320 and 640, both backbones, and the export + convert matrix
+# Latency and throughput of every backend and precision at 320 and 640, both backbones (plot extra), the
+# WIDER FACE evaluation timing, and the export + convert matrix
 # timed against a straightforward script; writes the README's bench section.
 BENCH := bench-out
 bench: install
@@ -40,10 +41,10 @@ bench: install
 		$(BIN)/retinaface-convert $$d --to openvino --precision fp32 fp16 int8 --calibration ../shared/images -q && \
 		$(BIN)/retinaface-convert $$d --to openvino --embed-mean --input u8-nhwc -q || exit 1; \
 	done
-	$(BIN)/retinaface-bench $(BENCH)/mobilenet0.25 --runs 30 --image ../shared/images/crowd_selfie.jpg \
-		--json $(BENCH)/mobilenet0.25.json --markdown $(BENCH)/mobilenet0.25.md --plot $(BENCH)/mobilenet0.25.png
-	$(BIN)/retinaface-bench $(BENCH)/resnet50 --runs 10 --warmup 2 --image ../shared/images/crowd_selfie.jpg \
-		--json $(BENCH)/resnet50.json --markdown $(BENCH)/resnet50.md --plot $(BENCH)/resnet50.png
+	for v in mobilenet0.25 resnet50; do \
+		$(BIN)/retinaface-bench $(BENCH)/$$v --mode latency throughput --time 5 --image ../shared/images/crowd_selfie.jpg \
+			--json $(BENCH)/$$v.json --markdown $(BENCH)/$$v.md --plot $(BENCH)/$$v.png || exit 1; \
+	done
 	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
 	$(BIN)/python scripts/bench_toolchain.py --markdown $(BENCH)/toolchain.md
 	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md

@@ -13,11 +13,14 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES, OUTPUT_WIDTHS
-from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Runner
+from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
 from retinaface_export.sizes import InputSize
+
+if TYPE_CHECKING:
+    from retinaface_export.anchors import AnchorConfig
 from retinaface_export.trust import check_onnx_file
 
 DEFAULT_OPSET = 17
@@ -88,21 +91,23 @@ class OnnxExporter:
         onnx.checker.check_model(proto, full_check=True)
         self._dynamic = proto.SerializeToString()
 
-    def artifact(
-        self, size: InputSize | None, batch: int, num_anchors: int | None, provenance: dict[str, Any]
-    ) -> bytes:
-        """The serialised model at ``size`` × ``batch`` (``size`` None: dynamic) with ``provenance``.
+    def artifact(self, job: Job, anchors: AnchorConfig, provenance: dict[str, Any]) -> bytes:
+        """The serialised model at the job's size × batch (dynamic without a size) with ``provenance``.
 
         The dynamic graph passed ``onnx.checker`` (with strict shape inference) when it was exported; a
         pinned copy differs from it in declared dimensions only, which the exporter's verification run
-        at that size checks against PyTorch.
+        at that size checks against PyTorch. Post-processing (``decode``, ``nms``) is appended to the
+        pinned graph (:mod:`retinaface_export.postprocess_onnx`).
         """
         import onnx
 
+        from retinaface_export.postprocess_onnx import add_postprocess
+
         proto = onnx.load_from_string(self._dynamic)
-        if size is not None:
-            assert num_anchors is not None
-            pin_shapes(proto, batch, size, num_anchors)
+        if job.size is not None:
+            pin_shapes(proto, job.batch, job.size, anchors.num_anchors(job.size.height, job.size.width))
+        if job.postprocess.mode != "none":
+            proto = add_postprocess(proto, anchors, job.postprocess.mode, job.postprocess.settings, job.size)
         set_metadata(proto, provenance)
         return proto.SerializeToString()
 
@@ -154,6 +159,28 @@ def graph_fingerprint(proto) -> str:
     return hashlib.sha256(copy.SerializeToString()).hexdigest()
 
 
+def _sort_nodes(graph) -> None:
+    """Order ``graph``'s nodes so each comes after the nodes whose outputs it reads (ONNX requires it).
+
+    Written here deliberately: onnx has no public topological sort, and this is a dozen lines.
+    """
+    available = {value.name for value in [*graph.input, *graph.initializer]} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            raise ValueError("the graph has a cycle or reads a value nothing produces")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [node for node in pending if node not in ready]
+    copies = [type(node)() for node in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def source_model(inputs: ConvertInputs):
     """The parsed source ONNX of a conversion, shared by every job of the run (changers work on a copy)."""
     import onnx
@@ -184,18 +211,47 @@ def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int
     input_name = session.get_inputs()[0].name
 
     def run(data):
-        return session.run(list(OUTPUT_NAMES), {input_name: data})
+        return session.run(None, {input_name: data})  # in the model's order, which the trust check pinned
 
     return run
 
 
 class OnnxFormat(ArtifactFormat):
-    """ONNX from the PyTorch model, run by ONNX Runtime."""
+    """ONNX from the PyTorch model (FP32), and FP16/INT8 ONNX converted from it; run by ONNX Runtime."""
 
     name = "onnx"
     suffix = ".onnx"
     backend = "onnxruntime"
+    exported = True
+    source_format = "onnx"
+    precisions = ("fp32", "fp16", "int8")
+    conversion_precisions = ("fp16", "int8")
     uses_opset = True
+
+    def file_name(self, stem: str, precision: str, input_format: str) -> str:
+        del input_format
+        return stem + ("" if precision == "fp32" else f"_{precision}") + self.suffix
+
+    def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
+        """FP16: weights and compute in half, inputs and outputs float32; INT8: static QDQ, calibrated."""
+        import onnx
+
+        source = source_model(inputs)
+        if job.precision == "fp16":
+            # onnxruntime's own converter (bundled with it): keep_io_types leaves data and the outputs float32
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = convert_float_to_float16(source, keep_io_types=True)
+            _sort_nodes(model.graph)  # the converter appends its input casts after their consumers
+        else:
+            from retinaface_export.converters.openvino import quantize_int8
+
+            copy = onnx.ModelProto()
+            copy.CopyFrom(source)
+            model = quantize_int8(copy, inputs.calibration or [])
+        set_metadata(model, inputs.provenance)
+        (staging / job.file_name).write_bytes(model.SerializeToString())
+        return {}
 
     def exporter(self, model, example, opset: int) -> OnnxExporter:
         return OnnxExporter(model, example, opset)

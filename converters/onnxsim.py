@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from retinaface_export.comparison import Case, compare_outputs
+from retinaface_export.comparison import Case, compare_detections, compare_outputs
 from retinaface_export.converters.onnx import (
     onnxruntime_runner,
     read_onnx_provenance,
@@ -52,7 +52,8 @@ class OnnxSimFormat(ArtifactFormat):
             onnx.checker.check_model(simplified, full_check=True)
             set_metadata(simplified, inputs.provenance | {"simplified": True})
             candidate = onnxruntime_runner(simplified.SerializeToString())
-            verdict = compare_outputs(
+            compare = compare_detections if job.postprocess.mode == "nms" else compare_outputs
+            verdict = compare(
                 (
                     Case(f"check input {i}", outputs, candidate(data))
                     for i, (data, outputs) in enumerate(inputs.source_cases())

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_NAMES
+from retinaface_export.contract import INPUT_NAME, MEAN_BGR
 from retinaface_export.converters.onnx import graph_fingerprint, source_model
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
@@ -45,16 +45,18 @@ INT8_IGNORED_TYPES = ("Softmax", "SoftMax")
 OPENVINO_LOCK = threading.RLock()
 
 
-def _quantize(model, samples: list[np.ndarray]):
+def quantize_int8(model, samples: list[np.ndarray]):
+    """NNCF post-training INT8 of an ``ov.Model`` or ``onnx.ModelProto`` (QDQ for ONNX) from ``samples``."""
     import nncf
 
     # NNCF logs at INFO to its own stdout handler and draws progress bars on stdout with no switch to turn
     # them off; the command has its own progress display, so both are silenced here.
     nncf.set_log_level(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):
+        is_onnx = hasattr(model, "graph")  # onnx.ModelProto: NNCF's ONNX backend feeds {input name: array}
         return nncf.quantize(
             model,
-            nncf.Dataset(samples),
+            nncf.Dataset(samples, (lambda sample: {INPUT_NAME: sample}) if is_onnx else None),
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(samples),
             ignored_scope=nncf.IgnoredScope(
@@ -83,10 +85,13 @@ def read_onnx(source: Path):
     """``source`` (an exported ONNX file) as an ``ov.Model``, before any precision or preprocessing choice."""
     import openvino as ov
 
+    from retinaface_export.postprocess_openvino import match_reference_nms
+
     check_onnx_file(source)
     with OPENVINO_LOCK:
         model = ov.convert_model(str(source))
     del model.get_rt_info()[SOURCE_METADATA_SECTION]
+    match_reference_nms(model)  # OpenVINO's NMS suppresses at IoU == threshold, the reference only above
     return model
 
 
@@ -106,12 +111,35 @@ def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: 
     if job.precision == "int8":
         if not calibration:
             raise ValueError("INT8 needs calibration samples")
-        model = _quantize(model, calibration)
+        model = quantize_int8(model, calibration)
     if job.input_format != DEFAULT_INPUT_FORMAT:
         model = _embed_preprocessing(model, job.input_format)
     for key, value in provenance.items():
         model.set_rt_info(value if isinstance(value, str) else json.dumps(value, sort_keys=True), [RT_SECTION, key])
+    for key, value in model_info(job).items():
+        model.set_rt_info(value, ["model_info", key])
+    if job.precision == "fp32":
+        # a client compiling with defaults would otherwise run bf16 on CPUs that have it
+        model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
     return model
+
+
+def model_info(job: Job) -> dict[str, str]:
+    """``rt_info/model_info``: what OpenVINO Model API-style readers configure their preprocessing from.
+
+    ``mean_values`` is what the client must subtract (none when the IR subtracts it itself); BGR in, so no
+    channel reversal; letterboxed like ``retinaface-detect`` (aspect kept, padded bottom/right).
+    """
+    embedded = job.input_format != DEFAULT_INPUT_FORMAT
+    return {
+        "model_type": "RetinaFace-PyTorch",
+        "mean_values": "0 0 0" if embedded else " ".join(f"{m:g}" for m in MEAN_BGR),
+        "scale_values": "1 1 1",
+        "reverse_input_channels": "False",
+        "resize_type": "fit_to_window_letterbox",
+        "layout": f"{INPUT_NAME}:{'NHWC' if job.input_format == RAW_U8_INPUT else 'NCHW'}",
+        "postprocess": job.postprocess.mode,
+    }
 
 
 def _decode(value: str) -> Any:
@@ -159,7 +187,7 @@ class OpenVinoFormat(ArtifactFormat):
         with OPENVINO_LOCK:
             compiled = ov.Core().compile_model(str(path), "CPU", config)
             request = compiled.create_infer_request()
-            outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+            outputs = list(compiled.outputs)  # in the model's order (raw: the contract's)
 
         def run(data: np.ndarray) -> list[np.ndarray]:
             with OPENVINO_LOCK:

@@ -13,11 +13,13 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from retinaface_export.format_api import ArtifactFormat, Runner
+from retinaface_export.format_api import ArtifactFormat, Job, Runner
 from retinaface_export.runtimes import eager_runner
-from retinaface_export.sizes import InputSize
+
+if TYPE_CHECKING:
+    from retinaface_export.anchors import AnchorConfig
 from retinaface_export.trust import checked_torchscript_bytes
 
 PROVENANCE_FILE = "provenance.json"
@@ -34,15 +36,18 @@ class TorchScriptExporter:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             self._traced = torch.jit.trace(model, (example,), check_trace=False)
 
-    def artifact(
-        self, size: InputSize | None, batch: int, num_anchors: int | None, provenance: dict[str, Any]
-    ) -> bytes:
-        """The trace with ``provenance.json`` inside (the shapes are the provenance's business)."""
+    def artifact(self, job: Job, anchors: AnchorConfig, provenance: dict[str, Any]) -> bytes:
+        """The trace (wrapped in the job's scripted post-processing) with ``provenance.json`` inside."""
         import torch
 
-        del size, batch, num_anchors
+        module = self._traced
+        if job.postprocess.mode != "none":
+            from retinaface_export.postprocess_torchscript import script_with_postprocess
+
+            post = job.postprocess
+            module = script_with_postprocess(self._traced, anchors, post.mode, post.settings, job.size)
         buffer = io.BytesIO()
-        torch.jit.save(self._traced, buffer, _extra_files={PROVENANCE_FILE: json.dumps(provenance, sort_keys=True)})
+        torch.jit.save(module, buffer, _extra_files={PROVENANCE_FILE: json.dumps(provenance, sort_keys=True)})
         return buffer.getvalue()
 
 
@@ -52,6 +57,7 @@ class TorchScriptFormat(ArtifactFormat):
     name = "torchscript"
     suffix = ".torchscript.pt"
     backend = "torchscript"
+    exported = True
 
     def exporter(self, model, example, opset: int) -> TorchScriptExporter:
         return TorchScriptExporter(model, example, opset)

@@ -39,7 +39,9 @@ from retinaface_export.errors import CommitError, FolderBusyError, OutputDirErro
 log = logging.getLogger(__name__)
 
 OWNER_TOOL = "retinaface-export"
-DEFAULT_LOCK_TIMEOUT = 30.0
+# How long a run waits for another run on the same output folder: an INT8 conversion of Resnet50 takes
+# minutes, so the wait is long; the waiting run says who it waits for. RETINAFACE_EXPORT_LOCK_TIMEOUT sets it.
+DEFAULT_LOCK_TIMEOUT = float(os.environ.get("RETINAFACE_EXPORT_LOCK_TIMEOUT", "900"))
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 _OWNER_FILE = ".owner.json"
 _COMMIT_DIR = ".commit"

@@ -1,36 +1,79 @@
-"""Latency of every artifact of an export folder and of PyTorch eager, network only and end to end.
+"""Latency and throughput of every artifact of an export folder and of PyTorch eager.
 
-Medians and p90 over ``runs`` after ``warmup``, one thread count for every runtime; the machines this runs
-on are shared, so compare ratios measured in one run rather than absolute numbers across runs.
+Latency rows run one request at a time, the network alone and end to end (pre-processing, network,
+post-processing), all timed in turns; throughput rows use each runtime's own parallel machinery
+(``bench_runtimes``) at each batch the model takes. Every row runs for a time budget or a count of runs and
+reports mean, std, min, median and p90; a row whose spread is too wide to compare is flagged. The machines
+this runs on are shared: compare ratios measured in one run rather than absolute numbers across runs.
+
+Before anything is timed, every artifact is checked against the sha256 its manifest records, and the eager
+model is rebuilt from the export's own checkpoint (its sha256 checked) with the export's anchors.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from retinaface_export.checkpoint import load_checkpoint
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.bench_runtimes import BENCH_RUNTIMES, Source
+from retinaface_export.bench_stats import UNSTABLE_RULE, UNSTABLE_SPREAD, Budget, Stats, interleaved
+from retinaface_export.bench_system import machine_record, runtime_versions
+from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
 from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
 from retinaface_export.detection.detector import Detector
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.formats import FORMATS
-from retinaface_export.manifest import Manifest
+from retinaface_export.errors import CheckpointError, ManifestError, UsageError
+from retinaface_export.hashing import sha256_file
+from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.sizes import InputSize
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant
 
+log = logging.getLogger(__name__)
+
+MODES = ("latency", "throughput")
+EAGER_ARTIFACT = "(checkpoint)"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to time and for how long."""
+
+    modes: tuple[str, ...] = MODES
+    budget: Budget = field(default_factory=Budget)
+    # threads inside every runtime (the throughput mode shares them among its streams)
+    threads: int = 2
+    # batches of throughput rows, for models that take any batch (eager, dynamic artifacts)
+    batches: tuple[int, ...] = (1,)
+    # parallel requests of throughput rows; None: OpenVINO's THROUGHPUT hint decides, ONNX Runtime uses threads
+    streams: int | None = None
+    # sizes to time; empty: the sizes of the fixed-size artifacts (a dynamic export needs them)
+    sizes: tuple[InputSize, ...] = ()
+    eager: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modes if m not in MODES]
+        if not self.modes or unknown:
+            raise UsageError(f"unknown modes {unknown}; valid modes: {', '.join(MODES)}")
+        if self.threads < 1 or any(b < 1 for b in self.batches) or not self.batches:
+            raise UsageError("--threads and --batch must be at least 1")
+        if self.streams is not None and self.streams < 1:
+            raise UsageError(f"--streams must be at least 1, got {self.streams}")
+
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One backend × precision × size measurement (milliseconds)."""
+    """One model × size × mode × batch measurement. Times in milliseconds, per request (a batch)."""
 
     artifact: str
     format: str
@@ -38,140 +81,339 @@ class BenchRow:
     precision: str
     input_format: str
     size: list[int]
+    mode: str
+    batch: int
+    # requests in flight at once (1 in latency mode)
+    streams: int
+    # timed requests, and the wall time they took (seconds)
+    runs: int
+    seconds: float
+    # images per second: batch x 1000 / median latency (latency mode), images / wall time (throughput mode)
+    fps: float
+    # throughput mode: fps x the requests' std / mean (None in latency mode)
+    fps_std: float | None
+    latency_ms_mean: float
+    latency_ms_std: float
+    latency_ms_min: float
     latency_ms_median: float
     latency_ms_p90: float
-    fps: float
-    preprocess_ms_median: float
-    postprocess_ms_median: float
-    e2e_ms_median: float
-    e2e_ms_p90: float
-    # (preprocess + postprocess) / network, medians; both timed in the same loop as the network
-    overhead_pct: float
+    # std / mean of the request latencies, and whether it is past the UNSTABLE_RULE
+    spread: float
+    unstable: bool
+    # latency mode only (None in throughput rows), all timed in turns with the network:
+    preprocess_ms_median: float | None = None
+    postprocess_ms_median: float | None = None
+    e2e_ms_median: float | None = None
+    e2e_ms_p90: float | None = None
+    # (preprocess + postprocess) / network, medians
+    overhead_pct: float | None = None
+    # faces the whole pipeline finds on the image (score > 0.5): the same at every row of one size
+    faces: int | None = None
 
 
-def _interleaved(fns: list[Callable[[], object]], runs: int, warmup: int) -> list[np.ndarray]:
-    """Milliseconds of each of ``fns`` per run, the functions taking turns within every run.
+@dataclass
+class BenchReport:
+    """Rows, and what the reader needs to trust them."""
 
-    Taking turns puts every function under the same machine load (these machines are shared), so their
-    ratios hold better than those of one function timed after another.
+    export_dir: Path
+    settings: BenchSettings
+    rows: list[BenchRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=machine_record)
+    versions: dict[str, str] = field(default_factory=runtime_versions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        settings = self.settings
+        return {
+            "export_dir": str(self.export_dir),
+            "machine": self.machine,
+            "versions": self.versions,
+            "settings": {
+                "modes": list(settings.modes),
+                "time_s": settings.budget.seconds,
+                "runs": settings.budget.runs,
+                "warmup": settings.budget.warmup,
+                "threads": settings.threads,
+                "batches": list(settings.batches),
+                "streams": settings.streams,
+                "sizes": [s.as_list() for s in settings.sizes],
+                "eager": settings.eager,
+            },
+            "unstable_rule": UNSTABLE_RULE,
+            "notes": self.notes,
+            "rows": [asdict(row) for row in self.rows],
+        }
+
+
+@dataclass(frozen=True)
+class _Model:
+    """One thing to time at one size: an artifact, or eager."""
+
+    name: str
+    fmt: str
+    precision: str
+    input_format: str
+    source: Source
+    backend: Backend  # provenance (anchors, input format), with the size fixed to the row's
+    # batches of its throughput rows
+    batches: tuple[int, ...]
+
+
+def eager_checkpoint(manifest: Manifest) -> tuple[LoadedCheckpoint | None, str | None]:
+    """The export's own model for eager rows: its checkpoint, sha256-checked, with the export's anchors.
+
+    Returns:
+        The checkpoint, or None and the reason eager is skipped (the checkpoint file is gone, or the
+        synthetic generator no longer makes the exported weights).
+
+    Raises:
+        CheckpointError: the checkpoint file is there but is not the one exported (sha256 differs), or
+            fails to load.
     """
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = np.empty((len(fns), runs))
-    for i in range(runs):
-        for j, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[j, i] = (time.perf_counter() - start) * 1e3
-    return list(times)
+    record = manifest.checkpoint
+    variant = get_variant(record["variant"])
+    if record.get("anchors"):
+        variant = variant.with_anchors(AnchorConfig.from_mapping(record["anchors"]))
+    if record.get("synthetic"):
+        checkpoint = synthetic_checkpoint(variant)
+        if record.get("state_dict_sha256") not in (None, checkpoint.state_dict_sha256):
+            return None, "eager skipped: this version's synthetic weights differ from the exported ones"
+        return checkpoint, None
+    path = Path(record["path"])
+    if not path.is_file():
+        return None, f"eager skipped: checkpoint {path} not found (moved?)"
+    if record.get("sha256") and sha256_file(path) != record["sha256"]:
+        raise CheckpointError(
+            path, "sha256 differs from the export's manifest: not the checkpoint these artifacts were made from"
+        )
+    return load_checkpoint(path, backbone=variant.name, anchors=variant.anchors), None
 
 
-def _threaded_runner(fmt_name: str, path: Path, threads: int):
-    # deployed with the runtime's optimisations on
-    return FORMATS[fmt_name].open_runner(path, threads=threads, optimize=True)
+def _plan(export_dir: Path, manifest: Manifest, settings: BenchSettings) -> dict[InputSize, list[ArtifactRecord]]:
+    """The artifacts to time at each size."""
+    fixed = [a for a in manifest.artifacts if a.size]
+    dynamic = [a for a in manifest.artifacts if a.dynamic]
+    available = sorted({InputSize(*a.size) for a in fixed if a.size})
+    sizes = sorted(set(settings.sizes)) if settings.sizes else available
+    if not sizes:
+        if dynamic:
+            names = ", ".join(a.path for a in dynamic)
+            raise UsageError(f"{export_dir} holds only dynamic artifacts ({names}): pass --size to time them")
+        raise ManifestError(export_dir / MANIFEST_NAME, "lists no artifacts to time")
+    plan = {
+        size: sorted([a for a in fixed if a.size == (size.height, size.width)] + dynamic, key=lambda a: a.path)
+        for size in sizes
+    }
+    empty = [size for size, artifacts in plan.items() if not artifacts]
+    if empty:
+        shown = ", ".join(map(str, available)) or "none"
+        raise UsageError(f"no artifact of size {', '.join(map(str, empty))} in {export_dir} (sizes there: {shown})")
+    for artifact in {a.path: a for artifacts in plan.values() for a in artifacts}.values():
+        check_files(export_dir, artifact)
+    return plan
 
 
-def measure(
-    backend: Backend,
-    image: np.ndarray,
-    size: InputSize,
-    runs: int,
-    warmup: int,
-    artifact: str,
-    fmt: str,
-    precision: str,
-    input_format: str,
-) -> BenchRow:
-    """Network-only and end-to-end latency of ``backend`` at ``size`` on ``image``."""
+def _artifact_model(export_dir: Path, artifact: ArtifactRecord, size: InputSize, settings: BenchSettings) -> _Model:
+    path = export_dir / artifact.path
+    backend = artifact_backend(path)
+    batch = backend.batch or 1
+    batches = settings.batches if backend.batch is None else (backend.batch,)
+    return _Model(
+        name=artifact.path,
+        fmt=artifact.format,
+        precision=artifact.precision,
+        input_format=artifact.input_format,
+        source=path,
+        backend=replace(backend, input_size=size, batch=batch),
+        batches=batches,
+    )
+
+
+def _eager_model(checkpoint: LoadedCheckpoint, size: InputSize, settings: BenchSettings) -> _Model:
+    return _Model(
+        name=EAGER_ARTIFACT,
+        fmt="torch",
+        precision="fp32",
+        input_format=DEFAULT_INPUT_FORMAT,
+        source=checkpoint.model,
+        backend=replace(eager_backend(checkpoint, size), batch=1),
+        batches=settings.batches,
+    )
+
+
+def _batch_of(image: np.ndarray, size: InputSize, batch: int) -> np.ndarray:
     box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
-    data = backend.prepare(box.apply(image)[None])
+    return np.repeat(box.apply(image)[None], batch, axis=0)
+
+
+def _row(model: _Model, size: InputSize, mode: str, batch: int, streams: int, stats: Stats, **extra: Any) -> BenchRow:
+    fps = extra.pop("fps", batch * 1000.0 / stats.median)
+    return BenchRow(
+        artifact=model.name,
+        format=model.fmt,
+        backend=model.backend.name,
+        precision=model.precision,
+        input_format=model.input_format,
+        size=size.as_list(),
+        mode=mode,
+        batch=batch,
+        streams=streams,
+        runs=stats.runs,
+        seconds=extra.pop("seconds"),
+        fps=fps,
+        fps_std=extra.pop("fps_std", None),
+        latency_ms_mean=stats.mean,
+        latency_ms_std=stats.std,
+        latency_ms_min=stats.min,
+        latency_ms_median=stats.median,
+        latency_ms_p90=stats.p90,
+        spread=stats.spread,
+        unstable=stats.unstable,
+        **extra,
+    )
+
+
+def measure_latency(model: _Model, image: np.ndarray, size: InputSize, settings: BenchSettings) -> BenchRow:
+    """One request at a time: the network, pre-processing, post-processing and the whole pipeline, in turns."""
+    runner = BENCH_RUNTIMES[model.backend.name].latency(model.source, settings.threads)
+    backend = replace(model.backend, run=runner)
+    batch = backend.batch or 1
+    box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
+    data = backend.prepare(_batch_of(image, size, batch))
     outputs = [out[0] for out in backend.run(data)]
     priors = prior_boxes(backend.anchors, size.height, size.width)
     config = DetectionConfig()
-    detector = Detector(Backend(**{**backend.__dict__, "input_size": size, "batch": 1}), config)
-    network, pre, post, e2e = _interleaved(
+    detector = Detector(backend, config)
+    faces: list[Any] = []
+    network, pre, post, e2e = interleaved(
         [
             lambda: backend.run(data),
             lambda: backend.prepare(box.apply(image)[None]),
             lambda: postprocess(*outputs, priors, backend.anchors.variance, (size.width, size.height), config),
-            lambda: detector.detect(image),
+            lambda: faces.__setitem__(slice(None), detector.detect(image)),
         ],
-        runs,
-        warmup,
+        settings.budget,
     )
-    median = float(np.median(network))
-    return BenchRow(
-        artifact=artifact,
-        format=fmt,
-        backend=backend.name,
-        precision=precision,
-        input_format=input_format,
-        size=size.as_list(),
-        latency_ms_median=median,
-        latency_ms_p90=float(np.percentile(network, 90)),
-        fps=1000.0 / median,
-        preprocess_ms_median=float(np.median(pre)),
-        postprocess_ms_median=float(np.median(post)),
+    stats = Stats.of(network)
+    pre_ms, post_ms = float(np.median(pre)), float(np.median(post))
+    return _row(
+        model,
+        size,
+        "latency",
+        batch,
+        1,
+        stats,
+        seconds=float((network.sum() + pre.sum() + post.sum() + e2e.sum()) / 1e3),
+        preprocess_ms_median=pre_ms,
+        postprocess_ms_median=post_ms,
         e2e_ms_median=float(np.median(e2e)),
         e2e_ms_p90=float(np.percentile(e2e, 90)),
-        overhead_pct=100.0 * (float(np.median(pre)) + float(np.median(post))) / median,
+        overhead_pct=100.0 * (pre_ms + post_ms) / stats.median,
+        faces=len(faces),
     )
+
+
+def measure_throughput(
+    model: _Model, image: np.ndarray, size: InputSize, batch: int, settings: BenchSettings
+) -> BenchRow:
+    """Requests kept in flight by the runtime's own machinery, on batches of ``batch`` copies of the image."""
+    streams, run = BENCH_RUNTIMES[model.backend.name].throughput(model.source, settings.threads, settings.streams)
+    data = model.backend.prepare(_batch_of(image, size, batch))
+    result = run(data, settings.budget)
+    stats = Stats.of(result.latencies_ms)
+    fps = result.images / result.seconds
+    return _row(
+        model,
+        size,
+        "throughput",
+        batch,
+        streams,
+        stats,
+        seconds=result.seconds,
+        fps=fps,
+        # in steady state fps = streams x batch / request latency, so it varies as the request latencies do
+        fps_std=fps * stats.spread,
+    )
+
+
+def _time_model(
+    model: _Model,
+    image: np.ndarray,
+    size: InputSize,
+    settings: BenchSettings,
+    report: BenchReport,
+    on_step: Callable[[str], None] | None,
+) -> None:
+    if model.backend.name not in BENCH_RUNTIMES:
+        report.notes.append(f"{model.name}: no benchmark runtime for backend {model.backend.name}; skipped")
+        return
+    if "latency" in settings.modes:
+        if on_step:
+            on_step(f"{model.name} latency at {size}")
+        report.rows.append(measure_latency(model, image, size, settings))
+    if "throughput" in settings.modes:
+        if set(settings.batches) - set(model.batches):
+            report.notes.append(f"{model.name}: fixed batch {model.batches[0]}, timed at that batch only")
+        for batch in model.batches:
+            if on_step:
+                on_step(f"{model.name} throughput at {size}, batch {batch}")
+            report.rows.append(measure_throughput(model, image, size, batch, settings))
 
 
 def bench_export(
     export_dir: str | Path,
     image: np.ndarray,
-    runs: int = 30,
-    warmup: int = 5,
-    threads: int = 2,
+    settings: BenchSettings | None = None,
     on_step: Callable[[str], None] | None = None,
-) -> list[BenchRow]:
-    """Measure every fixed-size artifact in ``export_dir`` and PyTorch eager at each of their sizes."""
+) -> BenchReport:
+    """Time every artifact in ``export_dir`` (and PyTorch eager) at each size, in each mode of ``settings``.
+
+    Args:
+        export_dir: a folder with a ``manifest.json``.
+        image: the BGR photo every row runs on (letterboxed into each size).
+        settings: modes, budget, threads, batches, streams, sizes, eager; defaults when None.
+        on_step: called with a label as each row starts, for progress displays.
+
+    Returns:
+        The rows (per size: eager first, then artifacts by file name; latency then throughput) and notes.
+
+    Raises:
+        ManifestError: no manifest, nothing to time, or an artifact missing or altered (sha256).
+        UsageError: a dynamic-only export without ``settings.sizes``, or sizes no artifact has.
+        CheckpointError: the export's checkpoint file was replaced (sha256 differs) or fails to load.
+    """
+    settings = settings or BenchSettings()
     export_dir = Path(export_dir)
     manifest = Manifest.read(export_dir)
-    torch.set_num_threads(threads)
-    record = manifest.checkpoint
-    if record.get("synthetic"):
-        checkpoint = synthetic_checkpoint(get_variant(record["variant"]))
+    plan = _plan(export_dir, manifest, settings)
+    report = BenchReport(export_dir=export_dir, settings=settings)
+    checkpoint = None
+    if settings.eager:
+        checkpoint, note = eager_checkpoint(manifest)
+        if note:
+            log.warning("%s", note)
+            report.notes.append(note)
     else:
-        checkpoint = load_checkpoint(record["path"])
-    rows = []
-    fixed = [a for a in manifest.artifacts if a.size and a.batch == 1]
-    for size in sorted({a.size for a in fixed if a.size}):
-        input_size = InputSize(*size)
-        if on_step:
-            on_step(f"torch-eager {input_size}")
-        eager = eager_backend(checkpoint, input_size)
-        rows.append(
-            measure(eager, image, input_size, runs, warmup, "(checkpoint)", "torch", "fp32", DEFAULT_INPUT_FORMAT)
-        )
-        for artifact in sorted((a for a in fixed if a.size == size), key=lambda a: a.path):
-            if on_step:
-                on_step(artifact.path)
-            backend = artifact_backend(export_dir / artifact.path)
-            backend = Backend(
-                **{
-                    **backend.__dict__,
-                    "run": _threaded_runner(artifact.format, export_dir / artifact.path, threads),
-                }
+        report.notes.append("eager skipped (--no-eager)")
+    torch.set_num_threads(settings.threads)
+    for size, artifacts in plan.items():
+        if checkpoint:
+            _time_model(_eager_model(checkpoint, size, settings), image, size, settings, report, on_step)
+        for artifact in artifacts:
+            # opened just before timing: no idle session of another artifact holds threads meanwhile
+            model = _artifact_model(export_dir, artifact, size, settings)
+            _time_model(model, image, size, settings, report, on_step)
+            del model  # its sessions go before the next opens
+    report.notes = list(dict.fromkeys(report.notes))
+    for row in report.rows:
+        if row.unstable:
+            log.warning(
+                "%s %s at %dx%d: request latencies spread %.0f%% of their mean (over %.0f%%): compare with care",
+                row.artifact,
+                row.mode,
+                *row.size,
+                100 * row.spread,
+                100 * UNSTABLE_SPREAD,
             )
-            rows.append(
-                measure(
-                    backend,
-                    image,
-                    input_size,
-                    runs,
-                    warmup,
-                    artifact.path,
-                    artifact.format,
-                    artifact.precision,
-                    artifact.input_format,
-                )
-            )
-    return rows
-
-
-def rows_to_dicts(rows: list[BenchRow]) -> list[dict]:
-    """JSON form."""
-    return [asdict(row) for row in rows]
+    return report

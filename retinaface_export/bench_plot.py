@@ -1,66 +1,78 @@
-"""Latency by input size for each backend/precision, drawn with OpenCV (no plotting library needed)."""
+"""Latency and throughput by input size, one line per model, with error bars (matplotlib, optional extra)."""
 
 from __future__ import annotations
 
-import itertools
+import io
 from collections import defaultdict
 
-import cv2
-import numpy as np
-
 from retinaface_export.bench import BenchRow
+from retinaface_export.errors import UsageError
 
-WIDTH, HEIGHT, MARGIN = 900, 560, 70
-# BGR colours, cycled over the series
-PALETTE = (
-    (200, 80, 20),
-    (30, 140, 230),
-    (40, 170, 60),
-    (40, 40, 210),
-    (150, 60, 160),
-    (20, 160, 190),
-    (120, 120, 120),
-    (0, 0, 0),
-)
+INSTALL_HINT = "pip install 'retinaface-export[plot]'"
+# horizontal offset between series at one size, in units of the gap between sizes
+_DODGE = 0.03
 
 
-def plot_latency(rows: list[BenchRow], title: str) -> np.ndarray:
-    """A BGR image: network latency median (ms, y) against input size (x), one line per series."""
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for row in rows:
-        raw = "" if "minus-mean" in row.input_format else f" {row.input_format}"
-        label = f"{row.format} ({row.backend}) {row.precision}{raw}"
-        series[label].append((row.size[0], row.latency_ms_median))
-    sizes = sorted({s for points in series.values() for s, _ in points})
-    top = max(ms for points in series.values() for _, ms in points) * 1.1
-    canvas = np.full((HEIGHT, WIDTH, 3), 255, np.uint8)
+def require_matplotlib() -> None:
+    """Fail early, before minutes of timing, when the plot cannot be drawn.
 
-    def to_px(size: int, ms: float) -> tuple[int, int]:
-        span = (sizes[-1] - sizes[0]) or 1
-        x = MARGIN + (size - sizes[0]) / span * (WIDTH - 2 * MARGIN - 220)
-        y = HEIGHT - MARGIN - ms / top * (HEIGHT - 2 * MARGIN)
-        return round(x), round(y)
+    Raises:
+        UsageError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
 
-    cv2.line(canvas, (MARGIN, HEIGHT - MARGIN), (WIDTH - MARGIN - 220, HEIGHT - MARGIN), (0, 0, 0), 1)
-    cv2.line(canvas, (MARGIN, MARGIN), (MARGIN, HEIGHT - MARGIN), (0, 0, 0), 1)
-    for size in sizes:
-        x, _ = to_px(size, 0)
-        cv2.putText(canvas, str(size), (x - 12, HEIGHT - MARGIN + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    for k in range(5):
-        ms = top * k / 4
-        _, y = to_px(sizes[0], ms)
-        cv2.putText(canvas, f"{ms:.0f}", (10, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    cv2.putText(canvas, "input size (px)", (WIDTH // 2 - 160, HEIGHT - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(canvas, "ms", (10, MARGIN - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(canvas, title[:110], (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    for index, (label, points) in enumerate(sorted(series.items())):
-        color = PALETTE[index % len(PALETTE)]
-        pixels = [to_px(s, ms) for s, ms in sorted(points)]
-        for a, b in itertools.pairwise(pixels):
-            cv2.line(canvas, a, b, color, 2, cv2.LINE_AA)
-        for p in pixels:
-            cv2.circle(canvas, p, 4, color, -1, cv2.LINE_AA)
-        legend_y = MARGIN + 22 * index
-        cv2.line(canvas, (WIDTH - 260, legend_y), (WIDTH - 235, legend_y), color, 3)
-        cv2.putText(canvas, label, (WIDTH - 228, legend_y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
-    return canvas
+
+def _label(row: BenchRow) -> str:
+    raw = "" if row.input_format == "f32-nchw-minus-mean" else f" {row.input_format}"
+    batch = f" b{row.batch}" if row.batch != 1 else ""
+    return f"{row.format} ({row.backend}) {row.precision}{raw}{batch}"
+
+
+def plot_png(rows: list[BenchRow], title: str) -> bytes:
+    """A PNG: median latency ± std (left) and throughput ± its std (right) against input size.
+
+    Raises:
+        UsageError: matplotlib is not installed.
+    """
+    require_matplotlib()
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
+
+    panels = [
+        ("latency", "latency, one request at a time (median ± std, ms)", "ms"),
+        ("throughput", "throughput (images/s ± fps × std/mean of the requests)", "images / s"),
+    ]
+    panels = [p for p in panels if any(r.mode == p[0] for r in rows)]
+    figure = Figure(figsize=(7 * len(panels), 5.5), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    sizes = sorted({tuple(r.size) for r in rows}, key=lambda s: s[0] * s[1])
+    position = {size: index for index, size in enumerate(sizes)}
+    for ax, (mode, heading, unit) in zip(axes, panels, strict=True):
+        series: dict[str, list[BenchRow]] = defaultdict(list)
+        for row in rows:
+            if row.mode == mode:
+                series[_label(row)].append(row)
+        ordered = sorted(series.items())
+        for index, (label, points) in enumerate(ordered):
+            points.sort(key=lambda r: position[tuple(r.size)])
+            dodge = (index - (len(ordered) - 1) / 2) * _DODGE  # error bars of one size side by side
+            x = [position[tuple(r.size)] + dodge for r in points]
+            if mode == "latency":
+                y, err = [r.latency_ms_median for r in points], [r.latency_ms_std for r in points]
+            else:
+                y, err = [r.fps for r in points], [r.fps_std or 0.0 for r in points]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=label)
+        ax.set_xticks(range(len(sizes)), [f"{h}x{w}" for h, w in sizes])
+        ax.set_xlim(-0.5, len(sizes) - 0.5)
+        ax.set_xlabel("input size (px)")
+        ax.set_ylabel(unit)
+        ax.set_title(heading, fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()

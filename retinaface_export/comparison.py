@@ -148,3 +148,67 @@ def compare_outputs(cases: Iterable[Case], tolerance: Tolerance, names: Sequence
                     f"range {span:.3g}) on {case.label}"
                 )
     return verdict
+
+
+@dataclass
+class DetectionVerdict:
+    """Faces out of ``nms`` artifacts (``detections``, ``num_detections``) against the reference's faces."""
+
+    tolerance: Tolerance
+    failures: list[str] = field(default_factory=list)
+    cases: int = 0
+    f1: float = 1.0
+    reference_faces: int = 0
+    mean_iou: float = 1.0
+    max_landmark_px: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """Something was compared and nothing failed."""
+        return self.cases > 0 and not self.failures
+
+    def record(self) -> dict[str, object]:
+        """What a manifest keeps of it."""
+        return {
+            "kind": "detections",
+            "rule": f"F1 ≥ {self.tolerance.min_f1} (IoU ≥ 0.5)",
+            "cases": self.cases,
+            "f1": self.f1,
+            "reference_faces": self.reference_faces,
+            "mean_iou": self.mean_iou,
+            "max_landmark_px": self.max_landmark_px,
+            "passed": self.passed,
+        }
+
+
+def compare_detections(cases: Iterable[Case], tolerance: Tolerance) -> DetectionVerdict:
+    """Judge ``nms`` outputs face by face: F1 of IoU ≥ 0.5 matches per image, worst over images and cases."""
+    from retinaface_export.detection.compare import compare_faces
+    from retinaface_export.detection.detector import faces_from_arrays
+    from retinaface_export.postprocess_settings import split_detections
+
+    verdict = DetectionVerdict(tolerance)
+    for case in cases:
+        verdict.cases += 1
+        try:
+            found = split_detections(np.asarray(case.candidate[0]), np.asarray(case.candidate[1]))
+        except ValueError as exc:
+            verdict.failures.append(f"detections on {case.label}: {exc}")
+            continue
+        expected = split_detections(np.asarray(case.reference[0]), np.asarray(case.reference[1]))
+        for image, (want, got) in enumerate(zip(expected, found, strict=True)):
+            if not all(np.isfinite(part).all() for part in got):
+                verdict.failures.append(f"detections: NaN or Inf on {case.label} image {image}")
+                continue
+            agreement = compare_faces(faces_from_arrays(*want), faces_from_arrays(*got))
+            verdict.reference_faces += len(want[1])
+            verdict.f1 = min(verdict.f1, agreement.f1)
+            if agreement.matched:
+                verdict.mean_iou = min(verdict.mean_iou, agreement.mean_iou)
+                verdict.max_landmark_px = max(verdict.max_landmark_px, agreement.max_landmark_error_px)
+            if agreement.f1 < tolerance.min_f1:
+                verdict.failures.append(
+                    f"detections: F1 {agreement.f1:.3f} < {tolerance.min_f1} on {case.label} image {image} "
+                    f"({len(want[1])} reference faces, {len(got[1])} found)"
+                )
+    return verdict

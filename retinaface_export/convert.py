@@ -26,6 +26,7 @@ from retinaface_export.format_api import ConvertInputs, Job
 from retinaface_export.formats import FORMATS, PRECISIONS, convert_targets
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
 from retinaface_export.pipeline import (
+    NOT_VERIFIED,
     Made,
     RunResult,
     artifact_provenance,
@@ -34,6 +35,7 @@ from retinaface_export.pipeline import (
     verification_photos,
     verify_tensors,
 )
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
@@ -58,6 +60,8 @@ class ConvertOptions:
     calibration: Path | None = None
     sizes: tuple[InputSize, ...] = ()
     workers: int = 1
+    # False only to time the build alone (scripts/bench_toolchain.py): the manifest then says "skipped"
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -65,12 +69,17 @@ class ConvertOptions:
         if self.target not in convert_targets():
             raise UsageError(f"unknown target {self.target!r}; valid targets: {', '.join(convert_targets())}")
         fmt = FORMATS[self.target]
+        if not self.precisions:
+            raise UsageError(f"--to {self.target} needs --precision ({', '.join(fmt.conversion_precisions)})")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
             raise UsageError(f"unknown precisions {unknown}; valid: {', '.join(PRECISIONS)}")
-        unsupported = [p for p in self.precisions if p not in fmt.precisions]
+        unsupported = [p for p in self.precisions if p not in fmt.conversion_precisions]
         if unsupported:
-            raise UsageError(f"{self.target} makes {', '.join(fmt.precisions)} only, not {', '.join(unsupported)}")
+            raise UsageError(
+                f"--to {self.target} makes {', '.join(fmt.conversion_precisions)}, not {', '.join(unsupported)}"
+                + (" (FP32 ONNX is what retinaface-export writes)" if fmt.exported else "")
+            )
         if self.input_format not in fmt.input_formats:
             raise UsageError(
                 f"{self.target} keeps the input as the source takes it: --embed-mean and --input are for "
@@ -91,7 +100,15 @@ def checked_sources(export_dir: Path, manifest: Manifest, options: ConvertOption
     """
     source_format = FORMATS[options.target].source_format
     wanted = [(s.height, s.width) for s in options.sizes]
-    sources = [a for a in manifest.artifacts if a.format == source_format and (not wanted or a.size in wanted)]
+    sources = [
+        a
+        for a in manifest.artifacts
+        if a.format == source_format
+        and a.precision == "fp32"
+        and a.input_format == DEFAULT_INPUT_FORMAT
+        and a.source is None  # exported, not itself converted (a simplified or FP16 ONNX)
+        and (not wanted or a.size in wanted)
+    ]
     if not sources:
         which = f" of sizes {', '.join(map(str, options.sizes))}" if options.sizes else ""
         raise ManifestError(export_dir / MANIFEST_NAME, f"lists no {source_format} artifacts{which} to convert")
@@ -120,6 +137,7 @@ def plan(sources: list[ArtifactRecord], options: ConvertOptions) -> list[Job]:
                     input_format=options.input_format,
                     opset=source.opset if fmt.uses_opset else None,
                     source=source,
+                    postprocess=PostprocessSpec.from_record(source.postprocess),
                 )
             )
     return jobs
@@ -220,10 +238,14 @@ def convert_export(
 
         int8 = job.precision == "int8"
         samples = calibration.samples(job.size or job.verify_sizes[0]) if (int8 and calibration) else None
+        if samples and not job.dynamic and job.batch > 1:  # a fixed batch takes batches: each photo repeated
+            samples = [np.repeat(sample, job.batch, axis=0) for sample in samples]
         inputs = ConvertInputs(
             source_path, artifact_provenance(manifest.checkpoint, job), shared, source_cases, samples
         )
         conversion = job.fmt.convert(job, inputs, staging)
+        if not options.verify:
+            return NOT_VERIFIED, conversion
         if int8:
             assert calibration is not None
             conversion["calibration"] = calibration.record() | {"samples": len(samples or [])}

@@ -9,25 +9,27 @@ runtime and compared with PyTorch eager (run once per size and batch) through th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.converters.onnx import DEFAULT_OPSET
 from retinaface_export.errors import ExportError, UsageError
 from retinaface_export.format_api import Exporter, Job
 from retinaface_export.formats import FORMATS, export_formats
 from retinaface_export.pipeline import (
+    NOT_VERIFIED,
     Made,
     RunResult,
     artifact_provenance,
-    num_anchors,
     run_builds,
     verification_photos,
     verify_tensors,
 )
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, to_network_input
 from retinaface_export.runtimes import eager_runner
 from retinaface_export.sizes import InputSize
@@ -47,6 +49,10 @@ class ExportOptions:
     dynamic: bool = False
     batch: int = 1
     workers: int = 1
+    # post-processing inside every artifact (raw outputs by default: the Open Model Zoo contract)
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    # False only to time the build alone (scripts/bench_toolchain.py): the manifest then says "skipped"
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if not self.sizes:
@@ -73,11 +79,14 @@ def plan(options: ExportOptions, variant: str) -> list[Job]:
         batch = f"_b{options.batch}" if options.batch != 1 and size is not None else ""
         return Job(
             fmt=fmt,
-            file_name=fmt.file_name(f"retinaface_{variant}_{shape}{batch}", "fp32", DEFAULT_INPUT_FORMAT),
+            file_name=fmt.file_name(
+                f"retinaface_{variant}_{shape}{batch}{options.postprocess.tag}", "fp32", DEFAULT_INPUT_FORMAT
+            ),
             size=size,
             batch=options.batch,
             verify_sizes=options.sizes if size is None else (size,),
             opset=options.opset if fmt.uses_opset else None,
+            postprocess=options.postprocess,
         )
 
     if options.dynamic:
@@ -86,18 +95,25 @@ def plan(options: ExportOptions, variant: str) -> list[Job]:
 
 
 class EagerReference:
-    """PyTorch eager's outputs on the verification photos of each size and batch, computed once."""
+    """PyTorch eager's outputs on the verification photos of each size and batch, computed once.
 
-    name = "PyTorch"
+    With post-processing, the raw outputs go through the reference's numpy post-processing
+    (:func:`~retinaface_export.detection.modes.mode_outputs`): what the artifact must compute.
+    """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, anchors: AnchorConfig, postprocess: PostprocessSpec) -> None:
         self._run = eager_runner(model)
+        self._anchors, self._postprocess = anchors, postprocess
         self._cases = OnceCache()
+        self.name = "PyTorch" if postprocess.mode == "none" else f"PyTorch + numpy {postprocess.mode}"
 
     def case(self, size: InputSize, batch: int) -> tuple[np.ndarray, list[np.ndarray]]:
         def make() -> tuple[np.ndarray, list[np.ndarray]]:
+            from retinaface_export.detection.modes import mode_outputs
+
             photos = verification_photos(size, batch)
-            return photos, self._run(to_network_input(photos))
+            raw = self._run(to_network_input(photos))
+            return photos, mode_outputs(raw, self._anchors, size.height, size.width, self._postprocess)
 
         return self._cases.get((size, batch), make)
 
@@ -124,7 +140,7 @@ def export_checkpoint(
     record = checkpoint.provenance()
     model = checkpoint.model.eval()
     jobs = plan(options, checkpoint.variant.name)
-    reference = EagerReference(model)
+    reference = EagerReference(model, checkpoint.variant.anchors, options.postprocess)
     exporters = OnceCache()
 
     def exporter(job: Job) -> Exporter:
@@ -148,10 +164,10 @@ def export_checkpoint(
             exporter(job)
 
     def make(job: Job, staging: Path) -> Made:
-        data = exporter(job).artifact(
-            job.size, job.batch, num_anchors(record, job.size), artifact_provenance(record, job)
-        )
+        data = exporter(job).artifact(job, checkpoint.variant.anchors, artifact_provenance(record, job))
         (staging / job.file_name).write_bytes(data)
+        if not options.verify:
+            return NOT_VERIFIED, {}
         return verify_tensors(job, staging / job.file_name, reference), {}
 
     return run_builds(output_dir, record, jobs, make, options.workers, on_step, prepare=trace_each_format_once)

@@ -9,18 +9,20 @@ inside it is written and read. ``retinaface_export.formats.FORMATS`` lists one i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.sizes import InputSize
 
 if TYPE_CHECKING:
     import torch
 
+    from retinaface_export.anchors import AnchorConfig
     from retinaface_export.manifest import ArtifactRecord
     from retinaface_export.workers import OnceCache
 
@@ -30,10 +32,8 @@ Runner = Callable[[np.ndarray], list[np.ndarray]]
 class Exporter(Protocol):
     """Made once per checkpoint (the costly trace or export); then one artifact per size, cheaply."""
 
-    def artifact(
-        self, size: InputSize | None, batch: int, num_anchors: int | None, provenance: dict[str, Any]
-    ) -> bytes:
-        """The artifact file's bytes at ``size`` × ``batch`` (``size`` None: dynamic axes)."""
+    def artifact(self, job: Job, anchors: AnchorConfig, provenance: dict[str, Any]) -> bytes:
+        """The artifact file's bytes for ``job`` (its size, batch and post-processing) with ``provenance``."""
         ...
 
 
@@ -54,6 +54,8 @@ class Job:
     opset: int | None = None
     # the artifact it is converted from; None for artifacts exported from the PyTorch model
     source: ArtifactRecord | None = None
+    # what the artifact computes after the network (raw outputs by default)
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
 
     @property
     def dynamic(self) -> bool:
@@ -87,9 +89,13 @@ class ArtifactFormat:
     suffix: ClassVar[str]
     # the runtime that runs it, as reports name it
     backend: ClassVar[str]
-    # the format it is converted from; None: ``retinaface-export`` makes it from the PyTorch model
+    # ``retinaface-export`` makes it from the PyTorch model (always FP32)
+    exported: ClassVar[bool] = False
+    # the format ``retinaface-convert`` converts it from; None: not made by conversion
     source_format: ClassVar[str | None] = None
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # the precisions ``retinaface-convert`` makes (an exported format's FP32 is the source itself)
+    conversion_precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     input_formats: ClassVar[tuple[str, ...]] = (DEFAULT_INPUT_FORMAT,)
     # files that travel with the main one (OpenVINO's weights), as suffixes replacing ``suffix``
     companion_suffixes: ClassVar[tuple[str, ...]] = ()
@@ -106,7 +112,7 @@ class ArtifactFormat:
         return [path.with_name(stem + suffix) for suffix in self.companion_suffixes]
 
     def exporter(self, model: torch.nn.Module, example: torch.Tensor, opset: int) -> Exporter:
-        """The exporter of a format made from the PyTorch model (source_format None)."""
+        """The exporter of a format made from the PyTorch model (``exported``)."""
         raise NotImplementedError(f"{self.name} is not exported from a PyTorch model")
 
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ PRECISIONS: dict[str, Tolerance] = {
 
 def export_formats() -> list[str]:
     """Formats ``retinaface-export`` makes from the PyTorch model, in table order."""
-    return [name for name, fmt in FORMATS.items() if fmt.source_format is None]
+    return [name for name, fmt in FORMATS.items() if fmt.exported]
 
 
 def convert_targets() -> list[str]:

@@ -156,7 +156,7 @@ class TensorSpec:
         return cls(
             fields.get("name", str)[:128],
             tuple(shape),
-            fields.choice("element_type", ("f32", "u8")),
+            fields.choice("element_type", ("f32", "u8", "i64")),
             fields.get("layout", str),
         )
 
@@ -191,6 +191,8 @@ class ArtifactRecord:
     verification: dict[str, Any] = field(default_factory=dict)
     # what the converter reports (onnxsim's op counts, INT8 calibration)
     conversion: dict[str, Any] = field(default_factory=dict)
+    # what it computes after the network: {"mode": "none" | "decode" | "nms", and the nms settings}
+    postprocess: dict[str, Any] = field(default_factory=lambda: {"mode": "none"})
 
     @property
     def dynamic(self) -> bool:
@@ -229,6 +231,7 @@ class ArtifactRecord:
             "source": self.source.to_dict() if self.source else None,
             "verification": self.verification,
             "conversion": self.conversion,
+            "postprocess": self.postprocess,
         }
 
     @classmethod
@@ -285,6 +288,7 @@ class ArtifactRecord:
             source=FileRef.parse(source, manifest, f"{fields.where} source") if source is not None else None,
             verification=fields.get("verification", dict),
             conversion=fields.get("conversion", dict),
+            postprocess=_postprocess(fields),
         )
 
 
@@ -358,6 +362,16 @@ class Manifest:
     def read_if_present(cls, folder: str | Path) -> Manifest | None:
         """The folder's manifest, or None when there is none."""
         return cls.read(folder) if (Path(folder) / MANIFEST_NAME).exists() else None
+
+
+def _postprocess(fields: _Fields) -> dict[str, Any]:
+    from retinaface_export.errors import UsageError
+    from retinaface_export.postprocess_settings import PostprocessSpec
+
+    try:
+        return PostprocessSpec.from_record(fields.get("postprocess", dict)).record()
+    except UsageError as exc:
+        raise fields.fail("postprocess", f"is not a post-processing record ({exc})") from exc
 
 
 def _refuse_constant(name: str) -> None:

@@ -18,10 +18,14 @@ from retinaface_export.comparison import Case, OutputVerdict, compare_outputs
 from retinaface_export.contract import OUTPUT_NAMES
 from retinaface_export.detection.backends import artifact_backend
 from retinaface_export.detection.compare import compare_faces, tolerant_f1
-from retinaface_export.errors import RetinaFaceExportError
+from retinaface_export.detection.detector import faces_from_arrays
+from retinaface_export.detection.modes import image_faces
+from retinaface_export.detection.postprocess import DetectionConfig
+from retinaface_export.errors import RetinaFaceExportError, UsageError
 from retinaface_export.formats import FORMATS, PRECISIONS
 from retinaface_export.golden import FACE_THRESHOLD, GoldenCase, GoldenSet, decode_faces, prepared_input
 from retinaface_export.manifest import ArtifactRecord, Manifest, check_files
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.provenance import provenance_problems
 
 
@@ -111,9 +115,21 @@ def _cases_for(golden: GoldenSet, artifact: ArtifactRecord) -> list[GoldenCase]:
     return [case for case in golden.cases if (case.size.height, case.size.width) == artifact.size]
 
 
-def _compare_case(result: ArtifactParity, case: GoldenCase, outputs: list[np.ndarray], golden: GoldenSet) -> None:
+def _compare_case(
+    result: ArtifactParity, case: GoldenCase, outputs: list[np.ndarray], golden: GoldenSet, spec: PostprocessSpec
+) -> None:
     tolerance = PRECISIONS[result.precision]
     label = f"{case.input.name}@{case.size}"
+    threshold = FACE_THRESHOLD - tolerance.score_margin - 1e-6
+    if spec.mode != "none":  # post-processing inside: judged on its faces against the golden faces
+        config = DetectionConfig(score_threshold=threshold)
+        try:
+            found = image_faces([out[None] for out in outputs], 0, spec, golden.anchors, *case.size.as_list(), config)
+        except (UsageError, ValueError) as exc:
+            result.failures.append(f"cannot compare with the golden faces: {exc}")
+            return
+        _compare_faces(result, case, faces_from_arrays(*found), tolerance, label)
+        return
     for name, out in zip(OUTPUT_NAMES, outputs, strict=True):
         if len(out) <= int(case.rows.max()):
             result.failures.append(f"{name}: {len(out)} rows on {label}, the golden has more")
@@ -125,7 +141,10 @@ def _compare_case(result: ArtifactParity, case: GoldenCase, outputs: list[np.nda
     result.failures += verdict.failures
     if not all(np.isfinite(out).all() for out in outputs):
         return
-    faces = decode_faces(outputs, golden.anchors, case.size, FACE_THRESHOLD - tolerance.score_margin - 1e-6)
+    _compare_faces(result, case, decode_faces(outputs, golden.anchors, case.size, threshold), tolerance, label)
+
+
+def _compare_faces(result: ArtifactParity, case: GoldenCase, faces: list, tolerance, label: str) -> None:
     strong = [f for f in case.faces if f.score > FACE_THRESHOLD]
     strict = compare_faces(strong, [f for f in faces if f.score > FACE_THRESHOLD])
     f1 = tolerant_f1(case.faces, faces, FACE_THRESHOLD, tolerance.score_margin)
@@ -155,7 +174,7 @@ def check_artifact(
         precision=artifact.precision,
         input_format=artifact.input_format,
         size=artifact.size_label,
-        limit=tolerance.describe(),
+        limit=tolerance.describe() if artifact.postprocess.get("mode", "none") == "none" else "detections only",
         outputs=[OutputVerdict(name) for name in OUTPUT_NAMES],
         detection=DetectionCheck(min_f1=tolerance.min_f1, score_margin=tolerance.score_margin),
     )
@@ -198,7 +217,7 @@ def check_artifact(
             result.failures.append(f"failed to run on {case.input.name}@{case.size}: {type(exc).__name__}: {exc}")
             continue
         result.cases += 1
-        _compare_case(result, case, outputs, golden)
+        _compare_case(result, case, outputs, golden, backend.postprocess)
     if result.cases == 0 and not result.failures:
         result.failures.append("every golden case needs a photo: nothing compared (pass --images DIR)")
     return result

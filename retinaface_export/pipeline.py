@@ -19,8 +19,8 @@ import numpy as np
 
 from retinaface_export import __version__
 from retinaface_export.atomic import commit_run, output_lock, staging_dir
-from retinaface_export.comparison import Case, compare_outputs
-from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_NAMES, OUTPUT_WIDTHS
+from retinaface_export.comparison import Case, compare_detections, compare_outputs
+from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_WIDTHS
 from retinaface_export.errors import ExportError, ManifestError, RetinaFaceExportError
 from retinaface_export.format_api import Job
 from retinaface_export.hashing import sha256_file
@@ -57,6 +57,10 @@ class Reference(Protocol):
         ...
 
 
+# The verification record of an artifact built with verification turned off (benchmarks of the build alone).
+NOT_VERIFIED = {"kind": "skipped", "reference": "none: built with verify=False", "passed": False}
+
+
 def verification_photos(size: InputSize, batch: int) -> np.ndarray:
     """The deterministic photo-like batch every artifact of ``size`` is verified on."""
     return synthetic_photos(batch, size.height, size.width, seed=size.height * 7 + size.width)
@@ -70,6 +74,9 @@ def verification_batches(job: Job) -> tuple[int, ...]:
 def verify_tensors(job: Job, staged: Path, reference: Reference) -> dict[str, Any]:
     """Run the staged artifact at every size and batch it claims and judge it against ``reference``.
 
+    ``reference`` gives outputs of the artifact's own kind (raw, decoded, or NMS'd detections); raw and
+    decoded outputs are judged tensor by tensor, detections face by face.
+
     Raises:
         ExportError: naming every output off, with its error and the tolerance.
     """
@@ -82,7 +89,11 @@ def verify_tensors(job: Job, staged: Path, reference: Reference) -> dict[str, An
         for batch in verification_batches(job):
             photos, expected = reference.case(size, batch)
             cases.append(Case(f"{size} batch {batch}", expected, runner(prepare(photos))))
-    verdict = compare_outputs(cases, PRECISIONS[job.precision])
+    tolerance = PRECISIONS[job.precision]
+    if job.postprocess.mode == "nms":
+        verdict = compare_detections(cases, tolerance)
+    else:
+        verdict = compare_outputs(cases, tolerance, job.postprocess.outputs)
     if not verdict.passed:
         raise ExportError(f"{job.file_name}: differs from {reference.name}: {'; '.join(verdict.failures)}")
     return verdict.record() | {"reference": reference.name, "sizes": [s.as_list() for s in job.verify_sizes]}
@@ -107,7 +118,8 @@ def artifact_provenance(checkpoint: dict[str, Any], job: Job) -> dict[str, Any]:
         "synthetic": checkpoint["synthetic"],
         "anchors": checkpoint["anchors"],
         "input": INPUT_NAME,
-        "outputs": list(OUTPUT_NAMES),
+        "outputs": list(job.postprocess.outputs),
+        "postprocess": job.postprocess.record(),
     }
     if job.source is not None:
         provenance |= {"source": job.source.path, "source_sha256": job.source.sha256}
@@ -130,7 +142,15 @@ def _tensor_specs(job: Job, anchors: int | None) -> tuple[tuple[TensorSpec, ...]
         data = TensorSpec(INPUT_NAME, (batch, height, width, 3), "u8", "NHWC")
     else:
         data = TensorSpec(INPUT_NAME, (batch, 3, height, width), "f32", "NCHW")
-    outputs = tuple(TensorSpec(n, (batch, rows, w), "f32") for n, w in zip(OUTPUT_NAMES, OUTPUT_WIDTHS, strict=True))
+    if job.postprocess.mode == "nms":
+        kept = job.postprocess.settings.max_detections
+        detections = TensorSpec("detections", (batch, kept, 15), "f32")
+        return (data,), (detections, TensorSpec("num_detections", (batch,), "i64"))
+    widths = OUTPUT_WIDTHS if job.postprocess.mode == "none" else (4, None, 10)
+    outputs = tuple(
+        TensorSpec(n, (batch, rows, w) if w else (batch, rows), "f32")
+        for n, w in zip(job.postprocess.outputs, widths, strict=True)
+    )
     return (data,), outputs
 
 
@@ -159,6 +179,7 @@ def _record(job: Job, staging: Path, checkpoint: dict[str, Any], made: Made) -> 
         source=FileRef(job.source.path, job.source.sha256) if job.source else None,
         verification=made[0],
         conversion=made[1],
+        postprocess=job.postprocess.record(),
     )
 
 

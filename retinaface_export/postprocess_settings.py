@@ -10,7 +10,7 @@ zero after ``num_detections`` (N, int64) rows, best first. The graph builders ar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -101,3 +101,59 @@ def split_detections(
             kept = kept[kept[:, 4] > np.float32(min_score)]
         per_image.append((kept[:, :4], kept[:, 4], kept[:, 5:]))
     return per_image
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """What an artifact computes after the network: ``none`` (raw outputs), ``decode`` or ``nms``."""
+
+    mode: str = "none"
+    settings: NmsSettings = field(default_factory=NmsSettings)
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The artifact's output names, in order."""
+        from retinaface_export.contract import OUTPUT_NAMES
+
+        return {"none": OUTPUT_NAMES, "decode": DECODE_OUTPUTS, "nms": NMS_OUTPUTS}[self.mode]
+
+    @property
+    def tag(self) -> str:
+        """File-name tag: ``""``, ``"_decode"`` or ``"_nms"``."""
+        return "" if self.mode == "none" else f"_{self.mode}"
+
+    def record(self) -> dict[str, Any]:
+        """Manifest and provenance form: the mode, and the settings of ``nms``."""
+        return {"mode": self.mode} | (self.settings.to_dict() if self.mode == "nms" else {})
+
+    @classmethod
+    def from_record(cls, data: Any) -> PostprocessSpec:
+        """Back from :meth:`record` (``None``: raw outputs).
+
+        Raises:
+            UsageError: an unknown mode or settings out of range.
+        """
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise UsageError(f"post-processing must be an object, got {type(data).__name__}")
+        fields = {k: data[k] for k in ("score_threshold", "nms_iou", "top_k", "max_detections") if k in data}
+        try:
+            settings = NmsSettings(**fields)
+        except TypeError as exc:
+            raise UsageError(f"malformed post-processing settings ({exc})") from exc
+        return cls(str(data.get("mode", "none")), settings)
+
+
+def pack_detections(per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rows: int) -> list[np.ndarray]:
+    """Per-image ``(boxes, scores, landmarks)`` to ``detections`` (N×rows×15, zero-padded) and ``num_detections``."""
+    detections = np.zeros((len(per_image), rows, DETECTION_WIDTH), np.float32)
+    counts = np.zeros(len(per_image), np.int64)
+    for index, (boxes, scores, points) in enumerate(per_image):
+        count = min(len(scores), rows)
+        detections[index, :count] = np.concatenate([boxes, scores[:, None], points], axis=1)[:count]
+        counts[index] = count
+    return [detections, counts]

@@ -17,6 +17,6 @@ def eager_runner(model) -> Runner:
 
     def run(data: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():
-            return [out.numpy() for out in model(torch.from_numpy(data))]
+            return [out.numpy() for out in model(torch.from_numpy(data))]  # a tuple, in the model's order
 
     return run

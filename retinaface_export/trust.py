@@ -169,33 +169,71 @@ def _archive_code(path: Path, data: bytes) -> _ArchiveCode:
     return _ArchiveCode(code, frozenset(names), frozenset(found_globals), provenance)
 
 
-def _traced_archive(variant_name: str) -> bytes:
+def _traced_archive(variant_name: str, post: str) -> bytes:
     """The bytes our exporter writes for a fresh trace of ``variant_name`` (random weights: code only).
 
-    The one place that knows how the exporter makes TorchScript; keep it in step with the format module.
+    ``post`` is "" for raw outputs, or the JSON of ``[postprocess record, input size, anchors]`` an archive
+    claims: the scripted post-processing our exporter wraps around the trace for those (its code is then
+    compared; its numbers are data). The one place that knows how the exporter makes TorchScript; keep it
+    in step with the format module.
     """
     import torch
 
-    from retinaface_export.converters.torchscript import TorchScriptExporter
+    from retinaface_export.anchors import AnchorConfig
+    from retinaface_export.converters.torchscript import FORMAT, TorchScriptExporter
+    from retinaface_export.format_api import Job
     from retinaface_export.model import build_model
+    from retinaface_export.postprocess_settings import PostprocessSpec
+    from retinaface_export.sizes import InputSize
     from retinaface_export.variants import get_variant
 
+    variant = get_variant(variant_name)
+    spec, size, anchors = PostprocessSpec(), None, variant.anchors
+    if post:
+        record, claimed_size, claimed_anchors = json.loads(post)
+        spec, anchors = PostprocessSpec.from_record(record), AnchorConfig.from_mapping(claimed_anchors)
+        size = InputSize(*claimed_size) if isinstance(claimed_size, list) else None
     with torch.device("cpu"):
-        model = build_model(get_variant(variant_name)).eval()
+        model = build_model(variant).eval()
     exporter = TorchScriptExporter(model, torch.zeros(_REFERENCE_INPUT), 0)
-    return exporter.artifact(None, 1, None, {})
+    job = Job(FORMAT, "reference", size, 1, (), postprocess=spec)
+    return exporter.artifact(job, anchors, {})
 
 
 _REFERENCE_LOCK = threading.Lock()
-_REFERENCES: dict[str, _ArchiveCode] = {}
+_REFERENCES: dict[tuple[str, str], _ArchiveCode] = {}
 
 
-def _reference(variant_name: str) -> _ArchiveCode:
+def _reference(variant_name: str, post: str = "") -> _ArchiveCode:
     """The code of a fresh trace of ``variant_name``, made once per process (threads wait for it)."""
     with _REFERENCE_LOCK:
-        if variant_name not in _REFERENCES:
-            _REFERENCES[variant_name] = _archive_code(Path(f"<{variant_name}>"), _traced_archive(variant_name))
-        return _REFERENCES[variant_name]
+        if (variant_name, post) not in _REFERENCES:
+            archive = _traced_archive(variant_name, post)
+            _REFERENCES[variant_name, post] = _archive_code(Path(f"<{variant_name}>"), archive)
+        return _REFERENCES[variant_name, post]
+
+
+def _post_hint(provenance: bytes | None) -> str:
+    """The post-processing an archive claims, as a reference key ("" for raw outputs or anything malformed).
+
+    Untrusted like the variant: it only chooses which of our own exporter's outputs the code is compared with.
+    """
+    from retinaface_export.anchors import AnchorConfig
+    from retinaface_export.postprocess_settings import PostprocessSpec
+    from retinaface_export.sizes import check_size
+
+    try:
+        claimed = json.loads(provenance or b"{}")
+        spec = PostprocessSpec.from_record(claimed.get("postprocess"))
+        if spec.mode == "none":
+            return ""
+        size = claimed.get("input_size")
+        if size != "dynamic":
+            check_size(int(size[0]), int(size[1]))
+        AnchorConfig.from_mapping(claimed["anchors"])
+        return json.dumps([spec.record(), size, claimed["anchors"]], sort_keys=True)
+    except Exception:  # malformed claims: compared with raw-output archives, which such code will not match
+        return ""
 
 
 def _variant_hint(provenance: bytes | None) -> str | None:
@@ -243,9 +281,10 @@ def checked_torchscript_bytes(path: str | Path) -> bytes:
     found = _archive_code(path, data)
     hint = _variant_hint(found.provenance)
     candidates = ([hint] if hint in list_variants() else []) + [v for v in list_variants() if v != hint]
+    post = _post_hint(found.provenance)
     first_reason = None
     for variant in candidates:
-        reason = _differences(found, _reference(variant))
+        reason = _differences(found, _reference(variant, post))
         if reason is None:
             return data
         first_reason = first_reason or f"{reason} (compared with {variant})"
@@ -372,12 +411,17 @@ def _check_contract(path: Path, model: Any) -> None:
     tensor_type = inputs[0].type.tensor_type
     if tensor_type.elem_type != onnx.TensorProto.FLOAT or len(tensor_type.shape.dim) != 4:
         raise _onnx_refuse(path, f"input {INPUT_NAME!r} is not a 4-d float32 tensor (N×3×H×W)")
+    from retinaface_export.postprocess_settings import DECODE_OUTPUTS, NMS_OUTPUTS
+
     outputs = [value.name for value in model.graph.output]
+    if outputs in (list(DECODE_OUTPUTS), list(NMS_OUTPUTS)):
+        return  # post-processing inside the graph (retinaface-export --postprocess): its own contract
     if outputs != list(OUTPUT_NAMES):
         raise _onnx_refuse(
             path,
             f"outputs are {', '.join(shown(n) for n in outputs) or 'none'}, not the contract's "
-            f"{', '.join(OUTPUT_NAMES)} (in that order)",
+            f"{', '.join(OUTPUT_NAMES)} (in that order), nor {', '.join(DECODE_OUTPUTS)} or "
+            f"{', '.join(NMS_OUTPUTS)} (post-processing inside)",
         )
     for value, width in zip(model.graph.output, OUTPUT_WIDTHS, strict=True):
         dims = value.type.tensor_type.shape.dim

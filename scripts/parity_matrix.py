@@ -32,7 +32,16 @@ CONVERSIONS = (
     ["--to", "openvino", "--precision", "fp32", "fp16", "int8", "--calibration", str(SHARED / "images")],
     ["--to", "openvino", "--embed-mean", "--input", "f32-nchw"],
     ["--to", "openvino", "--embed-mean", "--input", "u8-nhwc"],
+    ["--to", "onnx", "--precision", "fp16", "int8", "--calibration", str(SHARED / "images")],
 )
+# Post-processing inside the graph: one more export of the trained checkpoint per mode (fixed size with a
+# batch of 2, and dynamic), converted to OpenVINO; parity judges their faces against the golden faces.
+POSTPROCESS_EXPORTS = {
+    "nms": ["--size", "640", "--batch", "2", "--postprocess", "nms"],
+    "nms-dynamic": ["--size", "320", "640", "--dynamic", "--postprocess", "nms"],
+    "decode": ["--size", "320", "--postprocess", "decode"],
+}
+POSTPROCESS_CONVERSIONS = (["--to", "openvino", "--precision", "fp32", "fp16"], ["--to", "onnxsim"])
 # (variant, precision) left out of the matrix, with the reason. Nothing else may be missing.
 NOT_JUDGED = {
     ("resnet50", "int8"): (
@@ -68,6 +77,33 @@ def _validate_manifest(path: Path) -> None:
     jsonschema.validate(json.loads(path.read_text()), json.loads(schema_path().read_text()))
 
 
+def _build_and_check(bin_dir: Path, args: argparse.Namespace, name: str, export: list[str], conversions) -> bool:
+    """Export, convert, validate the manifest and run parity into ``args.out / name``; True if parity passed."""
+    folder = args.out / name
+    start = time.perf_counter()
+    _run(bin_dir, "retinaface-export", *export, "--output-dir", str(folder), "-q")
+    for conversion in conversions:
+        _run(bin_dir, "retinaface-convert", str(folder), *conversion, "-q")
+    built = time.perf_counter() - start
+    parity = subprocess.run(
+        [
+            str(bin_dir / "retinaface-parity"),
+            str(folder),
+            "--golden",
+            str(args.golden),
+            "--images",
+            str(SHARED / "images"),
+            "--json",
+            str(folder / "parity.json"),
+            "--junit",
+            str(folder / "parity.xml"),
+        ]
+    )
+    _validate_manifest(folder / "manifest.json")
+    print(f"{name}: built in {built:.0f} s, parity in {time.perf_counter() - start - built:.0f} s", flush=True)
+    return parity.returncode == 0
+
+
 def main() -> int:
     """Build the matrix and run parity on it; 1 if any variant fails."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -78,41 +114,13 @@ def main() -> int:
     shutil.rmtree(args.out, ignore_errors=True)
     failed = []
     for variant, source in VARIANTS.items():
-        folder = args.out / variant
-        start = time.perf_counter()
-        _run(
-            bin_dir,
-            "retinaface-export",
-            *source,
-            "--size",
-            *SIZES,
-            "--format",
-            *EXPORT_FORMATS,
-            "--output-dir",
-            str(folder),
-            "-q",
-        )
-        for conversion in conversions_for(variant):
-            _run(bin_dir, "retinaface-convert", str(folder), *conversion, "-q")
-        built = time.perf_counter() - start
-        parity = subprocess.run(
-            [
-                str(bin_dir / "retinaface-parity"),
-                str(folder),
-                "--golden",
-                str(args.golden),
-                "--images",
-                str(SHARED / "images"),
-                "--json",
-                str(folder / "parity.json"),
-                "--junit",
-                str(folder / "parity.xml"),
-            ]
-        )
-        _validate_manifest(folder / "manifest.json")
-        print(f"{variant}: built in {built:.0f} s, parity in {time.perf_counter() - start - built:.0f} s", flush=True)
-        if parity.returncode:
+        export = [*source, "--size", *SIZES, "--format", *EXPORT_FORMATS]
+        if not _build_and_check(bin_dir, args, variant, export, conversions_for(variant)):
             failed.append(variant)
+    for mode, options in POSTPROCESS_EXPORTS.items():
+        export = [*VARIANTS["mobilenet0.25"], *options]
+        if not _build_and_check(bin_dir, args, f"mobilenet0.25-{mode}", export, list(POSTPROCESS_CONVERSIONS)):
+            failed.append(f"mobilenet0.25-{mode}")
     if failed:
         print(f"parity failed for {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

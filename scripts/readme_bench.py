@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def main() -> int:
     """Replace the README's bench section with the given Markdown files, in order."""
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    text = readme.read_text()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("tables", nargs="+", type=Path, help="Markdown files, in the order they go in")
+    parser.add_argument("--readme", type=Path, default=README, help="the file to update (default: the README)")
+    args = parser.parse_args()
+    text = args.readme.read_text()
     if START not in text or END not in text:
-        print(f"{readme}: no {START} ... {END} section", file=sys.stderr)
+        print(f"{args.readme}: no {START} ... {END} section", file=sys.stderr)
         return 1
-    tables = "\n".join(Path(p).read_text() for p in sys.argv[1:])
+    tables = "\n".join(path.read_text() for path in args.tables)
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
-    readme.write_text(f"{head}{START}\n{tables}{END}{tail}")
+    args.readme.write_text(f"{head}{START}\n{tables}{END}{tail}")
     return 0
 
 

@@ -79,6 +79,22 @@ def test_same_stem_images_get_distinct_drawings(tmp_path, real_weights):
 
 
 def test_artifact_without_provenance_is_refused(tmp_path):
+    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.sizes import InputSize
+    from retinaface_export.synthetic import synthetic_checkpoint
+    from retinaface_export.variants import get_variant
+
+    options = ExportOptions(sizes=(InputSize(64, 64),), formats=("onnx",))
+    export_checkpoint(synthetic_checkpoint(get_variant("mobilenet0.25")), options, tmp_path / "export")
+    model = onnx.load(str(tmp_path / "export" / "retinaface_mobilenet0.25_64x64.onnx"))
+    del model.metadata_props[:]  # the contract's graph, without our provenance
+    onnx.save(model, tmp_path / "foreign.onnx")
+    result = run(require(CROWD_PHOTO), "--model", tmp_path / "foreign.onnx")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'foreign.onnx'}: no retinaface-export provenance" in result.stderr
+
+
+def test_artifact_outside_the_contract_is_refused_before_a_runtime_opens_it(tmp_path):
     model = onnx.helper.make_model(
         onnx.helper.make_graph(
             [onnx.helper.make_node("Identity", ["data"], ["out"])],
@@ -90,7 +106,8 @@ def test_artifact_without_provenance_is_refused(tmp_path):
     onnx.save(model, tmp_path / "foreign.onnx")
     result = run(require(CROWD_PHOTO), "--model", tmp_path / "foreign.onnx")
     assert result.exit_code == 1
-    assert f"{tmp_path / 'foreign.onnx'}: no retinaface-export provenance" in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{tmp_path / 'foreign.onnx'}: outputs are 'out', not the contract's" in line
 
 
 @pytest.mark.parametrize(
@@ -106,4 +123,4 @@ def test_bad_model_path(tmp_path, name, says):
 def test_damaged_artifact_is_named(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
     result = run(require(CROWD_PHOTO), "--model", tmp_path / "bad.onnx")
-    assert result.exit_code == 1 and f"{tmp_path / 'bad.onnx'}: cannot read onnx artifact" in result.stderr
+    assert result.exit_code == 1 and f"{tmp_path / 'bad.onnx'}: not an ONNX model" in result.stderr

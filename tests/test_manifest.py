@@ -169,3 +169,24 @@ def test_a_symlink_that_leaves_the_folder_is_refused(folders, tmp_path):
     rows = json.loads((tmp_path / "p.json").read_text())["artifacts"]
     (row,) = [r for r in rows if r["path"] == record.path]
     assert any("resolves outside its export folder" in f for f in row["failures"])
+
+
+def test_every_ir_tells_model_api_readers_how_to_feed_it(folders):
+    import openvino as ov
+
+    checked = 0
+    for folder in folders:
+        for record in Manifest.read(folder).artifacts:
+            if record.format != "openvino":
+                continue
+            model = ov.Core().read_model(str(folder / record.path))
+            info = {key: model.get_rt_info(["model_info", key]).astype(str) for key in ("mean_values", "layout")}
+            raw_pixels = record.input_format != "f32-nchw-minus-mean"
+            assert info["mean_values"] == ("0 0 0" if raw_pixels else "104 117 123"), record.path
+            assert info["layout"] == ("data:NHWC" if record.input_format == "u8-nhwc" else "data:NCHW")
+            pinned = model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"])
+            assert pinned == (record.precision == "fp32"), record.path
+            if pinned:
+                assert model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "f32"
+            checked += 1
+    assert checked == 5

@@ -21,7 +21,7 @@ from retinaface_export.cli.common import (
 )
 from retinaface_export.convert import ConvertOptions, convert_export
 from retinaface_export.errors import UsageError
-from retinaface_export.formats import PRECISIONS, convert_targets
+from retinaface_export.formats import FORMATS, PRECISIONS, convert_targets
 from retinaface_export.manifest import ArtifactRecord
 from retinaface_export.pipeline import RunResult
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
@@ -120,7 +120,7 @@ def main(
     input_format = (input_layout or "f32-nchw") if embed_mean else DEFAULT_INPUT_FORMAT
     options = ConvertOptions(
         target=target,
-        precisions=precisions or ("fp32",),
+        precisions=precisions or (("fp32",) if "fp32" in FORMATS[target].conversion_precisions else ()),
         input_format=input_format,
         calibration=calibration,
         sizes=sizes,

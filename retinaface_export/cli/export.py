@@ -27,6 +27,7 @@ from retinaface_export.converters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSE
 from retinaface_export.export import ExportOptions, export_checkpoint
 from retinaface_export.formats import export_formats
 from retinaface_export.pipeline import RunResult
+from retinaface_export.postprocess_settings import POSTPROCESS_MODES, NmsSettings, PostprocessSpec
 from retinaface_export.sizes import InputSize, check_batch
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant, list_variants
@@ -110,6 +111,19 @@ def _summary(result: RunResult) -> Table:
     "--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of fixed-size models."
 )
 @click.option(
+    "--postprocess",
+    type=click.Choice(POSTPROCESS_MODES),
+    default="none",
+    show_default=True,
+    help="Inside the graph: none (raw outputs, the Open Model Zoo contract), decode (boxes, scores, landmarks "
+    "in input pixels) or nms (also threshold, top-k, NMS with the reference's +1 convention: detections N×K×15 "
+    "and num_detections).",
+)
+@click.option("--score-threshold", type=float, default=0.02, show_default=True, help="With nms: faces above it.")
+@click.option("--nms-iou", type=float, default=0.4, show_default=True, help="With nms: IoU that suppresses.")
+@click.option("--top-k", type=int, default=5000, show_default=True, help="With nms: candidates before NMS.")
+@click.option("--max-detections", type=int, default=750, show_default=True, help="With nms: K, faces kept.")
+@click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("export"),
@@ -129,6 +143,11 @@ def main(
     opset: int,
     dynamic: bool,
     batch: int,
+    postprocess: str,
+    score_threshold: float,
+    nms_iou: float,
+    top_k: int,
+    max_detections: int,
     output_dir: Path,
     workers: int,
     quiet: bool,
@@ -148,6 +167,7 @@ def main(
         dynamic=dynamic,
         batch=batch,
         workers=workers,
+        postprocess=PostprocessSpec(postprocess, NmsSettings(score_threshold, nms_iou, top_k, max_detections)),
     )
     if weights is None:
         variant = get_variant(backbone or DEFAULT_BACKBONE)

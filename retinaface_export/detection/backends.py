@@ -7,7 +7,7 @@ it, so it can be used without its manifest.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,10 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
-from retinaface_export.errors import FileError
+from retinaface_export.errors import FileError, RetinaFaceExportError, UsageError
 from retinaface_export.format_api import ArtifactFormat, Runner
 from retinaface_export.formats import FORMATS, format_for_path
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
 from retinaface_export.runtimes import eager_runner
 from retinaface_export.sizes import InputSize
@@ -37,6 +38,8 @@ class Backend:
     batch: int | None
     # Images (N×H×W×3 uint8) to what ``run`` takes; the default subtracts the mean, NCHW float32.
     prepare: Callable[[np.ndarray], np.ndarray] = to_network_input
+    # What the model computes after the network (raw outputs, decoded boxes, or NMS'd detections).
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
 
 
 def eager_backend(checkpoint: LoadedCheckpoint, input_size: InputSize | None = None) -> Backend:
@@ -78,12 +81,18 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
             raise FileError(companion, f"missing: {path.name} needs it beside it")
     try:
         provenance = fmt.read_provenance(path)
+    except RetinaFaceExportError:
+        raise  # refused by the trust checks: their message names the file and the reason
     except Exception as exc:  # each runtime's loader fails in its own types on a damaged file
         raise FileError(path, f"cannot read {fmt.name} artifact ({type(exc).__name__}: {exc})") from exc
     missing = {"anchors", "input_size", "batch"} - provenance.keys()
     if missing:
         raise FileError(path, f"no retinaface-export provenance ({', '.join(sorted(missing))} missing)")
     batch = provenance["batch"]
+    try:
+        postprocess = PostprocessSpec.from_record(provenance.get("postprocess"))
+    except UsageError as exc:
+        raise FileError(path, f"unreadable post-processing in its provenance ({exc})") from exc
     input_format = provenance.get("input_format", DEFAULT_INPUT_FORMAT)
     if input_format not in INPUT_FORMATS:
         raise FileError(path, f"unknown input format {input_format!r} in its provenance")
@@ -95,4 +104,5 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
         input_size=_input_size(provenance["input_size"]),
         batch=None if batch == "dynamic" else int(batch),
         prepare=INPUT_FORMATS[input_format],
+        postprocess=postprocess,
     )

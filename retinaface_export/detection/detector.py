@@ -13,8 +13,8 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
 from retinaface_export.detection.letterbox import Letterbox
-from retinaface_export.detection.postprocess import DetectionConfig, postprocess
-from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.detection.modes import image_faces
+from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.errors import FileError
 
 _DECIMALS = 3
@@ -83,15 +83,11 @@ class Detector:
         return self._detect_letterboxed(images)
 
     def _decode(self, outputs: list[np.ndarray], index: int, height: int, width: int):
-        loc, conf, landmarks = (out[index] for out in outputs)
-        priors = prior_boxes(self.backend.anchors, height, width)
-        if len(priors) != len(loc):
-            raise FileError(
-                self.backend.source,
-                f"{len(loc)} output rows but {len(priors)} anchors at {height}x{width}: "
-                "the anchors do not belong to this model",
-            )
-        return postprocess(loc, conf, landmarks, priors, self.backend.anchors.variance, (width, height), self.config)
+        backend = self.backend
+        try:
+            return image_faces(outputs, index, backend.postprocess, backend.anchors, height, width, self.config)
+        except ValueError as exc:
+            raise FileError(backend.source, f"{exc}: the anchors do not belong to this model") from exc
 
     def _detect_native(self, images: list[np.ndarray]) -> list[list[Face]]:
         results: list[list[Face]] = [[] for _ in images]

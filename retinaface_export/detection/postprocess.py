@@ -104,13 +104,31 @@ def postprocess(
     ``scale`` is the network input's ``(width, height)``: decoded [0, 1] coordinates are multiplied by it.
     """
     scores = conf[:, 1]
-    candidates = np.flatnonzero(scores > config.score_threshold)
-    order = scores[candidates].argsort()[::-1][: config.top_k]
-    candidates = candidates[order]
+    candidates = top_candidates(scores, config)
     width, height = np.float32(scale[0]), np.float32(scale[1])
     box_scale = np.array([width, height, width, height], dtype=np.float32)
     boxes = decode_boxes(loc[candidates], priors[candidates], variance) * box_scale
     points = decode_landmarks(landmarks[candidates], priors[candidates], variance) * np.tile(box_scale[:2], 5)
-    kept_scores = scores[candidates].astype(np.float32)
-    keep = nms(boxes, kept_scores, config.nms_threshold)[: config.keep_top_k]
-    return boxes[keep], kept_scores[keep], points[keep]
+    return suppress(boxes, scores[candidates].astype(np.float32), points, config)
+
+
+def top_candidates(scores: np.ndarray, config: DetectionConfig) -> np.ndarray:
+    """Indices of the scores above the threshold, best first, at most ``top_k`` (the reference's order)."""
+    candidates = np.flatnonzero(scores > config.score_threshold)
+    return candidates[scores[candidates].argsort()[::-1][: config.top_k]]
+
+
+def suppress(
+    boxes: np.ndarray, scores: np.ndarray, points: np.ndarray, config: DetectionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NMS over candidates (pixel boxes), then the best ``keep_top_k``."""
+    keep = nms(boxes, scores, config.nms_threshold)[: config.keep_top_k]
+    return boxes[keep], scores[keep], points[keep]
+
+
+def postprocess_decoded(
+    boxes: np.ndarray, scores: np.ndarray, points: np.ndarray, config: DetectionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's ``decode`` outputs (A×4 pixel boxes, A scores, A×10 pixel landmarks) to faces."""
+    candidates = top_candidates(scores, config)
+    return suppress(boxes[candidates], scores[candidates].astype(np.float32), points[candidates], config)
