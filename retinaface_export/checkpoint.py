@@ -18,9 +18,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.errors import (
@@ -34,9 +32,13 @@ from retinaface_export.errors import (
     UsageError,
 )
 from retinaface_export.hashing import sha256_state_dict
-from retinaface_export.model import RetinaFace, build_model
 from retinaface_export.safe_paths import open_regular
 from retinaface_export.variants import Variant, get_variant, list_variants
+
+if TYPE_CHECKING:  # torch and the model are imported where they are used: `--help` never loads torch
+    import torch
+
+    from retinaface_export.model import RetinaFace
 
 # Keys a BatchNorm may lack in checkpoints saved by old PyTorch; filled with zeros (no effect in eval).
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
@@ -52,7 +54,9 @@ _ADVICE_MARKERS = ("weights_only", "trusted source", "torch.serialization", "add
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 # How torch.save files start: a zip archive, or (legacy format) a pickled magic number.
 _ZIP_MAGIC = b"PK\x03\x04"
-_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]  # LONG1 opcode and value
+# torch.serialization.MAGIC_NUMBER, spelled out so that sniffing a file needs no torch (a test compares them)
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+_LEGACY_MAGIC = pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2)[2:-1]  # LONG1 opcode and value
 _HEAD_BYTES = 512
 # Signatures of files users hand over by mistake, for the message.
 _OTHER_FORMATS = (
@@ -64,7 +68,7 @@ _OTHER_FORMATS = (
     (b"\x7fELF", "an executable"),
 )
 # Floating dtypes a checkpoint's float tensors may have: loading converts them to float32 exactly enough.
-_FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
+_FLOAT_DTYPES = ("float16", "float32", "float64")
 # Keys that mark a classification backbone saved on its own: MobileNetV1 stages / torchvision ResNet.
 _BACKBONE_ONLY_MARKERS = {
     "stage1.0.0.weight": "MobileNetV1",
@@ -139,6 +143,8 @@ def _torch_reason(exc: BaseException) -> str:
 
 
 def _load_torch_file(path: Path, handle: BinaryIO) -> Any:
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notices about the file's origin
@@ -202,6 +208,8 @@ def _read(path: Path) -> tuple[Any, str]:
 
 
 def _unwrap(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    import torch
+
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -231,6 +239,10 @@ def _refuse_backbone_only(path: Path, state_dict: dict[str, torch.Tensor]) -> No
 
 def _expected_tensors(variant: Variant) -> dict[str, torch.Tensor]:
     """The variant's state dict on the meta device: names, shapes and dtypes, no memory."""
+    import torch
+
+    from retinaface_export.model import build_model
+
     with torch.device("meta"):
         model = build_model(variant)
     return dict(model.state_dict())
@@ -261,6 +273,8 @@ def _infer_variant(path: Path, state_dict: dict[str, torch.Tensor]) -> Variant:
 
 
 def _check_against(path: Path, state_dict: dict[str, torch.Tensor], variant: Variant) -> None:
+    import torch
+
     expected = _expected_keys(variant)
     missing = sorted(_required(set(expected)) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -279,10 +293,11 @@ def _check_against(path: Path, state_dict: dict[str, torch.Tensor], variant: Var
     if wrong:
         raise StateDictMismatchError(path, f"shape mismatch for {variant.name}: {_names(wrong)}")
     dtypes = {name: tensor.dtype for name, tensor in _expected_tensors(variant).items()}
+    float_dtypes = tuple(getattr(torch, name) for name in _FLOAT_DTYPES)
     bad = [
         f"{k} is {str(state_dict[k].dtype).removeprefix('torch.')}"
         for k in expected
-        if k in state_dict and dtypes[k].is_floating_point and state_dict[k].dtype not in _FLOAT_DTYPES
+        if k in state_dict and dtypes[k].is_floating_point and state_dict[k].dtype not in float_dtypes
     ]
     if bad:
         raise StateDictMismatchError(
@@ -291,6 +306,8 @@ def _check_against(path: Path, state_dict: dict[str, torch.Tensor], variant: Var
 
 
 def _refuse_non_finite(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    import torch
+
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise NonFiniteWeightsError(path, f"NaN or Inf in {_names(bad)}")
@@ -300,6 +317,10 @@ def model_from_state_dict(
     state_dict: dict[str, torch.Tensor], variant: Variant, path: Path | str = "<state dict>"
 ) -> RetinaFace:
     """Build ``variant`` and load ``state_dict`` into it with ``strict=True`` (after the same checks)."""
+    import torch
+
+    from retinaface_export.model import build_model
+
     path = Path(path)
     _check_against(path, state_dict, variant)
     _refuse_non_finite(path, state_dict)

@@ -5,10 +5,10 @@ the numbers are compared with published ones: scores normalised over the whole s
 (min starts at 1, max at 0); predictions taken in file order, not re-sorted; IoU with the ``+1`` pixel
 convention of its Cython ``bbox_overlaps``; 1,000 thresholds ``1 - (t+1)/1000``; a prediction whose best
 ground truth is outside the setting's keep list is no proposal; VOC AP over the precision envelope (NaN from
-0/0 precision propagates as it does there). What is vectorised: the overlaps (one matrix per image); the
-threshold sweep, as each prediction's first counted threshold (an exact searchsorted, then a suffix
-minimum) so that every image's curve adds up in one weighted bincount; and recall, as the first hit of
-each kept face over the whole set.
+0/0 precision propagates as it does there). What is vectorised: the overlaps (every prediction against its
+image's ground truth, for many images at once); the threshold sweep, as each prediction's first counted
+threshold (an exact searchsorted, then a suffix minimum per image) so that every image's curve adds up in
+one weighted bincount; and recall, as the first hit of each kept face over the whole set.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from retinaface_export.widerface import SETTINGS, GroundTruth
 
 THRESHOLDS = 1000
 IOU_THRESHOLD = 0.5
+# (prediction, ground truth) pairs whose overlaps are computed at once: ~100 MB of temporaries
+_PAIRS_PER_CHUNK = 1 << 20
 
 
 def bbox_overlaps(boxes: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -36,11 +38,9 @@ def bbox_overlaps(boxes: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 def normalise_scores(predictions: list[np.ndarray]) -> list[np.ndarray]:
     """Scores mapped to [0, 1] over the whole set (copies; min starts at 1 and max at 0, as the reference)."""
-    max_score, min_score = 0.0, 1.0
-    for boxes in predictions:
-        if len(boxes):
-            max_score = max(np.max(boxes[:, -1]), max_score)
-            min_score = min(np.min(boxes[:, -1]), min_score)
+    scores = np.concatenate([boxes[:, -1] for boxes in predictions]) if predictions else np.zeros(0)
+    max_score = max(float(scores.max()), 0.0) if len(scores) else 0.0
+    min_score = min(float(scores.min()), 1.0) if len(scores) else 1.0
     diff = max_score - min_score
     normalised = []
     for boxes in predictions:
@@ -51,15 +51,90 @@ def normalise_scores(predictions: list[np.ndarray]) -> list[np.ndarray]:
     return normalised
 
 
-def _first_counted_threshold(scores: np.ndarray) -> np.ndarray:
-    """For each prediction of one image (file order), the first threshold index t at which it is counted.
+def _first_counted_threshold(scores: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """For each prediction (file order within its image), the first threshold index t at which it is counted.
 
-    The reference counts predictions up to the last one scoring >= 1 - (t+1)/1000, so prediction i is in from
-    the first t at which it or any later prediction qualifies: a suffix minimum of each one's own first t.
+    The reference counts an image's predictions up to its last one scoring >= 1 - (t+1)/1000, so prediction i
+    is in from the first t at which it or any later prediction of its image qualifies: a suffix minimum of
+    each one's own first t within its image. ``image`` holds each prediction's image index, non-decreasing.
     """
     thresholds = 1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS  # the reference's values, decreasing
     own = THRESHOLDS - np.searchsorted(thresholds[::-1], scores, side="right")  # thresholds above the score
-    return np.minimum.accumulate(own[::-1])[::-1]
+    # one suffix minimum over the whole set that restarts at each image: read backwards, every image's values
+    # are shifted below all those read before it (own is in [0, THRESHOLDS])
+    shift = (image.astype(np.int64) - (int(image.max()) if len(image) else 0)) * (2 * THRESHOLDS + 2)
+    return (np.minimum.accumulate((own + shift)[::-1])[::-1] - shift).astype(np.int64)
+
+
+def _pair_overlaps(pred: np.ndarray, gt: np.ndarray, pred_index: np.ndarray, gt_index: np.ndarray) -> np.ndarray:
+    """IoU of ``pred[pred_index[i]]`` with ``gt[gt_index[i]]`` (x1 y1 x2 y2 rows): :func:`bbox_overlaps`' arithmetic.
+
+    Most pairs do not overlap in x; height, areas and the division are computed for the others only.
+    """
+    iou = np.zeros(len(pred_index))
+    iw = np.minimum(pred[pred_index, 2], gt[gt_index, 2]) - np.maximum(pred[pred_index, 0], gt[gt_index, 0]) + 1
+    pairs = np.flatnonzero(iw > 0)
+    p, g = pred_index[pairs], gt_index[pairs]
+    ih = np.minimum(pred[p, 3], gt[g, 3]) - np.maximum(pred[p, 1], gt[g, 1]) + 1
+    overlapping = ih > 0
+    pairs, p, g, iw, ih = pairs[overlapping], p[overlapping], g[overlapping], iw[pairs][overlapping], ih[overlapping]
+    pred_area = (pred[p, 2] - pred[p, 0] + 1) * (pred[p, 3] - pred[p, 1] + 1)
+    gt_area = (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1)
+    inter = iw * ih
+    iou[pairs] = inter / (pred_area + gt_area - inter)
+    return iou
+
+
+def _best_ground_truth(
+    pred: np.ndarray, gt_first: np.ndarray, gt_count: np.ndarray, gt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each prediction (x1 y1 x2 y2), its best ground truth among ``gt[first : first + count]`` and that IoU.
+
+    Every (prediction, ground truth) pair of the chunk at once; ties go to the first ground truth, as
+    ``argmax`` over a row of :func:`bbox_overlaps` decides. Inputs are finite, so no IoU is NaN.
+    """
+    starts = np.cumsum(gt_count) - gt_count
+    owner = np.repeat(np.arange(len(pred)), gt_count)
+    gt_index = gt_first[owner] + np.arange(len(owner)) - starts[owner]
+    iou = _pair_overlaps(pred, gt, owner, gt_index)
+    best = np.maximum.reduceat(iou, starts)
+    first = np.flatnonzero(iou == best[owner])
+    return gt_index[first[np.searchsorted(first, starts)]], best
+
+
+def _matches(
+    predictions: list[np.ndarray], truth: GroundTruth, gt_offsets: np.ndarray, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over the predictions of images that have ground truth: best global ground-truth id, hit, first t.
+
+    Images are taken in chunks of at most ``_PAIRS_PER_CHUNK`` (prediction, ground truth) pairs, so the
+    overlaps of a whole chunk are computed at once without holding the whole set's.
+    """
+    counts = np.array([len(boxes) for boxes in predictions], dtype=np.int64)
+    gt_counts = np.diff(gt_offsets)
+    active = np.flatnonzero((counts > 0) & (gt_counts > 0))  # the reference skips the others
+    if not len(active):
+        return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64)
+    boxes = np.concatenate([predictions[i] for i in active])
+    image = np.repeat(active, counts[active])
+    pred = boxes[:, :4].copy()
+    pred[:, 2:] += pred[:, :2]
+    gt = np.concatenate(truth.boxes).astype(float)
+    gt[:, 2:] += gt[:, :2]
+    pairs = np.cumsum(counts[active] * gt_counts[active])
+    bounds = np.concatenate(([0], np.cumsum(counts[active])))
+    best_gt, best_iou = np.zeros(len(pred), np.int64), np.zeros(len(pred))
+    first_image = 0
+    while first_image < len(active):
+        done = pairs[first_image - 1] if first_image else 0
+        last = max(first_image + 1, int(np.searchsorted(pairs, done + _PAIRS_PER_CHUNK, side="right")))
+        rows = slice(bounds[first_image], bounds[last])
+        chunk_images = image[rows]
+        best_gt[rows], best_iou[rows] = _best_ground_truth(
+            pred[rows], gt_offsets[chunk_images], gt_counts[chunk_images], gt
+        )
+        first_image = last
+    return best_gt, best_iou >= iou_threshold, _first_counted_threshold(boxes[:, 4], image)
 
 
 def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -89,22 +164,8 @@ def evaluate(
         if boxes.ndim != 2 or boxes.shape[1] != 5 or not np.isfinite(boxes).all():
             raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
     predictions = normalise_scores(predictions)
-    gt_offsets = np.concatenate(([0], np.cumsum([len(b) for b in truth.boxes])))
-    best_gt, matched, first_t = [], [], []
-    for index, (boxes, gt) in enumerate(zip(predictions, truth.boxes, strict=True)):
-        if len(gt) == 0 or len(boxes) == 0:
-            continue  # the reference skips the image; its faces still count
-        pred = boxes[:, :4].copy()
-        pred[:, 2:] += pred[:, :2]
-        gt_xyxy = gt.copy()
-        gt_xyxy[:, 2:] += gt_xyxy[:, :2]
-        overlaps = bbox_overlaps(pred, gt_xyxy)
-        best_gt.append(overlaps.argmax(axis=1) + gt_offsets[index])  # global ground-truth ids
-        matched.append(overlaps.max(axis=1) >= iou_threshold)
-        first_t.append(_first_counted_threshold(boxes[:, 4]))
-    best = np.concatenate(best_gt) if best_gt else np.zeros(0, np.int64)
-    hit = np.concatenate(matched) if matched else np.zeros(0, bool)
-    first = np.concatenate(first_t) if first_t else np.zeros(0, np.int64)
+    gt_offsets = np.concatenate(([0], np.cumsum([len(b) for b in truth.boxes]))).astype(np.int64)
+    best, hit, first = _matches(predictions, truth, gt_offsets, iou_threshold)
     aps = {}
     for setting in SETTINGS:
         counted = np.zeros(gt_offsets[-1], dtype=bool)

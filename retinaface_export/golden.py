@@ -8,6 +8,9 @@ and ``tensors.npz``. To stay small (a few hundred KB per set) it keeps, per inpu
 - a fixed sample of output rows: the highest-scoring anchors, where detections are decided, plus an even
   stride over every pyramid level; and each output's range over all anchors;
 - the decoded faces down to score 0.3 (box, score, landmarks, in network-input pixels, float32).
+
+Photos are found again by content: in the ``--images`` folders, the file of the recorded name if its
+sha256 matches, else any image there with the recorded sha256 (a renamed copy serves as well).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -34,8 +38,7 @@ from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess
 from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.errors import FileError, UsageError
-from retinaface_export.hashing import sha256_file
-from retinaface_export.images import read_image
+from retinaface_export.images import decode_image, images_in_folder
 from retinaface_export.preprocess import synthetic_photos, to_network_input
 from retinaface_export.provenance import library_versions
 from retinaface_export.runtimes import eager_runner
@@ -54,6 +57,65 @@ FACE_THRESHOLD = 0.5
 MAX_TENSOR_BYTES = 256 << 20
 MAX_META_BYTES = 16 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# sha256 of images already hashed while looking for a photo, by (path, inode, size, mtime)
+_digests: dict[tuple[str, int, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of an image file's bytes (remembered while the file is unchanged), None if it cannot be read."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
+    with _digests_lock:
+        if key in _digests:
+            return _digests[key]
+    try:
+        digest = hashlib.sha256(read_regular_bytes(path, "an image")).hexdigest()
+    except FileError:  # a FIFO or unreadable file among the photos: not the one looked for
+        return None
+    with _digests_lock:
+        _digests[key] = digest
+    return digest
+
+
+def find_photo(name: str, sha256: str, image_dirs: list[Path]) -> tuple[Path, bytes]:
+    """The photo whose bytes have ``sha256`` in ``image_dirs``, and its bytes.
+
+    The file called ``name`` is tried first in each folder; then every image (by suffix, not recursive) of
+    every folder, so that a renamed copy is found too.
+
+    Raises:
+        FileError: no image there has that sha256 (naming a file of that name whose content differs).
+    """
+    differs: Path | None = None
+    for folder in image_dirs:
+        path = Path(folder) / name
+        if path.is_file():
+            data = read_regular_bytes(path, "an image")
+            if hashlib.sha256(data).hexdigest() == sha256:
+                return path, data
+            differs = differs or path
+    for folder in image_dirs:
+        if not Path(folder).is_dir():
+            continue  # named in the message below
+        for path in images_in_folder(Path(folder)):
+            if _file_digest(path) == sha256:
+                data = read_regular_bytes(path, "an image")
+                if hashlib.sha256(data).hexdigest() == sha256:  # unchanged since it was hashed
+                    return path, data
+    if differs is not None:
+        raise FileError(
+            differs,
+            "is not the photo the golden set was recorded on (sha256 differs), and no other image in the "
+            "--images folders has its sha256",
+        )
+    searched = ", ".join(str(d) for d in image_dirs) or "nowhere"
+    raise FileError(
+        Path(name), f"golden input photo not found by name or sha256 (searched {searched}); pass --images DIR"
+    )
 
 
 @dataclass(frozen=True)
@@ -69,7 +131,7 @@ class GoldenInput:
         """The H×W×3 uint8 canvas fed to the network at ``size``.
 
         Raises:
-            FileError: the photo is in none of ``image_dirs``, or its content differs (sha256).
+            FileError: no image in ``image_dirs`` has the photo's sha256 (see :func:`find_photo`).
         """
         if self.photo is None:
             return synthetic_photos(1, size.height, size.width, seed=int(self.seed or 0))[0]
@@ -77,15 +139,9 @@ class GoldenInput:
             check_plain_name(self.photo)  # load_golden checked it; a GoldenInput made in code is checked here
         except ValueError as exc:
             raise FileError(self.name, f"golden input photo {exc}") from None
-        for folder in image_dirs:
-            path = Path(folder) / self.photo
-            if path.is_file():
-                if sha256_file(path) != self.photo_sha256:
-                    raise FileError(path, "is not the photo the golden set was recorded on (sha256 differs)")
-                image = read_image(path)
-                return Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width).apply(image)
-        searched = ", ".join(str(d) for d in image_dirs) or "nowhere"
-        raise FileError(Path(self.photo), f"golden input photo not found (searched {searched}); pass --images DIR")
+        path, data = find_photo(self.photo, str(self.photo_sha256), image_dirs)
+        image = decode_image(path, data)
+        return Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width).apply(image)
 
 
 def _sha256(array: np.ndarray) -> str:

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-import cv2
 import imagesize
 import numpy as np
 
@@ -57,6 +56,8 @@ def decode_image(path: str | Path, data: bytes) -> np.ndarray:
     if not data:
         raise FileError(path, "empty file (0 bytes), not an image")
     image_size_from_header(path, data)
+    import cv2  # here, not at the top: OpenCV costs ~0.1 s to import
+
     # imdecode on the bytes: no OpenCV warnings on stderr, and any path name works
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:

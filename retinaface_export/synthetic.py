@@ -13,16 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.hashing import sha256_state_dict
-from retinaface_export.model import build_model
 from retinaface_export.preprocess import synthetic_photos, to_network_input
 from retinaface_export.variants import Variant
+
+if TYPE_CHECKING:  # torch is imported where it is used: `--help` and light commands never load it
+    import torch
+    from torch import nn
 
 DEFAULT_SEED = 20240611
 # Calibration batch (N, C, H, W) for the BatchNorm statistics: small, fixed, cheap in float64.
@@ -37,6 +39,8 @@ _BACKGROUND_LOGIT_SHIFT = 2.0
 
 @contextmanager
 def _single_thread() -> Iterator[None]:
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -46,17 +50,24 @@ def _single_thread() -> Iterator[None]:
 
 
 def _round_mantissa(tensor: torch.Tensor) -> torch.Tensor:
+    import torch
+
     mantissa, exponent = torch.frexp(tensor)
     scale = 2.0**_MANTISSA_BITS
     return torch.ldexp(torch.round(mantissa * scale) / scale, exponent)
 
 
 def _calibration_images(seed: int) -> torch.Tensor:
+    import torch
+
     n, _, h, w = _CALIBRATION_SHAPE
     return torch.from_numpy(to_network_input(synthetic_photos(n, h, w, seed)).astype(np.float64))
 
 
 def _init_weights(model: nn.Module, rng: np.random.Generator) -> None:
+    import torch
+    from torch import nn
+
     def draw(shape: torch.Size, std: float) -> torch.Tensor:
         return torch.from_numpy(rng.standard_normal(tuple(shape)) * std)
 
@@ -78,6 +89,11 @@ def _init_weights(model: nn.Module, rng: np.random.Generator) -> None:
 
 def synthetic_state_dict(variant: Variant, seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
     """Seeded weights for ``variant`` with BatchNorm running statistics measured on synthetic images."""
+    import torch
+    from torch import nn
+
+    from retinaface_export.model import build_model
+
     rng = np.random.default_rng(seed)
     model = build_model(variant).double()
     with torch.no_grad(), _single_thread():

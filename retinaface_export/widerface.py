@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,12 @@ _MAT_FILES = {
     "medium": "wider_medium_val.mat",
     "hard": "wider_hard_val.mat",
 }
+_MAT_VARIABLES = {
+    "all": ["event_list", "file_list", "face_bbx_list"],
+    "easy": ["gt_list"],
+    "medium": ["gt_list"],
+    "hard": ["gt_list"],
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,30 @@ class GroundTruth:
     images: tuple[tuple[str, str], ...]
     boxes: tuple[np.ndarray, ...]
     keep: dict[str, tuple[np.ndarray, ...]]
+
+
+def _check_ground_truth(
+    images: list[tuple[str, str]], boxes: list[np.ndarray], keep: dict[str, list[np.ndarray]]
+) -> None:
+    """Boxes finite, kept indices among each image's boxes (checked over the whole set at once).
+
+    Raises:
+        ValueError: naming the first image that breaks a rule.
+    """
+    counts = np.array([len(b) for b in boxes], dtype=np.int64)
+    finite = np.isfinite(np.concatenate(boxes)).all(axis=1) if counts.sum() else np.ones(0, bool)
+    if not finite.all():
+        image = int(np.searchsorted(np.cumsum(counts), np.flatnonzero(~finite)[0], side="right"))
+        raise ValueError(f"image {shown(images[image][1])} has NaN or infinite boxes")
+    for setting in SETTINGS:
+        kept_counts = np.array([len(k) for k in keep[setting]], dtype=np.int64)
+        if not kept_counts.sum():
+            continue
+        kept = np.concatenate(keep[setting])
+        wrong = (kept < 1) | (kept > np.repeat(counts, kept_counts))
+        if wrong.any():
+            image = int(np.searchsorted(np.cumsum(kept_counts), np.flatnonzero(wrong)[0], side="right"))
+            raise ValueError(f"{setting}: image {shown(images[image][1])} keeps boxes it does not have")
 
 
 def load_ground_truth(folder: str | Path) -> GroundTruth:
@@ -66,12 +97,13 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
                 path, "missing: WIDER FACE ground truth needs wider_face_val.mat and the easy/medium/hard files"
             ) from None
         with handle:
-            try:
-                mats[key] = loadmat(handle)
+            try:  # only the variables used: the files hold six more label lists, as large
+                mats[key] = loadmat(handle, variable_names=_MAT_VARIABLES[key])
             except Exception as exc:  # scipy raises several types on a damaged file
                 raise FileError(path, f"not a MATLAB file scipy can read ({type(exc).__name__})") from None
     try:
-        event_list, file_list, box_list = (mats["all"][k] for k in ("event_list", "file_list", "face_bbx_list"))
+        event_list, file_list, box_list = (mats["all"][k] for k in _MAT_VARIABLES["all"])
+        kept_lists = {setting: mats[setting]["gt_list"] for setting in SETTINGS}
         events, images, boxes = [], [], []
         keep: dict[str, list[np.ndarray]] = {s: [] for s in SETTINGS}
         for e in range(len(event_list)):
@@ -79,20 +111,25 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
             events.append(event)
             for j in range(len(file_list[e][0])):
                 images.append((event, check_plain_name(str(file_list[e][0][j][0][0]))))
-                image_boxes = np.asarray(box_list[e][0][j][0], dtype=float).reshape(-1, 4)
-                if not np.isfinite(image_boxes).all():
-                    raise ValueError(f"image {shown(images[-1][1])} has NaN or infinite boxes")
-                boxes.append(image_boxes)
+                boxes.append(np.asarray(box_list[e][0][j][0], dtype=float).reshape(-1, 4))
                 for setting in SETTINGS:
-                    kept = np.asarray(mats[setting]["gt_list"][e][0][j][0]).reshape(-1).astype(np.int64)
-                    if len(kept) and (kept.min() < 1 or kept.max() > len(image_boxes)):
-                        raise ValueError(f"{setting}: image {shown(images[-1][1])} keeps boxes it does not have")
-                    keep[setting].append(kept)
+                    keep[setting].append(np.asarray(kept_lists[setting][e][0][j][0]).reshape(-1).astype(np.int64))
+        _check_ground_truth(images, boxes, keep)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise FileError(
             folder / _MAT_FILES["all"], f"not WIDER FACE validation ground truth ({type(exc).__name__}: {exc})"
         ) from None
     return GroundTruth(tuple(events), tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+
+
+def _read_lines(path: Path) -> tuple[str, list[str]]:
+    """(image key, the ``x y w h score`` lines) of one prediction file."""
+    data = read_regular_bytes(path, "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if not lines:
+        raise FileError(path, "empty prediction file (needs the image name, the count, then x y w h score rows)")
+    # the reference keys predictions by the first line's base name with ".jpg" characters stripped
+    return lines[0].rstrip("\r\n").split("/")[-1].rstrip(".jpg"), lines[2:]
 
 
 def read_prediction_file(path: Path) -> tuple[str, np.ndarray]:
@@ -103,12 +140,49 @@ def read_prediction_file(path: Path) -> tuple[str, np.ndarray]:
     Raises:
         FileError: not a regular file, empty, a row that is not five numbers, or a NaN/inf value.
     """
-    data = read_regular_bytes(path, "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    if not lines:
-        raise FileError(path, "empty prediction file (needs the image name, the count, then x y w h score rows)")
+    key, lines = _read_lines(path)
+    return key, _parse_files([(path, lines)])[0]
+
+
+def _parse_files(files: list[tuple[Path, list[str]]]) -> list[np.ndarray]:
+    """N×5 rows of each file's ``x y w h score`` lines, read as the reference reads them.
+
+    Lines of exactly five fields separated by single spaces, as every writer produces them, are converted
+    by NumPy in one call for all the files; a file with any other line (extra fields, a blank line, a bad
+    or infinite number) is read line by line by :func:`_parse_rows_slowly`, which says what is wrong.
+    """
+    tokens: list[str] = []
+    counts = []
+    for _, lines in files:
+        plain = all(line.count(" ") == 4 for line in lines)
+        if plain and lines:
+            tokens += " ".join(lines).split(" ")
+        counts.append(len(lines) if plain else -1)
+    try:
+        values = np.array(tokens, dtype=float).reshape(-1, 5)
+    except ValueError:  # some file has a bad number: each is converted on its own to find it
+        values = None
+    rows: list[np.ndarray] = []
+    start = 0
+    for (path, lines), count in zip(files, counts, strict=True):
+        if count < 0:
+            rows.append(_parse_rows_slowly(path, lines))
+            continue
+        mine = values[start : start + count] if values is not None else None
+        start += count
+        if mine is None and lines:
+            try:
+                mine = np.array(" ".join(lines).split(" "), dtype=float).reshape(-1, 5)
+            except ValueError:
+                mine = None
+        rows.append(mine if mine is not None and np.isfinite(mine).all() else _parse_rows_slowly(path, lines))
+    return rows
+
+
+def _parse_rows_slowly(path: Path, lines: list[str]) -> np.ndarray:
+    """The reference's loop: split on single spaces, skip lines that start empty, take the first five fields."""
     rows = []
-    for number, line in enumerate(lines[2:], start=3):
+    for number, line in enumerate(lines, start=3):
         fields = line.rstrip("\r\n").split(" ")
         if fields[0] == "":
             continue
@@ -120,9 +194,17 @@ def read_prediction_file(path: Path) -> tuple[str, np.ndarray]:
             raise FileError(path, f"line {number}: {len(rows[-1])} numbers where 'x y w h score' needs 5")
         if not all(math.isfinite(v) for v in rows[-1]):
             raise FileError(path, f"line {number}: NaN or infinite value; scores and boxes must be finite numbers")
-    # the reference keys predictions by the first line's base name with ".jpg" characters stripped
-    key = lines[0].rstrip("\r\n").split("/")[-1].rstrip(".jpg")
-    return key, np.array(rows) if rows else np.zeros((0, 5))
+    return np.array(rows) if rows else np.zeros((0, 5))
+
+
+def _entries(folder: Path, root: Path) -> list[os.DirEntry]:
+    """The entries of ``folder`` (inside ``root``), sorted by name; a symlink among them must stay inside ``root``."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.is_symlink():  # a plain entry of a folder inside root is inside root; a link may lead out
+            resolve_inside(root, *Path(entry.path).relative_to(root).parts)
+    return entries
 
 
 def read_predictions(folder: str | Path, truth: GroundTruth) -> list[np.ndarray]:
@@ -139,24 +221,25 @@ def read_predictions(folder: str | Path, truth: GroundTruth) -> list[np.ndarray]
     folder = Path(folder)
     if not folder.is_dir():
         raise FileError(folder, "no such predictions folder")
-    found: dict[tuple[str, str], np.ndarray] = {}
     known = set(truth.images)
     extra = 0
-    for event_dir in sorted(folder.iterdir()):
-        event_dir = resolve_inside(folder, event_dir.name)
-        if not event_dir.is_dir():
+    files: list[tuple[tuple[str, str], Path, list[str]]] = []
+    for event_entry in _entries(folder, folder):
+        if not event_entry.is_dir():
             continue
-        for path in sorted(event_dir.iterdir()):
-            path = resolve_inside(folder, event_dir.name, path.name)
-            if path.is_dir():
-                continue
-            key, boxes = read_prediction_file(path)
-            if (event_dir.name, key) not in known:
-                extra += 1
-                shown_key = shown(f"{event_dir.name}/{key}")[1:-1]  # escaped and cut, without the quotes
-                log.warning("%s: image %s is not in the ground truth; ignored", path, shown_key)
-                continue
-            found[(event_dir.name, key)] = boxes
+        event_dir = folder / event_entry.name
+        for entry in _entries(event_dir, folder):
+            if not entry.is_dir():
+                key, lines = _read_lines(event_dir / entry.name)
+                files.append(((event_entry.name, key), event_dir / entry.name, lines))
+    found: dict[tuple[str, str], np.ndarray] = {}
+    for (image, path, _), boxes in zip(files, _parse_files([(path, lines) for _, path, lines in files]), strict=True):
+        if image not in known:
+            extra += 1
+            shown_key = shown("/".join(image))[1:-1]  # escaped and cut, without the quotes
+            log.warning("%s: image %s is not in the ground truth; ignored", path, shown_key)
+            continue
+        found[image] = boxes
     if not found:
         raise FileError(
             folder,

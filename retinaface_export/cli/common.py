@@ -1,4 +1,10 @@
-"""What every command shares: multi-value options, logging to stderr, errors as one line and an exit code.
+"""What every command shares: options spelt and helped alike, logging to stderr, errors as one line and an exit code.
+
+The conventions: ``--output-dir`` for where files go; ``--size`` for network input sizes [H, W] (``640`` or
+``HxW``, sides multiples of 32, several after one flag, ``--size=640`` too); ``--jobs`` for artifacts
+handled at once (threads) and ``--threads`` for threads inside each runtime; ``--json FILE`` or ``--json -``
+(standard output, the human table then goes to standard error); tables that never cut file names when
+standard output is not a terminal; progress bars on standard error.
 
 Stop signals (SIGINT, SIGTERM, SIGHUP) are installed by the console-script entry points
 (:mod:`retinaface_export.cli.entry`), before the heavy imports; :func:`handle_errors` reports them.
@@ -7,10 +13,12 @@ Stop signals (SIGINT, SIGTERM, SIGHUP) are installed by the console-script entry
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -19,7 +27,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from retinaface_export.cli.entry import exit_interrupted
-from retinaface_export.errors import RetinaFaceExportError
+from retinaface_export.errors import RetinaFaceExportError, UsageError
+from retinaface_export.progress import progress_listener
+from retinaface_export.sizes import InputSize, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,31 +52,67 @@ class MultiValueCommand(click.Command):
 
 
 def expand_multi_value(args: Sequence[str], options: dict[str, Callable[[str], bool]]) -> list[str]:
-    """Repeat a multi-value flag before each of its values (stops at ``--`` or a token the option rejects)."""
+    """Repeat a multi-value flag before each of its values (stops at ``--`` or a token the option rejects).
+
+    ``--size=640 512`` is read as ``--size 640 512``: the value glued with ``=`` is the first one.
+    """
     out: list[str] = []
     index = 0
     while index < len(args):
         token = args[index]
-        out.append(token)
         index += 1
         if token == "--":
+            out.append(token)
             out.extend(args[index:])
             break
-        if token in options:
-            accepts = options[token]
-            first = True
+        flag, glued, value = token.partition("=")
+        if flag in options and token.startswith("--"):
+            accepts = options[flag]
+            values = [value] if glued else []
             while index < len(args) and accepts(args[index]):
-                if not first:
-                    out.append(token)
-                out.append(args[index])
-                first = False
+                values.append(args[index])
                 index += 1
+            if not values:  # click says what is missing
+                out.append(token)
+            for item in values:
+                out += [flag, item]
+        else:
+            out.append(token)
     return out
 
 
 def not_an_option(token: str) -> bool:
     """Predicate for free-form values: anything that does not look like a flag."""
     return not token.startswith("-")
+
+
+def size_token(token: str) -> bool:
+    """Predicate for ``--size`` values: they start with a digit (so a folder argument after them is left alone)."""
+    return token[:1].isdigit()
+
+
+def _parse_sizes(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[InputSize, ...]:
+    try:
+        return tuple(parse_size(v) for v in values)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def size_option(default: str) -> Callable[[F], F]:
+    """``--size SIZE...``, the same everywhere: parsed into :class:`InputSize` values (empty when not given).
+
+    Args:
+        default: what the command does without ``--size``, for the help.
+    """
+    return click.option(
+        "--size",
+        "sizes",
+        multiple=True,
+        callback=_parse_sizes,
+        metavar="SIZE...",
+        help="Network input sizes [H, W]: 640 (square) or HxW (e.g. 480x640), sides positive multiples of 32; "
+        f"several after one flag (--size 640 512, --size=640). {default}",
+    )
 
 
 def configure_logging(quiet: bool, verbose: bool = False) -> None:
@@ -101,10 +147,35 @@ def handle_errors(command_name: str) -> Callable[[F], F]:
 
 
 @contextmanager
-def step_progress(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A progress bar on stderr for multi-artifact runs; yields ``on_step(label, index, total)``."""
+def reported_progress(quiet: bool) -> Iterator[Progress]:
+    """Progress bars on stderr for what the library reports while the context is open.
+
+    Each label that ``retinaface_export.progress.report_progress`` sends (INT8 calibration of an artifact,
+    parity's artifacts) gets a bar of its own, removed when it is done. Nothing shows for steps the library
+    does not report. Yields the :class:`rich.progress.Progress`, for bars of the caller's own.
+    """
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, disable=quiet, transient=True) as progress:
+        bars: dict[str, Any] = {}
+
+        def on_progress(label: str, done: int, total: int) -> None:
+            if label not in bars:
+                bars[label] = progress.add_task(f"  {label}", total=total)
+            progress.update(bars[label], total=total, completed=done)
+            if done >= total:
+                progress.remove_task(bars.pop(label))
+
+        with progress_listener(on_progress):
+            yield progress
+
+
+@contextmanager
+def step_progress(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on stderr for multi-artifact runs; yields ``on_step(label, index, total)``.
+
+    What the library reports inside a step shows under it (see :func:`reported_progress`).
+    """
+    with reported_progress(quiet) as progress:
         task = progress.add_task(verb, total=None)
 
         def on_step(label: str, index: int, total: int) -> None:
@@ -113,12 +184,62 @@ def step_progress(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], 
         yield on_step
 
 
+def wide_console(stderr_output: bool = False) -> Console:
+    """A console for result tables: the terminal's width on a terminal, else wide enough for any file name.
+
+    Rich wraps table cells to 80 columns when output is piped; a log or CI page should get whole names.
+    """
+    console = Console(stderr=stderr_output)
+    return console if console.is_terminal else Console(stderr=stderr_output, width=100_000)
+
+
+def json_option(what: str) -> Callable[[F], F]:
+    """``--json FILE`` (written atomically) or ``--json -`` (standard output; the table goes to standard error)."""
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        default=None,
+        help=f"Write {what} as JSON to FILE, or to standard output with '-' (the table then goes to standard error).",
+    )
+
+
+def json_to_stdout(json_path: Path | None) -> bool:
+    """Whether ``--json -`` was given."""
+    return json_path is not None and str(json_path) == "-"
+
+
+def write_json(json_path: Path, body: Any, indent: int | None = 1) -> None:
+    """``body`` as JSON to ``json_path``, atomically, or to standard output for ``-``."""
+    text = json.dumps(body, indent=indent) + "\n"
+    if json_to_stdout(json_path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from retinaface_export.atomic import atomic_write_bytes
+
+    atomic_write_bytes(json_path, text.encode())
+
+
 jobs_option = click.option(
     "--jobs",
     "workers",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Artifacts built and verified at once, in threads. Worth it with more cores than a runtime uses; "
-    "no gain measured on 2 cores.",
+    help="Artifacts handled at once, each in a thread of this process (not the threads inside a runtime: "
+    "see --threads where a command has it). Worth it with more cores than a runtime uses; no gain measured "
+    "on 2 cores.",
 )
+
+
+def threads_option(default: int) -> Callable[[F], F]:
+    """``--threads N``: threads inside each runtime (intra-op), the counterpart of ``--jobs``."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help="Threads each runtime uses inside one inference (intra-op threads of PyTorch, ONNX Runtime, "
+        "OpenVINO); not the number of artifacts handled at once (--jobs).",
+    )

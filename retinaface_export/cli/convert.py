@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from retinaface_export.cli.choices import RegistryChoice
@@ -15,7 +14,10 @@ from retinaface_export.cli.common import (
     configure_logging,
     handle_errors,
     jobs_option,
+    size_option,
+    size_token,
     step_progress,
+    wide_console,
 )
 from retinaface_export.convert import ConvertOptions, convert_export
 from retinaface_export.errors import UsageError
@@ -23,7 +25,7 @@ from retinaface_export.formats import FORMATS, PRECISIONS, convert_targets
 from retinaface_export.manifest import ArtifactRecord
 from retinaface_export.pipeline import RunResult
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
-from retinaface_export.sizes import parse_size
+from retinaface_export.sizes import InputSize
 
 log = logging.getLogger(__name__)
 COMMAND = "retinaface-convert"
@@ -54,7 +56,7 @@ def _summary(result: RunResult) -> Table:
 
 @click.command(
     cls=MultiValueCommand,
-    multi_value={"--precision": lambda token: token in PRECISIONS, "--size": lambda t: t[:1].isdigit()},
+    multi_value={"--precision": lambda token: token in PRECISIONS, "--size": size_token},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.argument("export_dir", type=click.Path(path_type=Path))
@@ -81,7 +83,7 @@ def _summary(result: RunResult) -> Table:
     default=None,
     help="Folder of photos for INT8 calibration (required with int8).",
 )
-@click.option("--size", "sizes", multiple=True, metavar="SIZE...", help="Only the artifacts of these sizes.")
+@size_option("Only the artifacts of these sizes (default: every size in the manifest).")
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -99,12 +101,14 @@ def main(
     embed_mean: bool,
     input_layout: str | None,
     calibration: Path | None,
-    sizes: tuple[str, ...],
+    sizes: tuple[InputSize, ...],
     output_dir: Path | None,
     workers: int,
     quiet: bool,
 ) -> None:
     """Convert the ONNX models of EXPORT_DIR (made by retinaface-export) to TARGET.
+
+    INT8 calibration shows its progress under the artifact's bar.
 
     Example: retinaface-convert out --to openvino --precision fp32 fp16 int8 --calibration photos/
     """
@@ -119,7 +123,7 @@ def main(
         precisions=precisions or (("fp32",) if "fp32" in FORMATS[target].conversion_precisions else ()),
         input_format=input_format,
         calibration=calibration,
-        sizes=tuple(parse_size(s) for s in sizes),
+        sizes=sizes,
         workers=workers,
     )
     with step_progress("converting", quiet) as on_step:
@@ -127,4 +131,4 @@ def main(
             export_dir, options, output_dir, on_step=lambda job, i, n: on_step(job.describe(), i, n)
         )
     if not quiet:
-        Console().print(_summary(result))
+        wide_console().print(_summary(result))

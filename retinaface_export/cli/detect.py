@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import click
-import cv2
-from rich.console import Console
 from rich.table import Table
 
 from retinaface_export.anchors import load_anchors
 from retinaface_export.atomic import atomic_write_bytes
-from retinaface_export.cli.common import configure_logging, handle_errors
+from retinaface_export.cli.common import (
+    configure_logging,
+    handle_errors,
+    json_option,
+    json_to_stdout,
+    wide_console,
+    write_json,
+)
 from retinaface_export.detection import DetectionConfig, Detector
 from retinaface_export.detection.drawing import draw_faces
 from retinaface_export.errors import FileError, UsageError
@@ -56,7 +60,7 @@ def _refuse_overwriting_inputs(
                     f"--output-dir {output_dir} is the folder of the input image {image}: drawings could replace "
                     "photos there; choose another folder"
                 )
-    if json_path is not None:
+    if json_path is not None and not json_to_stdout(json_path):
         for image in images:
             if _same_file(image, json_path):
                 raise UsageError(f"--json {json_path} is the input image {image}: it would be overwritten")
@@ -82,13 +86,7 @@ def _output_names(paths: list[Path]) -> list[str]:
 @click.option("--anchors", type=str, default=None, help="With --weights: anchors file or preset.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Score threshold.")
 @click.option("--nms", type=click.FloatRange(0, 1), default=0.4, show_default=True, help="NMS IoU threshold.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write detections as JSON (original-image pixels).",
-)
+@json_option("the faces in original-image pixels (schema: retinaface_export/detect.schema.json)")
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -146,13 +144,15 @@ def main(
         report.append({"image": str(path), "faces": [face.to_dict() for face in faces]})
         table.add_row(str(path), str(len(faces)))
         if output_dir is not None:
+            import cv2
+
             ok, encoded = cv2.imencode(".png", draw_faces(image, faces))
             if not ok:
                 raise FileError(output_dir / png_name, "PNG encoding failed")
             atomic_write_bytes(output_dir / png_name, encoded.tobytes())
     if json_path is not None:
-        atomic_write_bytes(json_path, (json.dumps(report) + "\n").encode())
+        write_json(json_path, report, indent=None)
     if not quiet:
-        Console().print(table)
+        wide_console(stderr_output=json_to_stdout(json_path)).print(table)
     if failures:
         raise click.exceptions.Exit(1)

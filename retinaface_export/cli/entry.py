@@ -30,6 +30,18 @@ COMMANDS = {
     "retinaface-bench": "retinaface_export.cli.bench",
     "retinaface-eval": "retinaface_export.cli.evaluate",
 }
+# What `python -m retinaface_export --help` lists, without importing the commands (a test checks each begins
+# the command's own help).
+SUMMARIES = {
+    "export": "Export a RetinaFace checkpoint to TorchScript and ONNX, verified against PyTorch.",
+    "convert": "Convert the ONNX models of EXPORT_DIR (made by retinaface-export) to TARGET.",
+    "detect": "Detect faces in images (a folder stands for the images in it) with --weights or --model.",
+    "golden": "Golden sets: the PyTorch eager outputs that retinaface-parity compares artifacts with.",
+    "parity": "Check every artifact in EXPORT_DIR/manifest.json against golden PyTorch outputs; exit 0 only if "
+    "all pass.",
+    "bench": "Time every artifact in EXPORT_DIR and PyTorch eager.",
+    "eval": "WIDER FACE validation AP (easy, medium, hard) of --predictions, or of --model/--weights over --images.",
+}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -118,6 +130,11 @@ def module_main() -> NoReturn:
         def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
             module = COMMANDS.get(f"retinaface-{name}")
             return importlib.import_module(module).main if module else None
+
+        def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            # click would import every command for its short help; the summaries are here instead
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, SUMMARIES[name]) for name in self.list_commands(ctx)])
 
     group = Commands(
         name="retinaface_export",

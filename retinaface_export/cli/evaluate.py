@@ -1,29 +1,36 @@
-"""``retinaface-eval``: WIDER FACE validation AP of a prediction folder, or of a model run over the images."""
+"""``retinaface-eval``: WIDER FACE validation AP of a prediction folder, or of a model run over the images.
+
+Scoring a prediction folder imports no model runtime (nor OpenCV): those are imported only with --images.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
-from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from retinaface_export.anchors import load_anchors
-from retinaface_export.atomic import atomic_write_bytes
-from retinaface_export.cli.common import configure_logging, handle_errors, stderr
-from retinaface_export.detection import DetectionConfig, Detector
+from retinaface_export.cli.common import (
+    configure_logging,
+    handle_errors,
+    json_option,
+    json_to_stdout,
+    stderr,
+    wide_console,
+    write_json,
+)
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.evaluation import evaluate
-from retinaface_export.images import read_image
-from retinaface_export.safe_paths import resolve_inside
-from retinaface_export.widerface import SETTINGS, load_ground_truth, prediction_text, read_predictions
+from retinaface_export.widerface import SETTINGS, GroundTruth, load_ground_truth, prediction_text, read_predictions
+
+if TYPE_CHECKING:
+    from retinaface_export.detection import Detector
 
 COMMAND = "retinaface-eval"
 # biubug6 test_widerface.py: keep nearly everything, the AP sweep sets the operating point
-EVAL_DETECTION = DetectionConfig(score_threshold=0.02, nms_threshold=0.4, top_k=5000, keep_top_k=750)
+EVAL_DETECTION = {"score_threshold": 0.02, "nms_threshold": 0.4, "top_k": 5000, "keep_top_k": 750}
 
 
 def _resize_long_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
@@ -34,7 +41,33 @@ def _resize_long_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, fl
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), scale
 
 
-def _run_model(detector: Detector, images_root: Path, truth, long_side: int | None, save: Path | None, quiet: bool):
+def _detector(artifact: str | None, weights: str | None, anchors: str | None, origin_size: bool) -> Detector:
+    from retinaface_export.anchors import load_anchors
+    from retinaface_export.detection import DetectionConfig, Detector
+
+    config = DetectionConfig(**EVAL_DETECTION)
+    if weights:
+        return Detector.from_checkpoint(weights, anchors=load_anchors(anchors) if anchors else None, config=config)
+    assert artifact is not None
+    detector = Detector.from_artifact(artifact, config)
+    fixed = detector.backend.input_size
+    if origin_size and fixed is not None:
+        raise UsageError(
+            f"--origin-size: {artifact} has a fixed {fixed} input (each image would be letterboxed to it); "
+            "use an artifact exported with --dynamic, or --weights"
+        )
+    return detector
+
+
+def _run_model(
+    detector: Detector, images_root: Path, truth: GroundTruth, long_side: int | None, save: Path | None, quiet: bool
+) -> list[np.ndarray]:
+    from rich.progress import Progress
+
+    from retinaface_export.atomic import atomic_write_bytes
+    from retinaface_export.images import read_image
+    from retinaface_export.safe_paths import resolve_inside
+
     predictions = []
     with Progress(console=stderr, disable=quiet, transient=True) as progress:
         task = progress.add_task("detecting", total=len(truth.images))
@@ -83,24 +116,27 @@ def _run_model(detector: Detector, images_root: Path, truth, long_side: int | No
     required=True,
     help="Folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat.",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the APs as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@json_option("the APs (schema: retinaface_export/eval.schema.json)")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (the AP table is still shown).")
 @click.version_option(package_name="retinaface-export", prog_name=COMMAND)
 @handle_errors(COMMAND)
 def main(
-    predictions,
-    images_root,
-    artifact,
-    weights,
-    anchors,
-    origin_size,
-    long_side,
-    save_predictions,
-    gt_dir,
-    json_path,
-    quiet,
+    predictions: Path | None,
+    images_root: Path | None,
+    artifact: str | None,
+    weights: str | None,
+    anchors: str | None,
+    origin_size: bool,
+    long_side: int | None,
+    save_predictions: Path | None,
+    gt_dir: Path,
+    json_path: Path | None,
+    quiet: bool,
 ) -> None:
-    """WIDER FACE validation AP (easy, medium, hard) of --predictions, or of --model/--weights over --images."""
+    """WIDER FACE validation AP (easy, medium, hard) of --predictions, or of --model/--weights over --images.
+
+    Example: retinaface-eval --predictions preds/ --ground-truth wider_face_split/ --json -
+    """
     configure_logging(quiet)
     if (predictions is None) == (images_root is None):
         raise UsageError("give exactly one of --predictions DIR or --images WIDER_VAL_IMAGES")
@@ -110,28 +146,18 @@ def main(
     if predictions is not None:
         preds = read_predictions(predictions, truth)
     else:
+        assert images_root is not None
         if (artifact is None) == (weights is None):
             raise UsageError("with --images, give exactly one of --model ARTIFACT or --weights CKPT")
         if not images_root.is_dir():
             raise FileError(images_root, "no such images folder")
-        if weights:
-            detector = Detector.from_checkpoint(
-                weights, anchors=load_anchors(anchors) if anchors else None, config=EVAL_DETECTION
-            )
-        else:
-            detector = Detector.from_artifact(artifact, EVAL_DETECTION)
-        fixed = detector.backend.input_size
-        if origin_size and fixed is not None:
-            raise UsageError(
-                f"--origin-size: {artifact} has a fixed {fixed} input (each image would be letterboxed to it); "
-                "use an artifact exported with --dynamic, or --weights"
-            )
+        detector = _detector(artifact, weights, anchors, origin_size)
         preds = _run_model(detector, images_root, truth, long_side, save_predictions, quiet)
     aps = evaluate(preds, truth)
     if json_path:
-        atomic_write_bytes(json_path, (json.dumps(aps) + "\n").encode())
+        write_json(json_path, aps, indent=None)
     table = Table(title=f"WIDER FACE val AP ({len(truth.images)} images)")
     for setting in SETTINGS:
         table.add_column(setting, justify="right")
     table.add_row(*(f"{aps[s]:.4f}" for s in SETTINGS))
-    Console().print(table)
+    wide_console(stderr_output=json_to_stdout(json_path)).print(table)

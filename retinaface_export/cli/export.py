@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
@@ -19,28 +18,22 @@ from retinaface_export.cli.common import (
     handle_errors,
     jobs_option,
     not_an_option,
+    size_option,
     stderr,
     step_progress,
+    wide_console,
 )
 from retinaface_export.converters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from retinaface_export.errors import UsageError
 from retinaface_export.export import ExportOptions, export_checkpoint
 from retinaface_export.formats import export_formats
 from retinaface_export.pipeline import RunResult
 from retinaface_export.postprocess_settings import POSTPROCESS_MODES, NmsSettings, PostprocessSpec
-from retinaface_export.sizes import InputSize, check_batch, parse_size
+from retinaface_export.sizes import InputSize, check_batch
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant, list_variants
 
 log = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "mobilenet0.25"
-
-
-def _parse_sizes(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[InputSize, ...]:
-    try:
-        return tuple(parse_size(v) for v in values) or (InputSize(640, 640),)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc)) from exc
 
 
 def _announce_synthetic(checkpoint: LoadedCheckpoint) -> None:
@@ -96,14 +89,7 @@ def _summary(result: RunResult) -> Table:
     help=f"Anchors file (TOML: min_sizes, steps, variance) or a bundled preset "
     f"({', '.join(bundled_anchor_presets())}) for checkpoints trained with other anchors.",
 )
-@click.option(
-    "--size",
-    "sizes",
-    multiple=True,
-    callback=_parse_sizes,
-    metavar="SIZE...",
-    help="Input sizes: 640 or HxW, multiples of 32; several after one flag. Default 640.",
-)
+@size_option("Default 640.")
 @click.option(
     "--format",
     "formats",
@@ -172,6 +158,7 @@ def main(
     """
     configure_logging(quiet)
     check_batch(batch)
+    sizes = sizes or (InputSize(640, 640),)
     anchor_config = load_anchors(anchors) if anchors else None
     options = ExportOptions(
         sizes=sizes,
@@ -195,6 +182,6 @@ def main(
             checkpoint, options, output_dir, on_step=lambda job, i, n: on_step(job.describe(), i, n)
         )
     if not quiet:
-        stdout = Console()
+        stdout = wide_console()
         stdout.print(_summary(result))
         stdout.print(f"manifest: {output_dir / 'manifest.json'}")

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from xml.etree import ElementTree
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from retinaface_export.atomic import atomic_write_bytes
-from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, not_an_option
+from retinaface_export.cli.common import (
+    MultiValueCommand,
+    configure_logging,
+    handle_errors,
+    json_option,
+    json_to_stdout,
+    not_an_option,
+    reported_progress,
+    wide_console,
+    write_json,
+)
 from retinaface_export.contract import OUTPUT_NAMES
 from retinaface_export.golden import find_golden_sets
 from retinaface_export.parity import ParityReport, packaged_golden_root, run_parity
@@ -71,12 +78,12 @@ def _junit(report: ParityReport) -> bytes:
     "--images",
     "image_dirs",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     metavar="DIR...",
     help="Folders with the golden sets' photos (found by sha256). Without them the photo cases are skipped "
     "and the seeded synthetic cases still run.",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report.")
+@json_option("the report (schema: retinaface_export/parity.schema.json)")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML.")
 @click.option("-q", "--quiet", is_flag=True, help="Only failures.")
 @click.version_option(package_name="retinaface-export", prog_name=COMMAND)
@@ -89,15 +96,26 @@ def main(
     junit_path: Path | None,
     quiet: bool,
 ) -> None:
-    """Check every artifact in EXPORT_DIR/manifest.json against golden PyTorch outputs; exit 0 only if all pass."""
+    """Check every artifact in EXPORT_DIR/manifest.json against golden PyTorch outputs; exit 0 only if all pass.
+
+    The golden sets installed with the package cover the checkpoints they were recorded from; their photo
+    cases run when --images names a folder holding the photos (found by sha256), the seeded synthetic
+    cases always run.
+
+    Example: retinaface-parity out --images photos/ --json report.json
+    """
     configure_logging(quiet)
-    report = run_parity(export_dir, find_golden_sets(golden or packaged_golden_root()), list(image_dirs))
+    with reported_progress(quiet):
+        report = run_parity(export_dir, find_golden_sets(golden or packaged_golden_root()), list(image_dirs))
+    to_stdout = json_to_stdout(json_path)
     if json_path:
-        atomic_write_bytes(json_path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
+        write_json(json_path, report.to_dict())
     if junit_path:
+        from retinaface_export.atomic import atomic_write_bytes
+
         atomic_write_bytes(junit_path, _junit(report))
     if not quiet:
-        Console(width=160).print(_table(report))
+        wide_console(stderr_output=to_stdout).print(_table(report))
     for failure in report.failures:
         click.echo(f"{COMMAND}: error: {export_dir}: {failure}", err=True)
     for artifact in report.artifacts:
@@ -106,6 +124,6 @@ def main(
     passed = sum(a.passed for a in report.artifacts)
     skipped = sum(len(a.skipped) for a in report.artifacts)
     note = f" ({skipped} photo cases skipped: pass --images DIR to run them)" if skipped else ""
-    click.echo(f"parity: {passed} passed, {len(report.artifacts) - passed} failed{note}", err=quiet)
+    click.echo(f"parity: {passed} passed, {len(report.artifacts) - passed} failed{note}", err=quiet or to_stdout)
     if not report.passed:
         raise click.exceptions.Exit(1)

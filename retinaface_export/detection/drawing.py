@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from retinaface_export.detection.detector import Face
@@ -16,6 +15,8 @@ LANDMARK_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255,
 
 def draw_faces(image: np.ndarray, faces: list[Face]) -> np.ndarray:
     """A copy of ``image`` with ``faces`` drawn on it."""
+    import cv2
+
     canvas = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 600))
     for face in faces:

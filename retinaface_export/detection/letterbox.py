@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from retinaface_export.contract import MEAN_BGR
@@ -31,6 +30,8 @@ class Letterbox:
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """The image resized (bilinear) and padded with the mean colour, which the network sees as zero."""
+        import cv2  # here, not at the top: OpenCV costs ~0.1 s to import and most commands never resize
+
         size = (self.resized_width, self.resized_height)
         resized = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         bottom, right = self.height - self.resized_height, self.width - self.resized_width
