@@ -29,8 +29,8 @@ from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
 from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
 from retinaface_export.detection.detector import Detector
 from retinaface_export.detection.letterbox import Letterbox
-from retinaface_export.detection.postprocess import DetectionConfig, postprocess
-from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.detection.modes import image_faces
+from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.errors import CheckpointError, ManifestError, UsageError
 from retinaface_export.hashing import sha256_file
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
@@ -281,8 +281,7 @@ def measure_latency(model: _Model, image: np.ndarray, size: InputSize, settings:
     batch = backend.batch or 1
     box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
     data = backend.prepare(_batch_of(image, size, batch))
-    outputs = [out[0] for out in backend.run(data)]
-    priors = prior_boxes(backend.anchors, size.height, size.width)
+    outputs = backend.run(data)
     config = DetectionConfig()
     detector = Detector(backend, config)
     faces: list[Any] = []
@@ -290,7 +289,8 @@ def measure_latency(model: _Model, image: np.ndarray, size: InputSize, settings:
         [
             lambda: backend.run(data),
             lambda: backend.prepare(box.apply(image)[None]),
-            lambda: postprocess(*outputs, priors, backend.anchors.variance, (size.width, size.height), config),
+            # whatever the artifact leaves to do: decode + NMS for raw outputs, less for decode/nms artifacts
+            lambda: image_faces(outputs, 0, backend.postprocess, backend.anchors, size.height, size.width, config),
             lambda: faces.__setitem__(slice(None), detector.detect(image)),
         ],
         settings.budget,

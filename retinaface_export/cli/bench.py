@@ -7,14 +7,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from retinaface_export.atomic import atomic_write_bytes
 from retinaface_export.bench import MODES, BenchReport, BenchRow, BenchSettings, bench_export
 from retinaface_export.bench_stats import MIN_RUNS, UNSTABLE_RULE, Budget
 from retinaface_export.bench_system import machine
-from retinaface_export.cli.common import MultiValueCommand, configure_logging, handle_errors, not_an_option, stderr
+from retinaface_export.cli.common import (
+    MultiValueCommand,
+    configure_logging,
+    handle_errors,
+    not_an_option,
+    stderr,
+    wide_console,
+)
 from retinaface_export.errors import UsageError
 from retinaface_export.images import read_image
 from retinaface_export.preprocess import synthetic_photos
@@ -244,7 +250,7 @@ def main(
     if markdown_path:
         atomic_write_bytes(markdown_path, table_markdown(report, f"**{title}**").encode())
     if not quiet:
-        console = Console(width=200)
+        console = wide_console()  # file names whole when not on a terminal
         for mode, columns, rows in _tables(report):
             table = Table(title=f"{mode} — {title}")
             for column in columns:
