@@ -248,3 +248,20 @@ def test_budget():
 )
 def test_int8_capability(flags, label):
     assert int8_capability(flags) == label
+
+
+def test_nms_artifact_is_timed_with_what_it_leaves_to_do(tmp_path, crowd_photo):
+    from retinaface_export.postprocess_settings import PostprocessSpec
+    from retinaface_export.synthetic import synthetic_checkpoint
+    from retinaface_export.variants import get_variant
+
+    checkpoint = synthetic_checkpoint(get_variant("mobilenet0.25"))
+    for post in (PostprocessSpec(), PostprocessSpec("nms")):
+        options = ExportOptions(sizes=(SIZE,), formats=("onnx",), postprocess=post)
+        export_checkpoint(checkpoint, options, tmp_path / "out")
+    args = [str(tmp_path / "out"), "--mode", "latency", "--no-eager", "--json", str(tmp_path / "b.json"), *QUICK]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["artifact"]: r for r in json.loads((tmp_path / "b.json").read_text())["rows"]}
+    assert set(rows) == {"retinaface_mobilenet0.25_320x320.onnx", "retinaface_mobilenet0.25_320x320_nms.onnx"}
+    assert all(r["postprocess_ms_median"] > 0 and r["e2e_ms_median"] > 0 for r in rows.values())
