@@ -35,6 +35,7 @@ BENCH := bench-out
 bench: install
 	rm -rf $(BENCH)
 	$(BIN)/retinaface-export --weights ../shared/weights/mobilenet0.25_Final.pth --size 320 640 --output-dir $(BENCH)/mobilenet0.25 -q
+	$(BIN)/retinaface-export --weights ../shared/weights/mobilenet0.25_Final.pth --size 640 --postprocess nms --output-dir $(BENCH)/mobilenet0.25 -q
 	$(BIN)/retinaface-export --backbone resnet50 --size 320 640 --output-dir $(BENCH)/resnet50 -q
 	for d in $(BENCH)/mobilenet0.25 $(BENCH)/resnet50; do \
 		$(BIN)/retinaface-convert $$d --to onnxsim -q && \
