@@ -41,20 +41,37 @@ INPUT_TAGS = {DEFAULT_INPUT_FORMAT: "", RAW_FLOAT_INPUT: "_mean", RAW_U8_INPUT: 
 # Nodes kept out of INT8: the 1×1 heads (tiny, and their outputs are the detections) and the softmax.
 INT8_IGNORED_PATTERNS = (r".*ClassHead.*", r".*BboxHead.*", r".*LandmarkHead.*")
 INT8_IGNORED_TYPES = ("Softmax", "SoftMax")
-# OpenVINO calls from two Python threads at once can deadlock (seen with openvino 2026.4: two infer
-# requests of different compiled models, each copying its input, both waiting forever); every OpenVINO call
-# of this package that may run in a worker thread holds this lock.
-OPENVINO_LOCK = threading.RLock()
+# pyopenvino (2026.4) fills its numpy dtype tables in C++ function-local statics on the first numpy view of an
+# ov.Tensor (the input copy inside the first `infer`); the initialiser calls back into Python and lets the
+# GIL go, so a second thread reaching the same conversion meanwhile blocks on the static's guard while
+# holding the GIL, and both wait forever (py-spy and gdb stacks: `take_gil` / `__cxa_guard_acquire`). That
+# first conversion is made once, here, before any other thread can: no process-wide lock is needed.
+_OPENVINO_READY = threading.Lock()
+_openvino: list[Any] = []
+# nncf.quantize sets NNCF's log level and redirects sys.stdout for the whole process: one at a time.
+_NNCF_LOCK = threading.Lock()
+
+
+def openvino_module():
+    """``openvino``, imported with its numpy bridge initialised; the package's one way to import it."""
+    with _OPENVINO_READY:
+        if not _openvino:
+            import openvino as ov
+
+            ov.Tensor(np.zeros(1, np.float32)).data  # noqa: B018  the first tensor→numpy view, in one thread
+            _openvino.append(ov)
+        return _openvino[0]
 
 
 def quantize_int8(model, samples: list[np.ndarray]):
     """NNCF post-training INT8 of an ``ov.Model`` or ``onnx.ModelProto`` (QDQ for ONNX) from ``samples``."""
+    openvino_module()
     import nncf
 
     # NNCF logs at INFO to its own stdout handler and draws progress bars on stdout with no switch to turn
     # them off; the command has its own progress display, so both are silenced here.
-    nncf.set_log_level(logging.WARNING)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _NNCF_LOCK, contextlib.redirect_stdout(io.StringIO()):
+        nncf.set_log_level(logging.WARNING)
         is_onnx = hasattr(model, "graph")  # onnx.ModelProto: NNCF's ONNX backend feeds {input name: array}
         return nncf.quantize(
             model,
@@ -71,7 +88,7 @@ def quantize_int8(model, samples: list[np.ndarray]):
 
 
 def _embed_preprocessing(model, input_format: str):
-    import openvino as ov
+    ov = openvino_module()
     from openvino.preprocess import PrePostProcessor
 
     ppp = PrePostProcessor(model)
@@ -88,13 +105,12 @@ def _embed_preprocessing(model, input_format: str):
 
 def read_onnx(source: Path):
     """``source`` (an exported ONNX file) as an ``ov.Model``, before any precision or preprocessing choice."""
-    import openvino as ov
+    ov = openvino_module()
 
     from retinaface_export.postprocess_openvino import match_reference_nms
 
     check_onnx_file(source)
-    with OPENVINO_LOCK:
-        model = ov.convert_model(str(source))
+    model = ov.convert_model(str(source))
     del model.get_rt_info()[SOURCE_METADATA_SECTION]
     match_reference_nms(model)  # OpenVINO's NMS suppresses at IoU == threshold, the reference only above
     return model
@@ -102,17 +118,17 @@ def read_onnx(source: Path):
 
 def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: dict[str, Any]):
     """The IR ``job`` asks for from a copy of ``base`` (left as it is), with ``provenance`` in its ``rt_info``."""
+    openvino_module()
     from openvino.passes import ConstantFolding, Manager
 
     shape = [-1, 3, -1, -1] if job.size is None else [job.batch, 3, job.size.height, job.size.width]
-    with OPENVINO_LOCK:
-        model = base.clone()
-        model.reshape({INPUT_NAME: shape})
-        # At a fixed size the shape arithmetic (ShapeOf → Resize sizes) is constant: fold it before NNCF
-        # sees the graph, as a per-size export would have it.
-        folding = Manager()
-        folding.register_pass(ConstantFolding())
-        folding.run_passes(model)
+    model = base.clone()
+    model.reshape({INPUT_NAME: shape})
+    # At a fixed size the shape arithmetic (ShapeOf → Resize sizes) is constant: fold it before NNCF sees
+    # the graph, as a per-size export would have it.
+    folding = Manager()
+    folding.register_pass(ConstantFolding())
+    folding.run_passes(model)
     if job.precision == "int8":
         if not calibration:
             raise ValueError("INT8 needs calibration samples")
@@ -170,33 +186,32 @@ class OpenVinoFormat(ArtifactFormat):
         return f"{stem}_{precision}{INPUT_TAGS[input_format]}{self.suffix}"
 
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
-        import openvino as ov
+        ov = openvino_module()
 
         fingerprint = inputs.shared.get(
             ("fingerprint", inputs.source_path), lambda: graph_fingerprint(source_model(inputs))
         )
         base = inputs.shared.get(("openvino-base", fingerprint), lambda: read_onnx(inputs.source_path))
         model = finish_ir(base, job, inputs.calibration, inputs.provenance)
-        with OPENVINO_LOCK:
-            # save_model compresses to FP16 by default, which must not happen to an IR labelled FP32 or INT8.
-            ov.save_model(model, str(staging / job.file_name), compress_to_fp16=job.precision == "fp16")
+        # save_model compresses to FP16 by default, which must not happen to an IR labelled FP32 or INT8.
+        ov.save_model(model, str(staging / job.file_name), compress_to_fp16=job.precision == "fp16")
         return {}
 
     def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
         """The IR on the CPU plugin in f32 inference precision (the CPU plugin may otherwise pick bf16)."""
-        import openvino as ov
+        ov = openvino_module()
 
         del optimize  # OpenVINO always compiles with its optimisations; f32 keeps the IR's numerics
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        with OPENVINO_LOCK:
-            compiled = ov.Core().compile_model(str(path), "CPU", config)
-            request = compiled.create_infer_request()
-            outputs = list(compiled.outputs)  # in the model's order (raw: the contract's)
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
+        outputs = list(compiled.outputs)  # in the model's order (raw: the contract's)
+        busy = threading.Lock()  # an infer request runs one inference at a time ("Infer Request is busy")
 
         def run(data: np.ndarray) -> list[np.ndarray]:
-            with OPENVINO_LOCK:
+            with busy:
                 result = request.infer({0: data})
                 return [np.array(result[port]) for port in outputs]
 
@@ -207,10 +222,7 @@ class OpenVinoFormat(ArtifactFormat):
 
     def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
         """Every rt_info section that holds key/value entries (OpenVINO's own version strings left out)."""
-        import openvino as ov
-
-        with OPENVINO_LOCK:
-            model = ov.Core().read_model(str(path))
+        model = openvino_module().Core().read_model(str(path))
         blocks: dict[str, dict[str, Any]] = {}
         for section in model.get_rt_info():
             entries = model.get_rt_info()[section]

@@ -28,7 +28,7 @@ import torch
 
 from retinaface_export.bench_stats import Budget
 from retinaface_export.contract import INPUT_NAME
-from retinaface_export.converters.openvino import OPENVINO_LOCK
+from retinaface_export.converters.openvino import openvino_module
 from retinaface_export.format_api import Runner
 from retinaface_export.formats import FORMATS
 from retinaface_export.runtimes import eager_runner
@@ -143,7 +143,7 @@ def _onnxruntime_throughput(source: Source, threads: int, streams: int | None) -
 
 
 def _openvino_throughput(source: Source, threads: int, streams: int | None) -> tuple[int, ThroughputRunner]:
-    import openvino as ov
+    ov = openvino_module()
 
     config: dict[str, Any] = {
         "PERFORMANCE_HINT": "THROUGHPUT",
@@ -152,10 +152,9 @@ def _openvino_throughput(source: Source, threads: int, streams: int | None) -> t
     }
     if streams:
         config["NUM_STREAMS"] = streams
-    with OPENVINO_LOCK:
-        compiled = ov.Core().compile_model(str(source), "CPU", config)
-        used_streams = int(compiled.get_property("NUM_STREAMS"))
-        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    compiled = ov.Core().compile_model(str(source), "CPU", config)
+    used_streams = int(compiled.get_property("NUM_STREAMS"))
+    requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def measure(data: np.ndarray, budget: Budget) -> ThroughputRun:
         # No Python callback on the queue: with one, destroying the compiled model afterwards can deadlock
@@ -163,31 +162,31 @@ def _openvino_throughput(source: Source, threads: int, streams: int | None) -> t
         # destroys the model holds it). Completions are seen instead as requests come back idle.
         latencies: list[float] = []
         completions: list[float] = []
-        with OPENVINO_LOCK:  # the queue's requests run in OpenVINO's threads; this thread only submits
-            queue = ov.AsyncInferQueue(compiled, requests)
-            for index in range(len(queue)):  # each request holds the input once, as benchmark_app fills it
-                queue[index].set_input_tensor(ov.Tensor(data))
-            for _ in range(budget.warmup):
-                for _ in range(requests):
-                    queue.start_async()
-                queue.wait_all()
-            started: dict[int, float] = {}
-            submitted = 0
-            start = time.perf_counter()
-            while not budget.done(submitted, time.perf_counter() - start):
-                index = queue.get_idle_request_id()  # waits for one; start_async takes that same one
-                now = time.perf_counter()
-                if index in started:
-                    completions.append(now)
-                    latencies.append((now - started.pop(index)) * 1e3)
-                started[index] = time.perf_counter()
+        # the queue's requests run in OpenVINO's threads; this thread only submits
+        queue = ov.AsyncInferQueue(compiled, requests)
+        for index in range(len(queue)):  # each request holds the input once, as benchmark_app fills it
+            queue[index].set_input_tensor(ov.Tensor(data))
+        for _ in range(budget.warmup):
+            for _ in range(requests):
                 queue.start_async()
-                submitted += 1
             queue.wait_all()
+        started: dict[int, float] = {}
+        submitted = 0
+        start = time.perf_counter()
+        while not budget.done(submitted, time.perf_counter() - start):
+            index = queue.get_idle_request_id()  # waits for one; start_async takes that same one
             now = time.perf_counter()
-            for begin in started.values():
+            if index in started:
                 completions.append(now)
-                latencies.append((now - begin) * 1e3)
+                latencies.append((now - started.pop(index)) * 1e3)
+            started[index] = time.perf_counter()
+            queue.start_async()
+            submitted += 1
+        queue.wait_all()
+        now = time.perf_counter()
+        for begin in started.values():
+            completions.append(now)
+            latencies.append((now - begin) * 1e3)
         return ThroughputRun(len(latencies) * len(data), max(completions) - start, latencies)
 
     return used_streams, measure

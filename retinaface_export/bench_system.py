@@ -49,7 +49,9 @@ def int8_capability(flags: set[str]) -> str:
 
 def _openvino_capabilities() -> list[str]:
     try:
-        import openvino as ov
+        from retinaface_export.converters.openvino import openvino_module
+
+        ov = openvino_module()
 
         return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception as exc:  # an optional detail of the record: any failure just leaves it out

@@ -29,7 +29,9 @@ def match_reference_nms(model: Any) -> int:
     Raises:
         UsageError: an NMS whose IoU threshold is not a constant.
     """
-    import openvino as ov
+    from retinaface_export.converters.openvino import openvino_module
+
+    ov = openvino_module()
 
     adjusted = 0
     for op in model.get_ops():

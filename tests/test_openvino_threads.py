@@ -1,0 +1,65 @@
+"""OpenVINO from several threads: the first tensor→numpy conversion of a process is made once, up front.
+
+pyopenvino fills its numpy dtype tables on that first conversion in C++ statics whose initialiser lets the
+GIL go; two threads making it at once deadlock (issue 11's OPENVINO_LOCK hid it by serialising everything).
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMPORTS_OPENVINO = re.compile(r"^\s*(import openvino\b|from openvino[\s.])", re.MULTILINE)
+
+# Slows the step where the initialiser lets the GIL go, so that two threads would meet there every time.
+DRIVER = r"""
+import threading, time, sys
+import numpy as np, numpy.lib
+import onnx
+from onnx import TensorProto, helper
+
+original = numpy.lib.NumpyVersion.__init__
+def slow(self, *args, **kwargs):
+    time.sleep(0.5)
+    original(self, *args, **kwargs)
+numpy.lib.NumpyVersion.__init__ = slow
+
+from retinaface_export.converters.openvino import FORMAT, openvino_module
+ov = openvino_module()
+folder = sys.argv[1]
+paths = []
+for index in range(2):
+    node = helper.make_node("Relu", ["data"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f"{folder}/m{index}.onnx")
+    ov.save_model(ov.convert_model(f"{folder}/m{index}.onnx"), f"{folder}/m{index}.xml")
+    paths.append(f"{folder}/m{index}.xml")
+runners = [FORMAT.open_runner(path) for path in paths]
+data = np.ones((1, 3, 8, 8), np.float32)
+results = []
+threads = [threading.Thread(target=lambda r=r: results.append(r(data)[0].sum())) for r in runners]
+for t in threads: t.start()
+for t in threads: t.join()
+print("done", len(results))
+"""
+
+
+def test_two_threads_infer_at_once_without_a_process_wide_lock(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "done 2"
+
+
+def test_openvino_is_imported_through_one_function():
+    # any other `import openvino` could make the first tensor conversion in a worker thread
+    offenders = [
+        str(path.relative_to(REPO))
+        for folder in ("retinaface_export", "converters")
+        for path in (REPO / folder).rglob("*.py")
+        if path.name != "openvino.py" and IMPORTS_OPENVINO.search(path.read_text())
+    ]
+    assert offenders == []
