@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.bench_runtimes import BENCH_RUNTIMES, Source
@@ -396,6 +395,8 @@ def bench_export(
             report.notes.append(note)
     else:
         report.notes.append("eager skipped (--no-eager)")
+    import torch
+
     torch.set_num_threads(settings.threads)
     for size, artifacts in plan.items():
         if checkpoint:

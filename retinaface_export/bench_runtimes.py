@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from retinaface_export.bench_stats import Budget
 from retinaface_export.contract import INPUT_NAME
@@ -35,7 +34,7 @@ from retinaface_export.runtimes import eager_runner
 from retinaface_export.trust import check_onnx_file, checked_torchscript_bytes
 
 # What a row is timed on: an artifact file, or the eager model itself.
-Source = Path | torch.nn.Module
+Source = Any  # an artifact's Path, or the eager torch.nn.Module (torch is imported where it is used)
 
 
 @dataclass
@@ -81,7 +80,9 @@ def _sequential(run: Runner) -> ThroughputRunner:
     return measure
 
 
-def _torch_module(source: Source) -> torch.nn.Module:
+def _torch_module(source: Source):
+    import torch
+
     if isinstance(source, torch.nn.Module):
         return source
     return torch.jit.load(io.BytesIO(checked_torchscript_bytes(source)), map_location="cpu").eval()
@@ -205,7 +206,7 @@ def _torchscript_latency(source: Source, threads: int) -> Runner:
 
 
 def _eager_latency(source: Source, threads: int) -> Runner:
-    assert isinstance(source, torch.nn.Module)
+    assert not isinstance(source, Path)  # the eager model
     return eager_runner(source)
 
 

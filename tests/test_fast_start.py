@@ -19,11 +19,6 @@ from retinaface_export.cli.entry import COMMANDS, SUMMARIES
 
 HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "openvino", "nncf", "cv2", "scipy", "matplotlib")
 _LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \|( *)(\S+)")
-BENCH_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="retinaface_export/bench.py imports torch at the top (its rewrite is to import it where used); "
-    "remove this mark when it does",
-)
 
 
 def heavy_imports(importtime: str, allowed: tuple[str, ...] = ()) -> dict[str, str]:
@@ -76,7 +71,7 @@ def test_chain_reader_names_the_importer():
     assert heavy_imports(sample, allowed=("torch",)) == {}
 
 
-HELP_CASES = [pytest.param(command, marks=BENCH_XFAIL if command == "retinaface-bench" else ()) for command in COMMANDS]
+HELP_CASES = list(COMMANDS)
 
 
 @pytest.mark.parametrize("command", HELP_CASES)
@@ -101,7 +96,7 @@ def test_module_group_help_lists_every_command_without_importing_them():
     assert "Example:" in result.stdout
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=BENCH_XFAIL if n == "bench" else ()) for n in SUMMARIES])
+@pytest.mark.parametrize("name", list(SUMMARIES))
 def test_module_subcommand_help_imports_no_heavy_library(name):
     result = run_importtime(["-m", "retinaface_export", name, "--help"])
     assert_light(result, f"python -m retinaface_export {name} --help")
