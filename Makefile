@@ -54,9 +54,9 @@ bench: install
 golden: install
 	rm -rf golden/mobilenet0.25_Final golden/resnet50_synthetic
 	$(BIN)/retinaface-golden record --weights ../shared/weights/mobilenet0.25_Final.pth \
-		--image ../shared/images/crowd_selfie.jpg --seed 0 --output golden/mobilenet0.25_Final
+		--image ../shared/images/crowd_selfie.jpg --seed 0 --output-dir golden/mobilenet0.25_Final
 	$(BIN)/retinaface-golden record --backbone resnet50 \
-		--image ../shared/images/crowd_selfie.jpg --seed 0 --output golden/resnet50_synthetic
+		--image ../shared/images/crowd_selfie.jpg --seed 0 --output-dir golden/resnet50_synthetic
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

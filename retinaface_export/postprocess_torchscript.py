@@ -1,6 +1,6 @@
 """TorchScript RetinaFace with decode or decode + NMS inside (the ``postprocess_onnx`` outputs, in torch).
 
-The network stays the trace ``torchscript_export`` makes; the post-processing around it is scripted,
+The network stays the trace ``converters/torchscript`` makes; the post-processing around it is scripted,
 because thresholding, NMS and the per-image loop depend on the data and a trace would freeze one path.
 
 NMS is written here in torch: torchvision, whose ``ops.nms`` is the usual choice, has no CPU build on
@@ -191,7 +191,7 @@ def script_with_postprocess(
     """The traced network with ``mode``'s post-processing around it, scripted (``none``: the trace itself).
 
     Args:
-        network: ``torch.jit.trace`` of the RetinaFace (as ``torchscript_export`` makes it).
+        network: ``torch.jit.trace`` of the RetinaFace (as ``converters/torchscript`` makes it).
         anchors: the checkpoint's anchors.
         mode: ``none``, ``decode`` or ``nms``.
         settings: thresholds of ``nms`` (default :class:`NmsSettings`).
