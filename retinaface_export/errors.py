@@ -72,3 +72,11 @@ class ManifestError(FileError):
 
 class ExportError(RetinaFaceExportError):
     """An export that failed or whose artifact does not reproduce the PyTorch model."""
+
+
+class AccuracyDropError(ExportError):
+    """An INT8 model whose accuracy drop against float is above the accepted maximum."""
+
+    def __init__(self, summary: str, record: dict) -> None:
+        self.record = record
+        super().__init__(f"INT8 accuracy target not met: {summary}")
