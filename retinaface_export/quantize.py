@@ -18,7 +18,7 @@ import io
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,12 +61,15 @@ class QuantizationSettings:
 
     # "mixed": symmetric weights, asymmetric activations; "performance": symmetric both.
     preset: str = "mixed"
-    # NNCF's fast bias correction (one-shot shift) or the full one (per-layer, on the quantised model).
-    fast_bias_correction: bool = False
+    # NNCF's fast bias correction (one shift per layer from float statistics) or the full one (layer by
+    # layer on the partly quantised model). None: full for OpenVINO, fast for ONNX, whose full bias
+    # correction fails in NNCF 3.4 on RetinaFace (ONNX Runtime: "Duplicate definition-site" of an FPN tensor).
+    fast_bias_correction: bool | None = None
     # Calibration samples NNCF collects statistics on; None: all given.
     subset_size: int | None = None
-    # Node-name regexes and op types kept in float (the RetinaFace prediction heads and the softmax).
-    ignored_patterns: tuple[str, ...] = (r".*ClassHead.*", r".*BboxHead.*", r".*LandmarkHead.*")
+    # Node-name regexes and op types kept in float. The softmax makes the scores the 0.5 cut reads; the
+    # prediction heads are INT8: keeping them in float gave the same held-out F1 for ~5% less speed.
+    ignored_patterns: tuple[str, ...] = ()
     ignored_types: tuple[str, ...] = ("Softmax", "SoftMax")
     # Accuracy control: most groups of layers it may revert to float (None: no limit).
     max_reverted_groups: int | None = 8
@@ -77,6 +80,12 @@ class QuantizationSettings:
         if self.max_reverted_groups is not None and self.max_reverted_groups < 1:
             # NNCF's restorer returns no model at all when allowed zero iterations
             raise ValueError("max_reverted_groups must be at least 1 (or None)")
+
+    def for_backend(self, backend: str) -> QuantizationSettings:
+        """These settings with the bias correction that ``backend`` ("openvino" or "onnx") gets decided."""
+        if self.fast_bias_correction is not None:
+            return self
+        return replace(self, fast_bias_correction=backend == "onnx")
 
     def record(self) -> dict[str, Any]:
         """Plain values for a manifest."""
@@ -279,8 +288,7 @@ def quantize(
 
     if not samples:
         raise ValueError("INT8 needs calibration samples")
-    settings = settings or QuantizationSettings()
-    _backend(model)
+    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
     with _quiet_nncf():
         return nncf.quantize(
             model, _calibration_dataset(model, samples, progress), **_nncf_arguments(settings, len(samples))
@@ -326,8 +334,7 @@ def quantize_with_accuracy_control(
         raise ValueError("accuracy control needs calibration and validation samples")
     if not 0 <= max_drop < 1:
         raise UsageError(f"the maximum accuracy drop must be in [0, 1), got {max_drop}")
-    settings = settings or QuantizationSettings()
-    _backend(model)
+    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
     reference = run_model(model, validation)
     to_input = _feed(model)
     evaluations = 0

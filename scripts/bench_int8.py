@@ -211,7 +211,9 @@ def _mark(ok: bool) -> str:
 
 def markdown(bias: list[dict], goals: list[dict], folds: list[dict], split_record: dict, runs: int) -> str:
     """The tables."""
-    cpu = platform.processor() or platform.machine()
+    import openvino as ov
+
+    cpu = ov.Core().get_property("CPU", "FULL_DEVICE_NAME") or platform.machine()
     lines = [
         f"**INT8, mobilenet0.25 — {cpu}, {os.cpu_count()} cores, {THREADS} threads, {date.today().isoformat()}**",
         "",

@@ -189,13 +189,15 @@ def _float_ops(model) -> set[str]:
     }
 
 
-def test_openvino_and_onnx_keep_only_the_heads_in_float(synthetic_model, samples):
+def test_openvino_and_onnx_keep_the_ignored_scope_in_float(synthetic_model, samples):
     onnx_model, ov_model = synthetic_model
     calibration, _ = samples
-    settings = QuantizationSettings(fast_bias_correction=True)
+    heads = tuple(f".*{head}.*" for head in HEADS)
+    settings = QuantizationSettings(fast_bias_correction=True, ignored_patterns=heads)
     ov_float = _float_ops(quantize(ov_model, calibration, settings))
     assert len(ov_float) == 9 and all(any(head in name for head in HEADS) for name in ov_float)
-    quantized = quantize(onnx_model, calibration, settings)
+    # bias correction left to the backend: ONNX gets the fast one (NNCF's full one fails on this graph)
+    quantized = quantize(onnx_model, calibration, QuantizationSettings(ignored_patterns=heads))
     producer = {out: node.op_type for node in quantized.graph.node for out in node.output}
     onnx_float = {
         n.name for n in quantized.graph.node if n.op_type == "Conv" and producer[n.input[0]] != "DequantizeLinear"
@@ -211,7 +213,8 @@ def test_openvino_and_onnx_keep_only_the_heads_in_float(synthetic_model, samples
 def test_accuracy_control_reports_the_layers_it_reverted(synthetic_model, samples):
     _, model = synthetic_model
     calibration, validation = samples
-    settings = QuantizationSettings(fast_bias_correction=True, max_reverted_groups=2)
+    heads = tuple(f".*{head}.*" for head in HEADS)
+    settings = QuantizationSettings(fast_bias_correction=True, ignored_patterns=heads, max_reverted_groups=2)
     metric = DetectionF1(ANCHORS, SIZE)
     plain = quantize(model, calibration, settings)
     reference = run_model(model, validation)
