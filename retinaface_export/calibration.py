@@ -68,10 +68,14 @@ class CalibrationSet:
     file_sha256: tuple[str, ...] = ()
 
     def samples(self, size: InputSize) -> list[np.ndarray]:
-        """Network inputs (1×3×H×W, mean subtracted) letterboxed to ``size``, augmentations included."""
+        """Network inputs (1×3×H×W, mean subtracted) letterboxed to ``size``, augmentations included.
+
+        Ordered view by view (every photo as it is, then every photo flipped, ...): NNCF reads the first
+        samples only for some steps (its full bias correction, the first fifth), which then span every photo.
+        """
         samples = []
-        for image in self.images:
-            for name in self.augmentations:
+        for name in self.augmentations:
+            for image in self.images:
                 view = np.ascontiguousarray(AUGMENTATIONS[name](image))
                 box = Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width)
                 samples.append(to_network_input(box.apply(view)))

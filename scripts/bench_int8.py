@@ -186,8 +186,8 @@ def fold_rows(irs: dict, images: Path, anchors, sizes: list[int], folds: int) ->
             for split in splits:
                 quantized, record = quantize_detector(irs[size], split, shape, anchors, allow_accuracy_drop=True)
                 samples = split.validation.samples(shape)
-                views = len(split.validation.augmentations)  # each photo's views, "original" first
-                originals += [len(reference) + i for i in range(0, len(samples), views)]
+                # view by view, "original" first: the first samples are the photos as they are
+                originals += [len(reference) + i for i in range(len(split.validation.files))]
                 reference += run_model(irs[size], samples)
                 candidate += run_model(quantized, samples)
                 reverted += len(record["accuracy"]["reverted_layers"])
