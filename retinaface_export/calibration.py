@@ -1,4 +1,10 @@
-"""Calibration images for INT8 quantisation: read, augmented when few, letterboxed like real inputs."""
+"""Photo sets for INT8: calibration photos, and validation photos disjoint from them.
+
+Photos are read, checked, augmented when few, and letterboxed like real inputs. :func:`split_photos` makes
+the two sets INT8 quantisation with accuracy control needs: a ``--validation`` folder, or without one a
+deterministic hold-out of part of the calibration folder (the photos whose content hashes sort first), so
+the accuracy of an INT8 model is judged on photos its calibration never saw.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +24,12 @@ from retinaface_export.sizes import InputSize
 
 # Fewer images than this get every augmentation below (a 7-photo folder gives 42 samples).
 AUGMENT_BELOW = 32
-# Smallest image side: the half-size crops below must keep a few pixels (a 1×1 image would crop to nothing).
+# Smallest photo side accepted: the crops below halve a photo, and a side under the network's coarsest
+# stride (32) holds nothing a detector sees.
 MIN_SIDE = 32
+# Part of a calibration folder held out for validation when no validation folder is given (at least one
+# photo, and at least one left for calibration).
+HOLDOUT_FRACTION = 0.25
 
 
 def _crop(top: float, left: float, bottom: float, right: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -47,58 +57,150 @@ AUGMENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """Decoded calibration images and what identifies them (for the manifest)."""
+    """Decoded photos (for calibration or validation) and what identifies them (for the manifest)."""
 
     folder: Path
     files: tuple[Path, ...]
     images: tuple[np.ndarray, ...]
+    # Of the names and bytes of all files, in order.
     sha256: str
     augmentations: tuple[str, ...]
+    # Of each file's bytes: what makes two sets disjoint whatever the files are called.
+    file_sha256: tuple[str, ...] = ()
 
     def samples(self, size: InputSize) -> list[np.ndarray]:
-        """Network inputs (1×3×H×W, mean subtracted) letterboxed to ``size``, augmentations included."""
+        """Network inputs (1×3×H×W, mean subtracted) letterboxed to ``size``, augmentations included.
+
+        Ordered view by view (every photo as it is, then every photo flipped, ...): NNCF reads the first
+        samples only for some steps (its full bias correction, the first fifth), which then span every photo.
+        """
         samples = []
-        for image in self.images:
-            for name in self.augmentations:
+        for name in self.augmentations:
+            for image in self.images:
                 view = np.ascontiguousarray(AUGMENTATIONS[name](image))
                 box = Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width)
                 samples.append(to_network_input(box.apply(view)))
         return samples
 
     def record(self) -> dict[str, object]:
-        """What the manifest keeps: folder, image count, content hash, augmentations."""
+        """What the manifest keeps: folder, file names, image and sample counts, content hash, augmentations."""
         return {
             "folder": str(self.folder),
+            "files": [path.name for path in self.files],
             "images": len(self.files),
+            "samples_per_size": len(self.files) * len(self.augmentations),
             "sha256": self.sha256,
             "augmentations": list(self.augmentations),
         }
+
+
+@dataclass(frozen=True)
+class PhotoSplit:
+    """Calibration and validation photos with no photo (by content) in both."""
+
+    calibration: CalibrationSet
+    validation: CalibrationSet
+    # True: the validation photos were held out of the calibration folder (no validation folder given).
+    held_out: bool
+
+    def record(self) -> dict[str, object]:
+        """Both sets and how the validation set was chosen (for the manifest and the artifact)."""
+        if self.held_out:
+            how = (
+                f"held out of the calibration folder: {len(self.validation.files)} of "
+                f"{len(self.validation.files) + len(self.calibration.files)} photos, those whose content "
+                "sha256 sorts first"
+            )
+        else:
+            how = "validation folder"
+        return {
+            "calibration": self.calibration.record(),
+            "validation": self.validation.record() | {"chosen": how, "held_out": self.held_out},
+        }
+
+
+def _image_files(folder: Path, role: str) -> tuple[Path, ...]:
+    if not folder.is_dir():
+        raise FileError(folder, f"{role} folder does not exist")
+    files = tuple(images_in_folder(folder))
+    if not files:
+        raise FileError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the {role} folder")
+    return files
+
+
+def _read_photo(path: Path, data: bytes) -> np.ndarray:
+    image = decode_image(path, data)
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise FileError(
+            path, f"{width}x{height} image is too small to calibrate with (each side needs {MIN_SIDE} px or more)"
+        )
+    return image
+
+
+def _photo_set(folder: Path, files: tuple[Path, ...], augment: bool | None) -> CalibrationSet:
+    """``files`` read and hashed; ``augment=None`` augments when there are fewer than AUGMENT_BELOW."""
+    digest = hashlib.sha256()
+    images, hashes = [], []
+    for path in files:
+        data = read_regular_bytes(path, "an image")
+        images.append(_read_photo(path, data))
+        digest.update(path.name.encode() + b"\0" + data)
+        hashes.append(hashlib.sha256(data).hexdigest())
+    if augment is None:
+        augment = len(files) < AUGMENT_BELOW
+    augmentations = tuple(AUGMENTATIONS) if augment else ("original",)
+    return CalibrationSet(folder.resolve(), files, tuple(images), digest.hexdigest(), augmentations, tuple(hashes))
 
 
 def load_calibration_set(folder: str | Path) -> CalibrationSet:
     """Read every image in ``folder`` (not recursive).
 
     Raises:
-        FileError: the folder is missing or holds no images; an image cannot be read, is not a regular
-            file, or is smaller than ``MIN_SIDE`` on a side (named).
+        FileError: the folder is missing or holds no images; an image cannot be read or is smaller than
+            MIN_SIDE pixels on a side (named).
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileError(folder, "calibration folder does not exist")
-    files = tuple(images_in_folder(folder))
-    if not files:
-        raise FileError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the calibration folder")
-    digest = hashlib.sha256()
-    images = []
-    for path in files:
-        data = read_regular_bytes(path, "an image")
-        image = decode_image(path, data)
-        height, width = image.shape[:2]
-        if min(height, width) < MIN_SIDE:
+    return _photo_set(folder, _image_files(folder, "calibration"), augment=None)
+
+
+def split_photos(calibration: str | Path, validation: str | Path | None = None) -> PhotoSplit:
+    """Calibration photos and validation photos that share none (compared by content, not name).
+
+    Without ``validation``, HOLDOUT_FRACTION of the calibration folder's photos (at least one) is held out
+    for validation: those whose content sha256 sorts first, so the choice depends on the photos only.
+    Both sets are augmented (AUGMENTATIONS) when small; augmented views of a validation photo stay in the
+    validation set.
+
+    Raises:
+        FileError: a folder is missing or holds no images; an image cannot be read or is too small; the
+            calibration folder has a single photo and no validation folder is given; a validation photo
+            has the content of a calibration photo.
+    """
+    calibration = Path(calibration)
+    files = _image_files(calibration, "calibration")
+    if validation is None:
+        if len(files) < 2:
             raise FileError(
-                path, f"{width}x{height} image is too small to calibrate with (each side needs {MIN_SIDE} px or more)"
+                calibration,
+                "holds one photo: at least two are needed to hold one out for validation (or give a validation folder)",
             )
-        images.append(image)
-        digest.update(path.name.encode() + b"\0" + data)
-    augmentations = tuple(AUGMENTATIONS) if len(files) < AUGMENT_BELOW else ("original",)
-    return CalibrationSet(folder.resolve(), files, tuple(images), digest.hexdigest(), augmentations)
+        by_content = sorted(files, key=lambda p: (hashlib.sha256(read_regular_bytes(p, "an image")).hexdigest(), p.name))
+        count = min(len(files) - 1, max(1, round(len(files) * HOLDOUT_FRACTION)))
+        held = set(by_content[:count])
+        return PhotoSplit(
+            calibration=_photo_set(calibration, tuple(p for p in files if p not in held), augment=None),
+            validation=_photo_set(calibration, tuple(p for p in files if p in held), augment=None),
+            held_out=True,
+        )
+    validation = Path(validation)
+    calibration_set = _photo_set(calibration, files, augment=None)
+    validation_set = _photo_set(validation, _image_files(validation, "validation"), augment=None)
+    in_calibration = dict(zip(calibration_set.file_sha256, calibration_set.files, strict=True))
+    for path, digest in zip(validation_set.files, validation_set.file_sha256, strict=True):
+        if digest in in_calibration:
+            raise FileError(
+                path,
+                f"same content as {in_calibration[digest]}: validation photos must not be used for calibration",
+            )
+    return PhotoSplit(calibration_set, validation_set, held_out=False)

@@ -104,3 +104,11 @@ class OutsideFolderError(FileError):
 
 class EvaluationError(RetinaFaceExportError):
     """Predictions that cannot be scored (non-finite values)."""
+
+
+class AccuracyDropError(ExportError):
+    """An INT8 model whose accuracy drop against float is above the accepted maximum."""
+
+    def __init__(self, summary: str, record: dict) -> None:
+        self.record = record
+        super().__init__(f"INT8 accuracy target not met: {summary}")

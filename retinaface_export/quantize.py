@@ -1,0 +1,440 @@
+"""INT8 post-training quantisation with NNCF, for an ``openvino.Model`` or an ``onnx.ModelProto``.
+
+:func:`quantize` quantises a model from calibration samples. :func:`quantize_with_accuracy_control` does
+the same with NNCF's accuracy control: the quantised model is scored on validation samples with a metric
+against the float model, and layers are reverted to float, those that cost the most first, until the drop
+is within ``max_drop``; it returns the model and an :class:`AccuracyResult` that names the layers left in
+float, and raises :class:`~retinaface_export.errors.AccuracyDropError` when the drop cannot be met.
+:func:`quantize_detector` is the whole INT8 step of a RetinaFace artifact: calibration and validation
+photos in, the model and its manifest record out, judged by strict detection F1 against the float model.
+
+The library decides nothing about files: models go in and come out, the caller writes them.
+
+The defaults were chosen on mobilenet0.25 by strict F1 against FP32 on photos left out of calibration
+(``scripts/bench_int8.py``; 3-fold cross-validation over the 7 shared photos, each photo's 6 views): the
+MIXED preset (symmetric PERFORMANCE lost faces: F1 0.77-0.88 at every size), full bias correction (held
+out at 320/640: 0.956/0.983, fast 0.951/0.979, for 1.4-2x the quantisation time), the prediction heads
+in INT8 (kept in float: the same F1, 0.979-0.985, for ~5% of the speed-up), and only the softmax in
+float. Plain INT8 at 320 lands between 0.95 and 0.98 depending on which samples NNCF's subset steps read;
+accuracy control is what holds the target (it reverts the first convolution there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.calibration import PhotoSplit
+from retinaface_export.contract import OUTPUT_NAMES
+from retinaface_export.detection.metric import DetectionF1
+from retinaface_export.errors import AccuracyDropError, UsageError
+from retinaface_export.sizes import InputSize
+
+log = logging.getLogger(__name__)
+
+# Called as progress(stage, step): ("calibration", n) after each calibration sample NNCF reads (it reads
+# the set once per statistics pass, so n passes the sample count), ("validation", n) after each
+# evaluation of a candidate model during accuracy control.
+Progress = Callable[[str, int], None]
+# metric(reference runs, candidate runs) -> (value, value of each run); higher is better.
+Metric = Callable[[Sequence[Sequence[np.ndarray]], Sequence[Sequence[np.ndarray]]], tuple[float, list[float]]]
+
+# Operations NNCF quantises (their activation input gets a quantiser) in the two backends.
+_QUANTISABLE = {
+    "openvino": {
+        "Convolution",
+        "GroupConvolution",
+        "MatMul",
+        "ConvolutionBackpropData",
+        "GroupConvolutionBackpropData",
+    },
+    "onnx": {"Conv", "ConvTranspose", "MatMul", "Gemm"},
+}
+_QUANTISER = {"openvino": "FakeQuantize", "onnx": "DequantizeLinear"}
+# OpenVINO threads for the float reference and the final check (as the project's runners use).
+_THREADS = 2
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """NNCF settings for INT8 (defaults: what the project ships, see the README's INT8 table)."""
+
+    # "mixed": symmetric weights, asymmetric activations; "performance": symmetric both.
+    preset: str = "mixed"
+    # NNCF's fast bias correction (one shift per layer from float statistics) or the full one (layer by
+    # layer on the partly quantised model). None: full for OpenVINO, fast for ONNX, whose full bias
+    # correction fails in NNCF 3.4 on RetinaFace (ONNX Runtime: "Duplicate definition-site" of an FPN tensor).
+    fast_bias_correction: bool | None = None
+    # Calibration samples NNCF collects statistics on; None: all given.
+    subset_size: int | None = None
+    # Node-name regexes and op types kept in float. The softmax makes the scores the 0.5 cut reads; the
+    # prediction heads are INT8: keeping them in float gave the same held-out F1 for ~5% less speed.
+    ignored_patterns: tuple[str, ...] = ()
+    ignored_types: tuple[str, ...] = ("Softmax", "SoftMax")
+    # Accuracy control: most groups of layers it may revert to float (None: no limit). Each layer in float
+    # costs speed (the first convolution of mobilenet0.25 ~5%); past the limit the target counts as unmet.
+    max_reverted_groups: int | None = 8
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("mixed", "performance"):
+            raise ValueError(f"preset must be 'mixed' or 'performance', not {self.preset!r}")
+        if self.max_reverted_groups is not None and self.max_reverted_groups < 1:
+            # NNCF's restorer returns no model at all when allowed zero iterations
+            raise ValueError("max_reverted_groups must be at least 1 (or None)")
+
+    def for_backend(self, backend: str) -> QuantizationSettings:
+        """These settings with the bias correction that ``backend`` ("openvino" or "onnx") gets decided."""
+        if self.fast_bias_correction is not None:
+            return self
+        return replace(self, fast_bias_correction=backend == "onnx")
+
+    def record(self) -> dict[str, Any]:
+        """Plain values for a manifest."""
+        data = asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+
+# The PERFORMANCE preset applied to the whole graph: the speed ceiling INT8 is compared with.
+WHOLE_GRAPH_PERFORMANCE = QuantizationSettings(preset="performance", ignored_patterns=(), ignored_types=())
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """What accuracy control reached on the validation samples."""
+
+    metric: str
+    fp32: float
+    int8: float
+    max_drop: float
+    validation_samples: int
+    # Quantisable layers still INT8, layers the ignored scope kept in float, layers reverted to float.
+    quantized_layers: int
+    ignored_layers: tuple[str, ...]
+    reverted_layers: tuple[str, ...]
+    settings: QuantizationSettings = field(default_factory=QuantizationSettings)
+
+    @property
+    def drop(self) -> float:
+        """FP32 metric minus INT8 metric."""
+        return self.fp32 - self.int8
+
+    @property
+    def met(self) -> bool:
+        """The drop is within ``max_drop`` and some layers are still INT8."""
+        return self.drop <= self.max_drop + 1e-12 and self.quantized_layers > 0
+
+    def record(self) -> dict[str, Any]:
+        """Plain values for a manifest and an artifact's provenance."""
+        return {
+            "metric": self.metric,
+            "fp32": self.fp32,
+            "int8": self.int8,
+            "drop": self.drop,
+            "max_drop": self.max_drop,
+            "met": self.met,
+            "validation_samples": self.validation_samples,
+            "quantized_layers": self.quantized_layers,
+            "ignored_layers": list(self.ignored_layers),
+            "reverted_layers": list(self.reverted_layers),
+            "settings": self.settings.record(),
+        }
+
+    def summary(self) -> str:
+        """One line: metric values, drop, layers in float."""
+        return (
+            f"{self.metric}: FP32 {self.fp32:.3f}, INT8 {self.int8:.3f} on {self.validation_samples} validation "
+            f"samples (drop {self.drop:.3f}, max {self.max_drop:.3f}); {len(self.reverted_layers)} layers "
+            f"reverted to float, {self.quantized_layers} INT8"
+        )
+
+
+def _backend(model: Any) -> str:
+    import openvino as ov
+
+    if isinstance(model, ov.Model | ov.CompiledModel):
+        return "openvino"
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return "onnx"
+    raise TypeError(f"cannot quantise a {type(model).__name__}: expected openvino.Model or onnx.ModelProto")
+
+
+def run_model(model: Any, inputs: Iterable[np.ndarray]) -> list[list[np.ndarray]]:
+    """The three outputs (contract order) of ``model`` on each input, one run per input.
+
+    ``model`` is an ``openvino.Model`` (compiled here for the CPU in f32 precision, the LATENCY hint, 2
+    threads), an ``openvino.CompiledModel`` as NNCF hands it to a validation function, or an
+    ``onnx.ModelProto`` (run with ONNX Runtime).
+    """
+    if _backend(model) == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _THREADS
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        return [session.run(list(OUTPUT_NAMES), {input_name: data}) for data in inputs]
+    import openvino as ov
+
+    if isinstance(model, ov.Model):
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _THREADS}
+        model = ov.Core().compile_model(model, "CPU", config)
+    request = model.create_infer_request()
+    ports = [model.output(name) for name in OUTPUT_NAMES]
+    runs = []
+    for data in inputs:
+        result = request.infer({0: data})
+        runs.append([np.array(result[port]) for port in ports])
+    return runs
+
+
+def float_layers(model: Any) -> list[str]:
+    """Names of the quantisable layers (convolutions, matrix products) whose input is not quantised."""
+    backend = _backend(model)
+    kinds, quantiser = _QUANTISABLE[backend], _QUANTISER[backend]
+    if backend == "onnx":
+        producer = {out: node.op_type for node in model.graph.node for out in node.output}
+        return [
+            node.name for node in model.graph.node if node.op_type in kinds and producer.get(node.input[0]) != quantiser
+        ]
+    return [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() in kinds and op.input_value(0).get_node().get_type_name() != quantiser
+    ]
+
+
+def _quantisable_count(model: Any) -> int:
+    backend = _backend(model)
+    if backend == "onnx":
+        return sum(node.op_type in _QUANTISABLE["onnx"] for node in model.graph.node)
+    return sum(op.get_type_name() in _QUANTISABLE["openvino"] for op in model.get_ordered_ops())
+
+
+def _ignored(name: str, settings: QuantizationSettings) -> bool:
+    return any(re.fullmatch(pattern, name) for pattern in settings.ignored_patterns)
+
+
+def _nncf_arguments(settings: QuantizationSettings, samples: int) -> dict[str, Any]:
+    import nncf
+
+    ignored = None
+    if settings.ignored_patterns or settings.ignored_types:
+        ignored = nncf.IgnoredScope(
+            patterns=list(settings.ignored_patterns), types=list(settings.ignored_types), validate=False
+        )
+    return {
+        "preset": nncf.QuantizationPreset(settings.preset),
+        "subset_size": settings.subset_size or samples,
+        "fast_bias_correction": settings.fast_bias_correction,
+        "ignored_scope": ignored,
+    }
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF quiet while it runs: its log lowered to warnings, its stdout captured.
+
+    NNCF logs at INFO to its own handler and draws progress bars on stdout with no switch to turn them off;
+    the log level goes through its public ``set_log_level``.
+    """
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _feed(model: Any) -> Callable[[np.ndarray], Any]:
+    """An input array as NNCF's engine for ``model`` takes it (ONNX Runtime wants a name → array dict)."""
+    if _backend(model) == "onnx":
+        initializers = {tensor.name for tensor in model.graph.initializer}
+        name = next(i.name for i in model.graph.input if i.name not in initializers)
+        return lambda data: {name: data}
+    return lambda data: data
+
+
+def _calibration_dataset(model: Any, samples: Sequence[np.ndarray], progress: Progress | None):
+    import nncf
+
+    count = 0
+    to_input = _feed(model)
+
+    def feed(sample: np.ndarray) -> Any:
+        nonlocal count
+        count += 1
+        if progress:
+            progress("calibration", count)
+        return to_input(sample)
+
+    return nncf.Dataset(list(samples), feed)
+
+
+def quantize(
+    model: Any,
+    samples: Sequence[np.ndarray],
+    settings: QuantizationSettings | None = None,
+    progress: Progress | None = None,
+) -> Any:
+    """``model`` quantised to INT8 from calibration ``samples`` (network inputs); ``model`` is left as it is.
+
+    Args:
+        model: an ``openvino.Model`` or ``onnx.ModelProto`` with fixed input shapes.
+        samples: calibration inputs as the model takes them.
+        settings: NNCF settings (default :class:`QuantizationSettings`).
+        progress: see :data:`Progress`.
+    """
+    import nncf
+
+    if not samples:
+        raise ValueError("INT8 needs calibration samples")
+    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
+    with _quiet_nncf():
+        return nncf.quantize(
+            model, _calibration_dataset(model, samples, progress), **_nncf_arguments(settings, len(samples))
+        )
+
+
+def quantize_with_accuracy_control(
+    model: Any,
+    samples: Sequence[np.ndarray],
+    validation: Sequence[np.ndarray],
+    metric: Metric,
+    max_drop: float,
+    settings: QuantizationSettings | None = None,
+    allow_accuracy_drop: bool = False,
+    metric_name: str = "metric",
+    progress: Progress | None = None,
+) -> tuple[Any, AccuracyResult]:
+    """``model`` quantised to INT8, with layers reverted to float until ``metric`` drops by ``max_drop`` at most.
+
+    The float model runs once on ``validation``; ``metric(float runs, candidate runs)`` scores each
+    candidate NNCF tries (``nncf.quantize_with_accuracy_control``, absolute drop). The returned result is
+    measured again on the final model, not taken from NNCF's log.
+
+    Args:
+        model: an ``openvino.Model`` or ``onnx.ModelProto`` with fixed input shapes.
+        samples: calibration inputs.
+        validation: inputs the metric is measured on; none of them should be a calibration input.
+        metric: see :data:`Metric`; higher is better.
+        max_drop: largest accepted ``metric(float, float) - metric(float, int8)``.
+        settings: NNCF settings (default :class:`QuantizationSettings`).
+        allow_accuracy_drop: return the model even when the drop is not met (the result says so).
+        metric_name: how the result names the metric.
+        progress: see :data:`Progress`.
+
+    Raises:
+        AccuracyDropError: the drop is above ``max_drop`` after reverting ``settings.max_reverted_groups``
+            groups of layers, or is met only with every layer in float; not raised with
+            ``allow_accuracy_drop``.
+    """
+    import nncf
+
+    if not samples or not validation:
+        raise ValueError("accuracy control needs calibration and validation samples")
+    if not 0 <= max_drop < 1:
+        raise UsageError(f"the maximum accuracy drop must be in [0, 1), got {max_drop}")
+    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
+    reference = run_model(model, validation)
+    to_input = _feed(model)
+    evaluations = 0
+
+    def validate(candidate: Any, items: Iterable[tuple[int, np.ndarray]]) -> tuple[float, list[float]]:
+        nonlocal evaluations
+        items = list(items)
+        value = metric([reference[index] for index, _ in items], run_model(candidate, [data for _, data in items]))
+        evaluations += 1
+        if progress:
+            progress("validation", evaluations)
+        return value
+
+    restorer = nncf.AdvancedAccuracyRestorerParameters(num_ranking_workers=1)
+    if settings.max_reverted_groups is not None:
+        restorer.max_num_iterations = settings.max_reverted_groups
+    with _quiet_nncf():
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            _calibration_dataset(model, samples, progress),
+            nncf.Dataset(list(enumerate(validation)), lambda item: to_input(item[1])),
+            validate,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_accuracy_restorer_parameters=restorer,
+            **_nncf_arguments(settings, len(samples)),
+        )
+    in_float = float_layers(quantized)
+    result = AccuracyResult(
+        metric=metric_name,
+        fp32=metric(reference, reference)[0],
+        int8=metric(reference, run_model(quantized, validation))[0],
+        max_drop=max_drop,
+        validation_samples=len(validation),
+        quantized_layers=_quantisable_count(quantized) - len(in_float),
+        ignored_layers=tuple(name for name in in_float if _ignored(name, settings)),
+        reverted_layers=tuple(name for name in in_float if not _ignored(name, settings)),
+        settings=settings,
+    )
+    if not result.met:
+        if not allow_accuracy_drop:
+            raise AccuracyDropError(result.summary(), result.record())
+        log.warning("INT8 kept although its accuracy target is not met: %s", result.summary())
+    return quantized, result
+
+
+def quantize_detector(
+    model: Any,
+    photos: PhotoSplit,
+    size: InputSize,
+    anchors: AnchorConfig,
+    max_f1_drop: float = 0.03,
+    settings: QuantizationSettings | None = None,
+    allow_accuracy_drop: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """A RetinaFace model at ``size`` quantised to INT8, judged by strict detection F1 against itself in float.
+
+    Calibrates on ``photos.calibration`` and validates on ``photos.validation`` (both letterboxed to
+    ``size``, augmented as their sets say) with :class:`~retinaface_export.detection.metric.DetectionF1`
+    (score > 0.5 on both sides, IoU >= 0.5).
+
+    Args:
+        model: an ``openvino.Model`` or ``onnx.ModelProto`` taking 1×3×H×W float32 minus the mean, fixed
+            at ``size``.
+        photos: from :func:`~retinaface_export.calibration.split_photos`.
+        size: the model's input size.
+        anchors: the checkpoint's anchors (to decode the outputs).
+        max_f1_drop: largest accepted F1 drop (F1 of FP32 against itself is 1).
+        settings: NNCF settings (default :class:`QuantizationSettings`).
+        allow_accuracy_drop: keep the model when the drop is not met (the record says so).
+        progress: see :data:`Progress`.
+
+    Returns:
+        The quantised model, and the record for the manifest row and the artifact's provenance: both photo
+        sets (files, sha256, counts, how the validation set was chosen) and the accuracy result (metric,
+        FP32 and INT8 values, drop, layers kept in float and reverted, NNCF settings).
+
+    Raises:
+        AccuracyDropError: see :func:`quantize_with_accuracy_control`.
+    """
+    metric = DetectionF1(anchors, size)
+    quantized, result = quantize_with_accuracy_control(
+        model,
+        photos.calibration.samples(size),
+        photos.validation.samples(size),
+        metric,
+        max_f1_drop,
+        settings=settings,
+        allow_accuracy_drop=allow_accuracy_drop,
+        metric_name=metric.name,
+        progress=progress,
+    )
+    return quantized, photos.record() | {"accuracy": result.record()}
