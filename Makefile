@@ -48,7 +48,9 @@ bench: install
 	done
 	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
 	$(BIN)/python scripts/bench_toolchain.py --markdown $(BENCH)/toolchain.md
-	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md
+	$(BIN)/python scripts/bench_int8.py --bias-sizes --folds 3 --json $(BENCH)/int8.json --markdown $(BENCH)/int8.md
+	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/int8.md $(BENCH)/mobilenet0.25.md \
+		$(BENCH)/resnet50.md
 
 # Regenerate the committed golden sets (after a deliberate numerics change only).
 golden: install

@@ -237,6 +237,7 @@ class OnnxFormat(ArtifactFormat):
         import onnx
 
         source = source_model(inputs)
+        conversion: dict[str, Any] = {}
         if job.precision == "fp16":
             # onnxruntime's own converter (bundled with it): keep_io_types leaves data and the outputs float32
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -244,14 +245,16 @@ class OnnxFormat(ArtifactFormat):
             model = convert_float_to_float16(source, keep_io_types=True)
             _sort_nodes(model.graph)  # the converter appends its input casts after their consumers
         else:
-            from retinaface_export.converters.openvino import quantize_int8
+            from retinaface_export.quantize import quantize_detector
 
+            if inputs.int8 is None:
+                raise ValueError("INT8 needs calibration and validation photos")
             copy = onnx.ModelProto()
             copy.CopyFrom(source)
-            model = quantize_int8(copy, inputs.calibration or [])
-        set_metadata(model, inputs.provenance)
+            model, conversion["int8"] = quantize_detector(copy, inputs.int8)
+        set_metadata(model, inputs.provenance | conversion)
         (staging / job.file_name).write_bytes(model.SerializeToString())
-        return {}
+        return conversion
 
     def exporter(self, model, example, opset: int) -> OnnxExporter:
         return OnnxExporter(model, example, opset)

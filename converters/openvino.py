@@ -4,22 +4,16 @@ The exported ONNX files of one checkpoint share their graph and differ in input 
 ``openvino.convert_model`` (the slow step: ~2 s for Resnet50) runs once per graph and each IR is a copy
 reshaped to its size, its shape arithmetic folded, quantised by NNCF, with the preprocessing embedded.
 
-INT8 settings, chosen by measuring strict F1 of decoded faces against FP32 (mobilenet0.25, 320 and 640, on
-photos held out of calibration, 3 folds): NNCF's MIXED preset (asymmetric activations; the symmetric
-PERFORMANCE preset: F1 0.77 at 320, 0.88 at 640), full bias correction (0.985 / 0.984 against the fast
-one's 0.975 / 0.982, for ~1.5× the quantisation time), the three prediction heads and the softmax left in
-floating point.
+INT8 is NNCF with accuracy control, judged by strict detection F1 against the float IR on validation photos
+(``retinaface_export/quantize.py`` holds the settings and why).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +22,9 @@ from retinaface_export.converters.onnx import graph_fingerprint, source_model
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.trust import check_onnx_file
+
+if TYPE_CHECKING:
+    from retinaface_export.quantize import Int8Request
 
 # rt_info section of an IR that holds retinaface-export's provenance.
 RT_SECTION = "retinaface_export"
@@ -38,9 +35,6 @@ RAW_FLOAT_INPUT = "f32-nchw"
 RAW_U8_INPUT = "u8-nhwc"
 # File-name tag of each input format.
 INPUT_TAGS = {DEFAULT_INPUT_FORMAT: "", RAW_FLOAT_INPUT: "_mean", RAW_U8_INPUT: "_u8"}
-# Nodes kept out of INT8: the 1×1 heads (tiny, and their outputs are the detections) and the softmax.
-INT8_IGNORED_PATTERNS = (r".*ClassHead.*", r".*BboxHead.*", r".*LandmarkHead.*")
-INT8_IGNORED_TYPES = ("Softmax", "SoftMax")
 # pyopenvino (2026.4) fills its numpy dtype tables in C++ function-local statics on the first numpy view of an
 # ov.Tensor (the input copy inside the first `infer`); the initialiser calls back into Python and lets the
 # GIL go, so a second thread reaching the same conversion meanwhile blocks on the static's guard while
@@ -48,8 +42,6 @@ INT8_IGNORED_TYPES = ("Softmax", "SoftMax")
 # first conversion is made once, here, before any other thread can: no process-wide lock is needed.
 _OPENVINO_READY = threading.Lock()
 _openvino: list[Any] = []
-# nncf.quantize sets NNCF's log level and redirects sys.stdout for the whole process: one at a time.
-_NNCF_LOCK = threading.Lock()
 
 
 def openvino_module():
@@ -61,30 +53,6 @@ def openvino_module():
             ov.Tensor(np.zeros(1, np.float32)).data  # noqa: B018  the first tensor→numpy view, in one thread
             _openvino.append(ov)
         return _openvino[0]
-
-
-def quantize_int8(model, samples: list[np.ndarray]):
-    """NNCF post-training INT8 of an ``ov.Model`` or ``onnx.ModelProto`` (QDQ for ONNX) from ``samples``."""
-    openvino_module()
-    import nncf
-
-    # NNCF logs at INFO to its own stdout handler and draws progress bars on stdout with no switch to turn
-    # them off; the command has its own progress display, so both are silenced here.
-    with _NNCF_LOCK, contextlib.redirect_stdout(io.StringIO()):
-        nncf.set_log_level(logging.WARNING)
-        is_onnx = hasattr(model, "graph")  # onnx.ModelProto: NNCF's ONNX backend feeds {input name: array}
-        return nncf.quantize(
-            model,
-            nncf.Dataset(samples, (lambda sample: {INPUT_NAME: sample}) if is_onnx else None),
-            preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(samples),
-            # full bias correction for OpenVINO (held-out F1 0.985 vs 0.975 with the fast one at 320); the
-            # fast one for ONNX, whose full one fails in NNCF 3.4 on this graph ("Duplicate definition-site")
-            fast_bias_correction=is_onnx,
-            ignored_scope=nncf.IgnoredScope(
-                patterns=list(INT8_IGNORED_PATTERNS), types=list(INT8_IGNORED_TYPES), validate=False
-            ),
-        )
 
 
 def _embed_preprocessing(model, input_format: str):
@@ -116,8 +84,14 @@ def read_onnx(source: Path):
     return model
 
 
-def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: dict[str, Any]):
-    """The IR ``job`` asks for from a copy of ``base`` (left as it is), with ``provenance`` in its ``rt_info``."""
+def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The IR ``job`` asks for from a copy of ``base`` (left as it is), with ``provenance`` in its ``rt_info``.
+
+    Returns the IR and what its conversion reports (INT8: the photo sets and the accuracy reached).
+
+    Raises:
+        AccuracyDropError: INT8 that misses its accuracy target (and the request does not allow it).
+    """
     openvino_module()
     from openvino.passes import ConstantFolding, Manager
 
@@ -129,10 +103,14 @@ def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: 
     folding = Manager()
     folding.register_pass(ConstantFolding())
     folding.run_passes(model)
+    conversion: dict[str, Any] = {}
     if job.precision == "int8":
-        if not calibration:
-            raise ValueError("INT8 needs calibration samples")
-        model = quantize_int8(model, calibration)
+        if int8 is None:
+            raise ValueError("INT8 needs calibration and validation photos")
+        from retinaface_export.quantize import quantize_detector
+
+        model, conversion["int8"] = quantize_detector(model, int8)
+        provenance = provenance | conversion
     if job.input_format != DEFAULT_INPUT_FORMAT:
         model = _embed_preprocessing(model, job.input_format)
     for key, value in provenance.items():
@@ -142,7 +120,7 @@ def finish_ir(base, job: Job, calibration: list[np.ndarray] | None, provenance: 
     if job.precision == "fp32":
         # a client compiling with defaults would otherwise run bf16 on CPUs that have it
         model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
-    return model
+    return model, conversion
 
 
 def model_info(job: Job) -> dict[str, str]:
@@ -192,10 +170,10 @@ class OpenVinoFormat(ArtifactFormat):
             ("fingerprint", inputs.source_path), lambda: graph_fingerprint(source_model(inputs))
         )
         base = inputs.shared.get(("openvino-base", fingerprint), lambda: read_onnx(inputs.source_path))
-        model = finish_ir(base, job, inputs.calibration, inputs.provenance)
+        model, conversion = finish_ir(base, job, inputs.int8, inputs.provenance)
         # save_model compresses to FP16 by default, which must not happen to an IR labelled FP32 or INT8.
         ov.save_model(model, str(staging / job.file_name), compress_to_fp16=job.precision == "fp16")
-        return {}
+        return conversion
 
     def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
         """The IR on the CPU plugin in f32 inference precision (the CPU plugin may otherwise pick bf16)."""

@@ -74,13 +74,17 @@ class CalibrationSet:
         Ordered view by view (every photo as it is, then every photo flipped, ...): NNCF reads the first
         samples only for some steps (its full bias correction, the first fifth), which then span every photo.
         """
-        samples = []
+        return [to_network_input(view) for view in self.views(size)]
+
+    def views(self, size: InputSize) -> list[np.ndarray]:
+        """The photos as the network sees them (BGR uint8 H×W×3 letterboxed to ``size``), in ``samples`` order."""
+        views = []
         for name in self.augmentations:
             for image in self.images:
                 view = np.ascontiguousarray(AUGMENTATIONS[name](image))
                 box = Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width)
-                samples.append(to_network_input(box.apply(view)))
-        return samples
+                views.append(box.apply(view))
+        return views
 
     def record(self) -> dict[str, object]:
         """What the manifest keeps: folder, file names, image and sample counts, content hash, augmentations."""
@@ -185,7 +189,8 @@ def split_photos(calibration: str | Path, validation: str | Path | None = None) 
                 calibration,
                 "holds one photo: at least two are needed to hold one out for validation (or give a validation folder)",
             )
-        by_content = sorted(files, key=lambda p: (hashlib.sha256(read_regular_bytes(p, "an image")).hexdigest(), p.name))
+        content = {path: hashlib.sha256(read_regular_bytes(path, "an image")).hexdigest() for path in files}
+        by_content = sorted(files, key=lambda path: (content[path], path.name))
         count = min(len(files) - 1, max(1, round(len(files) * HOLDOUT_FRACTION)))
         held = set(by_content[:count])
         return PhotoSplit(

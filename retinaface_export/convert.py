@@ -2,8 +2,9 @@
 
 Reads ``EXPORT_DIR/manifest.json``, checks every source file against its recorded sha256, plans one job
 per source and precision, and hands each to its format's converter; each result is verified against its
-source run by ONNX Runtime (tensors for FP32/FP16 by the one comparison, detections for INT8) before it is
-committed with the manifest.
+source run by ONNX Runtime (tensors for FP32/FP16 by the one comparison; for INT8, strict detection F1 on
+validation photos calibration never saw, against the accuracy target) before it is committed with the
+manifest.
 
 Work is done once where it can be: each source runs in ONNX Runtime once per size and batch for all the
 checks of its conversions, and converters share work through the run's cache (OpenVINO converts each
@@ -16,13 +17,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retinaface_export.calibration import CalibrationSet, load_calibration_set
-from retinaface_export.errors import ManifestError, UsageError
-from retinaface_export.format_api import ConvertInputs, Job
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.calibration import PhotoSplit, split_photos
+from retinaface_export.errors import ExportError, ManifestError, UsageError
+from retinaface_export.format_api import ConvertInputs, Job, Runner
 from retinaface_export.formats import FORMATS, PRECISIONS, convert_targets
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
 from retinaface_export.pipeline import (
@@ -40,12 +42,13 @@ from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
 
+if TYPE_CHECKING:
+    from retinaface_export.quantize import Int8Request
+
 log = logging.getLogger(__name__)
 
 # Kept for callers of the earlier API: the result of a conversion.
 ConvertResult = RunResult
-# How many calibration photos the INT8 detection check runs on (originals, no augmentation).
-_INT8_CHECK_IMAGES = 4
 # Sizes a dynamic source's conversion is verified at (the first of the source's verified sizes).
 _DYNAMIC_CHECK_SIZES = 2
 
@@ -58,6 +61,12 @@ class ConvertOptions:
     precisions: tuple[str, ...] = ("fp32",)
     input_format: str = DEFAULT_INPUT_FORMAT
     calibration: Path | None = None
+    # INT8: photos the accuracy is judged on (None: part of the calibration folder is held out)
+    validation: Path | None = None
+    # INT8: largest accepted drop of strict detection F1 against FP32 on the validation photos
+    max_f1_drop: float = 0.03
+    # INT8: keep a model that misses the target (its record says so) instead of failing the run
+    allow_accuracy_drop: bool = False
     sizes: tuple[InputSize, ...] = ()
     workers: int = 1
     # False only to time the build alone (scripts/bench_toolchain.py): the manifest then says "skipped"
@@ -90,6 +99,10 @@ class ConvertOptions:
                 "--precision int8 needs --calibration DIR: a folder of photos like those the model will see "
                 "(a few dozen with faces; fewer are augmented)"
             )
+        if self.validation is not None and "int8" not in self.precisions:
+            raise UsageError("--validation is for --precision int8")
+        if not 0 <= self.max_f1_drop < 1:
+            raise UsageError(f"--max-f1-drop must be at least 0 and below 1, got {self.max_f1_drop}")
 
 
 def checked_sources(export_dir: Path, manifest: Manifest, options: ConvertOptions) -> list[ArtifactRecord]:
@@ -143,59 +156,91 @@ def plan(sources: list[ArtifactRecord], options: ConvertOptions) -> list[Job]:
     return jobs
 
 
+@dataclass(frozen=True)
 class SourceReference:
-    """A source artifact's outputs on the verification photos (its own runtime, graph as written), once each."""
+    """A source artifact run in its own runtime (graph as written): its outputs on the verification photos."""
 
-    def __init__(self, export_dir: Path, cache: OnceCache) -> None:
-        self._dir, self._cache = export_dir, cache
+    export_dir: Path
+    source: ArtifactRecord
+    # the run's shared cache: each source is opened once and run once per size and batch
+    cache: OnceCache
 
-    def for_source(self, source: ArtifactRecord):
-        """The reference of one source."""
-        outer = self
+    @property
+    def name(self) -> str:
+        """How verification records name this reference."""
+        return f"its source {self.source.path}"
 
-        class _One:
-            name = f"its source {source.path}"
+    def runner(self) -> Runner:
+        """The source's runner, opened once per run."""
+        path = self.export_dir / self.source.path
+        return self.cache.get(("runner", self.source.path), lambda: FORMATS[self.source.format].open_runner(path))
 
-            def case(self, size: InputSize, batch: int) -> tuple[np.ndarray, list[np.ndarray]]:
-                runner = outer._cache.get(
-                    ("runner", source.path), lambda: FORMATS[source.format].open_runner(outer._dir / source.path)
-                )
+    def case(self, size: InputSize, batch: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Verification photos at ``size`` × ``batch`` and the source's outputs on them."""
 
-                def make() -> tuple[np.ndarray, list[np.ndarray]]:
-                    photos = verification_photos(size, batch)
-                    return photos, runner(to_network_input(photos))
+        def make() -> tuple[np.ndarray, list[np.ndarray]]:
+            photos = verification_photos(size, batch)
+            return photos, self.runner()(to_network_input(photos))
 
-                return outer._cache.get(("case", source.path, size, batch), make)
-
-        return _One()
+        return self.cache.get(("case", self.source.path, size, batch), make)
 
 
-def _detection_check(source_path: Path, staged: Path, calibration: CalibrationSet, precision: str) -> dict[str, Any]:
-    """F1 of the staged model's faces against the source's on calibration photos (score > 0.5)."""
-    from retinaface_export.detection.compare import compare_faces
-    from retinaface_export.detection.detector import Detector
+def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], options: ConvertOptions) -> Int8Request:
+    """What ``job``'s INT8 conversion needs: the photos, the shape they go in at, anchors, the target."""
+    from retinaface_export.quantize import Int8Request
 
-    reference, candidate = Detector.from_artifact(source_path), Detector.from_artifact(staged)
-    agreements = [
-        compare_faces(reference.detect(image), candidate.detect(image))
-        for image in calibration.images[:_INT8_CHECK_IMAGES]
-    ]
-    matched = sum(a.matched for a in agreements)
-    total = sum(a.reference_faces + a.candidate_faces for a in agreements)
-    f1 = 1.0 if total == 0 else 2 * matched / total
-    min_f1 = PRECISIONS[precision].min_f1
-    if f1 < min_f1:
-        log.warning(
-            "%s: detection F1 %.3f against FP32 on the calibration photos is below %.2f", staged.name, f1, min_f1
+    return Int8Request(
+        photos=photos,
+        size=job.size or job.verify_sizes[0],  # a dynamic model is calibrated and judged at its first size
+        batch=1 if job.dynamic else job.batch,
+        anchors=AnchorConfig.from_mapping(checkpoint["anchors"]),
+        postprocess=job.postprocess,
+        max_f1_drop=options.max_f1_drop,
+        allow_accuracy_drop=options.allow_accuracy_drop,
+        accuracy_control=not checkpoint.get("synthetic", False),
+    )
+
+
+def accuracy_check(job: Job, staged: Path, source: Runner, request: Int8Request) -> dict[str, Any]:
+    """Strict detection F1 of the written INT8 artifact against its source on the validation photos.
+
+    The artifact runs in its own runtime, fed as its input format says; the source (FP32) in ONNX Runtime.
+    The target does not apply to synthetic weights (``request.accuracy_control`` False): F1 is recorded.
+
+    Raises:
+        ExportError: the F1 drop is above the target and the request does not allow it.
+    """
+    runner = job.fmt.open_runner(staged)
+    prepare = INPUT_FORMATS[job.input_format]
+    reference, candidate = [], []
+    for view in request.photos.validation.views(request.size):
+        photos = np.repeat(view[None], request.batch, axis=0)
+        reference.append(source(to_network_input(photos)))
+        candidate.append(runner(prepare(photos)))
+    metric = request.metric()
+    f1 = metric(reference, candidate)[0]
+    drop = 1.0 - f1  # the source against itself scores 1
+    passed = drop <= request.max_f1_drop + 1e-9
+    if not request.accuracy_control:
+        log.info("%s: synthetic weights: INT8 F1 %.3f recorded, no accuracy target applied", job.file_name, f1)
+    elif not passed:
+        message = (
+            f"{job.file_name}: {metric.name} on {len(candidate)} validation samples is {f1:.3f}, a drop of "
+            f"{drop:.3f} above the maximum {request.max_f1_drop:.3f}"
         )
+        if not request.allow_accuracy_drop:
+            raise ExportError(message)
+        log.warning("%s (kept: --allow-accuracy-drop)", message)
     return {
         "kind": "detections",
-        "reference": f"its source {source_path.name}",
-        "images": len(agreements),
-        "reference_faces": sum(a.reference_faces for a in agreements),
+        "reference": f"its source {job.source.path}" if job.source else "its source",
+        "metric": metric.name,
+        "photos": "validation",
+        "samples": len(candidate),
         "f1": f1,
-        "min_f1": min_f1,
-        "passed": f1 >= min_f1,
+        "drop": drop,
+        "max_drop": request.max_f1_drop if request.accuracy_control else None,
+        "passed": passed or not request.accuracy_control,
     }
 
 
@@ -209,47 +254,54 @@ def convert_export(
 
     Args:
         export_dir: a folder written by ``retinaface-export``.
-        options: target, precisions, input format, calibration folder, sizes.
+        options: target, precisions, input format, INT8 photo folders and accuracy target, sizes.
         output_dir: where results and their manifest go (default: ``export_dir``).
         on_step: called as ``on_step(job, index, total)`` before each artifact.
 
     Raises:
         ManifestError: no manifest, nothing to convert, a missing or altered source, another checkpoint's
             manifest in ``output_dir``.
-        FileError: a bad calibration folder or image.
-        ExportError: a converter failed or a result does not match its source.
+        FileError: a bad calibration or validation folder or image; a validation photo that is also a
+            calibration photo.
+        ExportError: a converter failed, a result does not match its source, or an INT8 model misses its
+            accuracy target (:class:`~retinaface_export.errors.AccuracyDropError`) without
+            ``options.allow_accuracy_drop``.
     """
     export_dir = Path(export_dir)
     manifest = Manifest.read(export_dir)
     sources = checked_sources(export_dir, manifest, options)
-    calibration = load_calibration_set(options.calibration) if "int8" in options.precisions else None
+    photos = split_photos(options.calibration, options.validation) if options.calibration else None
+    if photos and photos.held_out:
+        log.info(
+            "INT8 accuracy is judged on %d photos held out of %s (no --validation folder): %s",
+            len(photos.validation.files),
+            options.calibration,
+            ", ".join(path.name for path in photos.validation.files),
+        )
     jobs = plan(sources, options)
     shared = OnceCache()
-    references = SourceReference(export_dir, shared)
 
     def make(job: Job, staging: Path) -> Made:
         assert job.source is not None
         source_path = export_dir / job.source.path
-        reference = references.for_source(job.source)
+        reference = SourceReference(export_dir, job.source, shared)
 
         def source_cases() -> list[tuple[np.ndarray, list[np.ndarray]]]:
             pairs = [reference.case(s, b) for s in job.verify_sizes for b in verification_batches(job)]
             return [(INPUT_FORMATS[DEFAULT_INPUT_FORMAT](photos), outputs) for photos, outputs in pairs]
 
-        int8 = job.precision == "int8"
-        samples = calibration.samples(job.size or job.verify_sizes[0]) if (int8 and calibration) else None
-        if samples and not job.dynamic and job.batch > 1:  # a fixed batch takes batches: each photo repeated
-            samples = [np.repeat(sample, job.batch, axis=0) for sample in samples]
+        request = None
+        if job.precision == "int8":
+            assert photos is not None  # ConvertOptions requires a calibration folder for INT8
+            request = int8_request(job, photos, manifest.checkpoint, options)
         inputs = ConvertInputs(
-            source_path, artifact_provenance(manifest.checkpoint, job), shared, source_cases, samples
+            source_path, artifact_provenance(manifest.checkpoint, job), shared, source_cases, request
         )
         conversion = job.fmt.convert(job, inputs, staging)
         if not options.verify:
             return NOT_VERIFIED, conversion
-        if int8:
-            assert calibration is not None
-            conversion["calibration"] = calibration.record() | {"samples": len(samples or [])}
-            return _detection_check(source_path, staging / job.file_name, calibration, job.precision), conversion
+        if request is not None:
+            return accuracy_check(job, staging / job.file_name, reference.runner(), request), conversion
         return verify_tensors(job, staging / job.file_name, reference), conversion
 
     def recheck_sources() -> None:

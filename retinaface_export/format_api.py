@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from retinaface_export.anchors import AnchorConfig
     from retinaface_export.manifest import ArtifactRecord
+    from retinaface_export.quantize import Int8Request
     from retinaface_export.workers import OnceCache
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
@@ -78,8 +79,8 @@ class ConvertInputs:
     shared: OnceCache
     # ``(network input, source outputs)`` pairs at the job's sizes, for converters that check their own work
     source_cases: Callable[[], list[tuple[np.ndarray, list[np.ndarray]]]]
-    # network inputs (1×3×H×W, mean subtracted) for INT8 calibration at the job's size, or None
-    calibration: list[np.ndarray] | None = None
+    # for INT8: calibration and validation photos, the model's shape and the accuracy target; else None
+    int8: Int8Request | None = None
 
 
 class ArtifactFormat:

@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -32,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
-from retinaface_export.calibration import PhotoSplit
-from retinaface_export.contract import OUTPUT_NAMES
+from retinaface_export.calibration import CalibrationSet, PhotoSplit
 from retinaface_export.detection.metric import DetectionF1
 from retinaface_export.errors import AccuracyDropError, UsageError
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ _QUANTISABLE = {
 _QUANTISER = {"openvino": "FakeQuantize", "onnx": "DequantizeLinear"}
 # OpenVINO threads for the float reference and the final check (as the project's runners use).
 _THREADS = 2
+# NNCF sets its log level and redirects sys.stdout for the whole process while it runs: one at a time.
+_NNCF_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,11 @@ class AccuracyResult:
     int8: float
     max_drop: float
     validation_samples: int
-    # Quantisable layers still INT8, layers the ignored scope kept in float, layers reverted to float.
+    # Quantisable layers still INT8; layers the ignored scope kept in float; the other layers in float (those
+    # accuracy control reverted, and any NNCF itself left unquantised).
     quantized_layers: int
     ignored_layers: tuple[str, ...]
-    reverted_layers: tuple[str, ...]
+    float_layers: tuple[str, ...]
     settings: QuantizationSettings = field(default_factory=QuantizationSettings)
 
     @property
@@ -143,7 +147,7 @@ class AccuracyResult:
             "validation_samples": self.validation_samples,
             "quantized_layers": self.quantized_layers,
             "ignored_layers": list(self.ignored_layers),
-            "reverted_layers": list(self.reverted_layers),
+            "float_layers": list(self.float_layers),
             "settings": self.settings.record(),
         }
 
@@ -151,13 +155,19 @@ class AccuracyResult:
         """One line: metric values, drop, layers in float."""
         return (
             f"{self.metric}: FP32 {self.fp32:.3f}, INT8 {self.int8:.3f} on {self.validation_samples} validation "
-            f"samples (drop {self.drop:.3f}, max {self.max_drop:.3f}); {len(self.reverted_layers)} layers "
-            f"reverted to float, {self.quantized_layers} INT8"
+            f"samples (drop {self.drop:.3f}, max {self.max_drop:.3f}); {len(self.float_layers)} layers "
+            f"in float, {self.quantized_layers} INT8"
         )
 
 
+def _openvino():
+    from retinaface_export.converters.openvino import openvino_module  # the package's one way to import it
+
+    return openvino_module()
+
+
 def _backend(model: Any) -> str:
-    import openvino as ov
+    ov = _openvino()
 
     if isinstance(model, ov.Model | ov.CompiledModel):
         return "openvino"
@@ -169,7 +179,7 @@ def _backend(model: Any) -> str:
 
 
 def run_model(model: Any, inputs: Iterable[np.ndarray]) -> list[list[np.ndarray]]:
-    """The three outputs (contract order) of ``model`` on each input, one run per input.
+    """The outputs (in the model's order: the contract's for raw outputs) of ``model`` on each input.
 
     ``model`` is an ``openvino.Model`` (compiled here for the CPU in f32 precision, the LATENCY hint, 2
     threads), an ``openvino.CompiledModel`` as NNCF hands it to a validation function, or an
@@ -182,14 +192,13 @@ def run_model(model: Any, inputs: Iterable[np.ndarray]) -> list[list[np.ndarray]
         options.intra_op_num_threads = _THREADS
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
-        return [session.run(list(OUTPUT_NAMES), {input_name: data}) for data in inputs]
-    import openvino as ov
-
+        return [session.run(None, {input_name: data}) for data in inputs]
+    ov = _openvino()
     if isinstance(model, ov.Model):
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _THREADS}
         model = ov.Core().compile_model(model, "CPU", config)
     request = model.create_infer_request()
-    ports = [model.output(name) for name in OUTPUT_NAMES]
+    ports = list(model.outputs)
     runs = []
     for data in inputs:
         result = request.infer({0: data})
@@ -242,15 +251,16 @@ def _nncf_arguments(settings: QuantizationSettings, samples: int) -> dict[str, A
 
 @contextlib.contextmanager
 def _quiet_nncf():
-    """NNCF quiet while it runs: its log lowered to warnings, its stdout captured.
+    """NNCF quiet while it runs, one run at a time: its log lowered to warnings, its stdout captured.
 
     NNCF logs at INFO to its own handler and draws progress bars on stdout with no switch to turn them off;
     the log level goes through its public ``set_log_level``.
     """
+    _openvino()  # NNCF imports openvino: its numpy bridge must be initialised first (converters/openvino.py)
     import nncf
 
-    nncf.set_log_level(logging.WARNING)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _NNCF_LOCK, contextlib.redirect_stdout(io.StringIO()):
+        nncf.set_log_level(logging.WARNING)
         yield
 
 
@@ -302,6 +312,37 @@ def quantize(
         return nncf.quantize(
             model, _calibration_dataset(model, samples, progress), **_nncf_arguments(settings, len(samples))
         )
+
+
+def measure_accuracy(
+    model: Any,
+    quantized: Any,
+    validation: Sequence[np.ndarray],
+    metric: Metric,
+    max_drop: float,
+    settings: QuantizationSettings | None = None,
+    metric_name: str | None = None,
+    reference: Sequence[Sequence[np.ndarray]] | None = None,
+) -> AccuracyResult:
+    """``metric`` of ``quantized`` against the float ``model`` on ``validation``, and its layers in float.
+
+    ``reference``: the float model's runs on ``validation`` when already at hand.
+    """
+    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
+    if reference is None:
+        reference = run_model(model, validation)
+    in_float = float_layers(quantized)
+    return AccuracyResult(
+        metric=metric_name or getattr(metric, "name", "metric"),
+        fp32=metric(reference, reference)[0],
+        int8=metric(reference, run_model(quantized, validation))[0],
+        max_drop=max_drop,
+        validation_samples=len(validation),
+        quantized_layers=_quantisable_count(quantized) - len(in_float),
+        ignored_layers=tuple(name for name in in_float if _ignored(name, settings)),
+        float_layers=tuple(name for name in in_float if not _ignored(name, settings)),
+        settings=settings,
+    )
 
 
 def quantize_with_accuracy_control(
@@ -371,18 +412,7 @@ def quantize_with_accuracy_control(
             advanced_accuracy_restorer_parameters=restorer,
             **_nncf_arguments(settings, len(samples)),
         )
-    in_float = float_layers(quantized)
-    result = AccuracyResult(
-        metric=metric_name,
-        fp32=metric(reference, reference)[0],
-        int8=metric(reference, run_model(quantized, validation))[0],
-        max_drop=max_drop,
-        validation_samples=len(validation),
-        quantized_layers=_quantisable_count(quantized) - len(in_float),
-        ignored_layers=tuple(name for name in in_float if _ignored(name, settings)),
-        reverted_layers=tuple(name for name in in_float if not _ignored(name, settings)),
-        settings=settings,
-    )
+    result = measure_accuracy(model, quantized, validation, metric, max_drop, settings, metric_name, reference)
     if not result.met:
         if not allow_accuracy_drop:
             raise AccuracyDropError(result.summary(), result.record())
@@ -390,51 +420,74 @@ def quantize_with_accuracy_control(
     return quantized, result
 
 
-def quantize_detector(
-    model: Any,
-    photos: PhotoSplit,
-    size: InputSize,
-    anchors: AnchorConfig,
-    max_f1_drop: float = 0.03,
-    settings: QuantizationSettings | None = None,
-    allow_accuracy_drop: bool = False,
-    progress: Progress | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """A RetinaFace model at ``size`` quantised to INT8, judged by strict detection F1 against itself in float.
+@dataclass(frozen=True)
+class Int8Request:
+    """What an INT8 conversion of a RetinaFace artifact needs besides the model, and its accuracy target."""
 
-    Calibrates on ``photos.calibration`` and validates on ``photos.validation`` (both letterboxed to
-    ``size``, augmented as their sets say) with :class:`~retinaface_export.detection.metric.DetectionF1`
-    (score > 0.5 on both sides, IoU >= 0.5).
+    photos: PhotoSplit
+    # the model's input size (a dynamic model is calibrated and judged at one size) and batch
+    size: InputSize
+    batch: int
+    anchors: AnchorConfig
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    # largest accepted strict-F1 drop against the float model on the validation photos
+    max_f1_drop: float = 0.03
+    allow_accuracy_drop: bool = False
+    # False for synthetic weights, whose detections mean nothing: the model is quantised whole and its F1
+    # measured and recorded, with no target (reverting layers would chase noise)
+    accuracy_control: bool = True
+    settings: QuantizationSettings = field(default_factory=QuantizationSettings)
+    progress: Progress | None = None
+
+    def metric(self) -> DetectionF1:
+        """Strict detection F1 at 0.5 and IoU 0.5, reading outputs as the model writes them."""
+        return DetectionF1(self.anchors, self.size, postprocess=self.postprocess)
+
+    def samples(self, photos: CalibrationSet) -> list[np.ndarray]:
+        """Network inputs (mean subtracted) of ``photos`` at the model's size; each repeated to its batch."""
+        samples = photos.samples(self.size)
+        if self.batch > 1:
+            samples = [np.repeat(sample, self.batch, axis=0) for sample in samples]
+        return samples
+
+
+def quantize_detector(model: Any, request: Int8Request) -> tuple[Any, dict[str, Any]]:
+    """A RetinaFace model quantised to INT8, judged by strict detection F1 against itself in float.
+
+    Calibrates on ``request.photos.calibration`` and validates on ``request.photos.validation`` (both
+    letterboxed to the model's size, augmented as their sets say) with
+    :class:`~retinaface_export.detection.metric.DetectionF1` (score > 0.5 on both sides, IoU >= 0.5).
 
     Args:
-        model: an ``openvino.Model`` or ``onnx.ModelProto`` taking 1×3×H×W float32 minus the mean, fixed
-            at ``size``.
-        photos: from :func:`~retinaface_export.calibration.split_photos`.
-        size: the model's input size.
-        anchors: the checkpoint's anchors (to decode the outputs).
-        max_f1_drop: largest accepted F1 drop (F1 of FP32 against itself is 1).
-        settings: NNCF settings (default :class:`QuantizationSettings`).
-        allow_accuracy_drop: keep the model when the drop is not met (the record says so).
-        progress: see :data:`Progress`.
+        model: an ``openvino.Model`` or ``onnx.ModelProto`` taking N×3×H×W float32 minus the mean, fixed
+            at ``request.size`` and ``request.batch``.
+        request: photos, the model's shape, anchors and post-processing, the accuracy target.
 
     Returns:
         The quantised model, and the record for the manifest row and the artifact's provenance: both photo
         sets (files, sha256, counts, how the validation set was chosen) and the accuracy result (metric,
-        FP32 and INT8 values, drop, layers kept in float and reverted, NNCF settings).
+        FP32 and INT8 values, drop, layers in float, NNCF settings).
 
     Raises:
         AccuracyDropError: see :func:`quantize_with_accuracy_control`.
     """
-    metric = DetectionF1(anchors, size)
+    metric = request.metric()
+    calibration = request.samples(request.photos.calibration)
+    validation = request.samples(request.photos.validation)
+    if not request.accuracy_control:
+        quantized = quantize(model, calibration, request.settings, request.progress)
+        result = measure_accuracy(model, quantized, validation, metric, request.max_f1_drop, request.settings)
+        record = result.record() | {"accuracy_control": False, "reason": "synthetic weights: detections mean nothing"}
+        return quantized, request.photos.record() | {"accuracy": record}
     quantized, result = quantize_with_accuracy_control(
         model,
-        photos.calibration.samples(size),
-        photos.validation.samples(size),
+        calibration,
+        validation,
         metric,
-        max_f1_drop,
-        settings=settings,
-        allow_accuracy_drop=allow_accuracy_drop,
+        request.max_f1_drop,
+        settings=request.settings,
+        allow_accuracy_drop=request.allow_accuracy_drop,
         metric_name=metric.name,
-        progress=progress,
+        progress=request.progress,
     )
-    return quantized, photos.record() | {"accuracy": result.record()}
+    return quantized, request.photos.record() | {"accuracy": result.record() | {"accuracy_control": True}}

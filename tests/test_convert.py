@@ -128,7 +128,13 @@ def test_int8_keeps_the_faces_of_fp32(converted, crowd_photo, size):
         ):
             strong = [face for face in confident if face.score >= 0.6]
             assert len(strong) >= 5 and compare_faces(strong, other).matched == len(strong)
-    assert int8["conversion"]["calibration"]["images"] == 7 and int8["conversion"]["calibration"]["samples"] == 42
+    # judged when written on the photos held out of calibration, against the accuracy target (issue 14's goal)
+    photos = int8["conversion"]["int8"]
+    assert photos["calibration"]["images"] == 5 and photos["validation"]["images"] == 2
+    assert not set(photos["calibration"]["files"]) & set(photos["validation"]["files"])
+    assert int8["verification"]["photos"] == "validation" and int8["verification"]["samples"] == 12
+    assert int8["verification"]["f1"] >= 0.97 and photos["accuracy"]["met"] is True
+    assert read_openvino_provenance(out / int8["path"])["int8"] == photos  # the artifact says it too
 
 
 def test_ir_weights_have_the_precision_they_are_labelled(converted):
@@ -252,6 +258,52 @@ def test_unreadable_calibration_image_is_named(small_export, tmp_path):
     result = run(small_export, "--to", "openvino", "--precision", "int8", "--calibration", folder)
     assert result.exit_code == 1 and f"{folder / 'bad.png'}: cannot be read as an image" in result.stderr
     assert snapshot(small_export) == before
+
+
+def photo_folder(folder, *names, rename=None):
+    """``folder`` holding copies of the named shared photos (as ``rename`` when given)."""
+    folder.mkdir()
+    for index, name in enumerate(names):
+        shutil.copy(require(IMAGES / name), folder / (rename[index] if rename else name))
+    return folder
+
+
+def test_validation_photo_used_for_calibration_exits_1_writing_nothing(small_export, tmp_path):
+    calibration = photo_folder(tmp_path / "calibration", "wider_sample_1.jpg", "wider_sample_2.jpg")
+    validation = photo_folder(tmp_path / "validation", "wider_sample_2.jpg", rename=["other_name.jpg"])
+    before = snapshot(small_export)
+    args = ["--to", "openvino", "--precision", "int8", "--calibration", calibration, "--validation", validation]
+    result = run(small_export, *args)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"retinaface-convert: error: {validation / 'other_name.jpg'}: same content as "
+        f"{calibration / 'wider_sample_2.jpg'}: validation photos must not be used for calibration"
+    )
+    assert snapshot(small_export) == before
+
+
+def test_unmet_accuracy_target_exits_1_writing_nothing_unless_allowed(small_export, tmp_path):
+    """No drop at all allowed on the crowd photo: reverting layers cannot bring every face back."""
+    calibration = photo_folder(tmp_path / "calibration", "wider_sample_1.jpg", "wider_sample_3.jpg")
+    validation = photo_folder(tmp_path / "validation", "crowd_selfie.jpg")
+    args = ["--to", "onnx", "--precision", "int8", "--calibration", calibration, "--validation", validation]
+    before = snapshot(small_export)
+    result = run(small_export, *args, "--max-f1-drop", "0", "-q")
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("retinaface-convert: error: INT8 accuracy target not met: strict detection F1")
+    assert "(drop 0.0" in line and "max 0.000" in line
+    assert snapshot(small_export) == before
+    assert not list(small_export.parent.glob(".export.staging-*"))
+
+    result = run(small_export, *args, "--max-f1-drop", "0", "--allow-accuracy-drop", "-q")
+    assert result.exit_code == 0, result.stderr
+    row = artifact(json.loads((small_export / "manifest.json").read_text()), precision="int8")
+    accuracy = row["conversion"]["int8"]["accuracy"]
+    assert accuracy["met"] is False and accuracy["drop"] > 0 and accuracy["max_drop"] == 0
+    assert row["verification"]["passed"] is False and row["verification"]["f1"] < 1
+    assert row["conversion"]["int8"]["validation"]["held_out"] is False
+    assert read_onnx_provenance(small_export / row["path"])["int8"] == row["conversion"]["int8"]
 
 
 def test_unknown_target_exits_2(small_export):

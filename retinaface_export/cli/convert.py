@@ -36,7 +36,9 @@ def _check(artifact: ArtifactRecord) -> str:
     if conversion.get("simplified") is False:
         return f"kept original: {conversion['reason']}"
     if verification.get("kind") == "detections":
-        return f"F1 {verification['f1']:.3f} on {verification['images']} photos"
+        check = f"F1 {verification['f1']:.3f} on {verification['samples']} held-out views"
+        in_float = conversion.get("int8", {}).get("accuracy", {}).get("float_layers", [])
+        return check + (f", {len(in_float)} layer{'s' if len(in_float) > 1 else ''} in float" if in_float else "")
     check = f"max |Δ| {max(verification['max_abs_error'].values()):.1e}"
     if conversion.get("simplified"):
         check += f", {conversion['nodes_before']} → {conversion['nodes_after']} nodes"
@@ -83,6 +85,26 @@ def _summary(result: RunResult) -> Table:
     default=None,
     help="Folder of photos for INT8 calibration (required with int8).",
 )
+@click.option(
+    "--validation",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of photos INT8 accuracy is judged on, none also in --calibration "
+    "(default: a quarter of the calibration photos, chosen by content hash, held out of calibration).",
+)
+@click.option(
+    "--max-f1-drop",
+    type=float,
+    default=0.03,
+    show_default=True,
+    help="INT8: largest drop of strict detection F1 against FP32 on the validation photos; layers go back "
+    "to float until it is met, else the run fails.",
+)
+@click.option(
+    "--allow-accuracy-drop",
+    is_flag=True,
+    help="INT8: keep a model that misses --max-f1-drop (its manifest row says so) instead of failing.",
+)
 @size_option("Only the artifacts of these sizes (default: every size in the manifest).")
 @click.option(
     "--output-dir",
@@ -101,6 +123,9 @@ def main(
     embed_mean: bool,
     input_layout: str | None,
     calibration: Path | None,
+    validation: Path | None,
+    max_f1_drop: float,
+    allow_accuracy_drop: bool,
     sizes: tuple[InputSize, ...],
     output_dir: Path | None,
     workers: int,
@@ -108,7 +133,8 @@ def main(
 ) -> None:
     """Convert the ONNX models of EXPORT_DIR (made by retinaface-export) to TARGET.
 
-    INT8 calibration shows its progress under the artifact's bar.
+    INT8 is judged by strict detection F1 against FP32 on photos calibration never saw; layers stay in
+    float until the drop is at most --max-f1-drop, or nothing is written.
 
     Example: retinaface-convert out --to openvino --precision fp32 fp16 int8 --calibration photos/
     """
@@ -123,6 +149,9 @@ def main(
         precisions=precisions or (("fp32",) if "fp32" in FORMATS[target].conversion_precisions else ()),
         input_format=input_format,
         calibration=calibration,
+        validation=validation,
+        max_f1_drop=max_f1_drop,
+        allow_accuracy_drop=allow_accuracy_drop,
         sizes=sizes,
         workers=workers,
     )

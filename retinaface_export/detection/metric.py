@@ -1,6 +1,7 @@
-"""Strict detection F1 of a model's raw outputs against a reference model's, for quantisation control.
+"""Strict detection F1 of a model's outputs against a reference model's, for quantisation control.
 
-Both output sets are decoded with the same post-processing (anchors, score threshold, NMS) and their faces
+Both output sets (raw, decoded, or detections, as the artifact's post-processing says) are read with the
+same post-processing (anchors, score threshold, NMS) and their faces
 matched one to one at IoU >= ``min_iou`` (:func:`~retinaface_export.detection.compare.compare_faces`).
 "Strict": both sides are cut at the same threshold, with no score margin, so a face scored 0.51 by one
 model and 0.49 by the other counts as a miss.
@@ -9,18 +10,19 @@ model and 0.49 by the other counts as a miss.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.detection.compare import compare_faces
 from retinaface_export.detection.detector import Face, faces_from_arrays
-from retinaface_export.detection.postprocess import DetectionConfig, postprocess
-from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.detection.modes import image_faces, nms_config
+from retinaface_export.detection.postprocess import DetectionConfig
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
 
-# Outputs of one network run: bbox, cls, landmarks (contract order), each N×A×k.
+# Outputs of one run, in the model's order (raw: bbox, cls, landmarks, each N×A×k).
 Outputs = Sequence[np.ndarray]
 
 
@@ -32,6 +34,8 @@ class DetectionF1:
     size: InputSize
     threshold: float = 0.5
     min_iou: float = 0.5
+    # what the model computes after the network (its outputs are read accordingly)
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
 
     @property
     def name(self) -> str:
@@ -40,13 +44,13 @@ class DetectionF1:
 
     def faces(self, outputs: Outputs) -> list[list[Face]]:
         """Faces of each batch row of one run, in network-input pixels."""
-        config = DetectionConfig(score_threshold=self.threshold)
-        priors = prior_boxes(self.anchors, self.size.height, self.size.width)
-        scale = (self.size.width, self.size.height)
-        bbox, cls, landmarks = outputs
+        spec = self.postprocess
+        base = nms_config(spec) if spec.mode == "nms" else DetectionConfig()
+        config = replace(base, score_threshold=self.threshold)
+        height, width = self.size.height, self.size.width
         return [
-            faces_from_arrays(*postprocess(bbox[i], cls[i], landmarks[i], priors, self.anchors.variance, scale, config))
-            for i in range(len(bbox))
+            faces_from_arrays(*image_faces(list(outputs), i, spec, self.anchors, height, width, config))
+            for i in range(len(outputs[0]))
         ]
 
     def __call__(self, reference: Sequence[Outputs], candidate: Sequence[Outputs]) -> tuple[float, list[float]]:
