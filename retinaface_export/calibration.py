@@ -171,8 +171,9 @@ def load_calibration_set(folder: str | Path) -> CalibrationSet:
 def split_photos(calibration: str | Path, validation: str | Path | None = None) -> PhotoSplit:
     """Calibration photos and validation photos that share none (compared by content, not name).
 
-    Without ``validation``, HOLDOUT_FRACTION of the calibration folder's photos (at least one) is held out
-    for validation: those whose content sha256 sorts first, so the choice depends on the photos only.
+    Without ``validation``, HOLDOUT_FRACTION of the calibration folder's distinct photos (at least one) is
+    held out for validation: those whose content sha256 sorts first, so the choice depends on the photos
+    only; files with the same content stay together.
     Both sets are augmented (AUGMENTATIONS) when small; augmented views of a validation photo stay in the
     validation set.
 
@@ -184,15 +185,17 @@ def split_photos(calibration: str | Path, validation: str | Path | None = None) 
     calibration = Path(calibration)
     files = _image_files(calibration, "calibration")
     if validation is None:
-        if len(files) < 2:
+        content = {path: hashlib.sha256(read_regular_bytes(path, "an image")).hexdigest() for path in files}
+        distinct = sorted(set(content.values()))
+        if len(distinct) < 2:
             raise FileError(
                 calibration,
-                "holds one photo: at least two are needed to hold one out for validation (or give a validation folder)",
+                "holds one photo: at least two different ones are needed to hold one out for validation "
+                "(or give a validation folder)",
             )
-        content = {path: hashlib.sha256(read_regular_bytes(path, "an image")).hexdigest() for path in files}
-        by_content = sorted(files, key=lambda path: (content[path], path.name))
-        count = min(len(files) - 1, max(1, round(len(files) * HOLDOUT_FRACTION)))
-        held = set(by_content[:count])
+        count = min(len(distinct) - 1, max(1, round(len(distinct) * HOLDOUT_FRACTION)))
+        # copies of one photo go together: no content is in both sets
+        held = {path for path in files if content[path] in distinct[:count]}
         return PhotoSplit(
             calibration=_photo_set(calibration, tuple(p for p in files if p not in held), augment=None),
             validation=_photo_set(calibration, tuple(p for p in files if p in held), augment=None),

@@ -109,6 +109,10 @@ class EvaluationError(RetinaFaceExportError):
 class AccuracyDropError(ExportError):
     """An INT8 model whose accuracy drop against float is above the accepted maximum."""
 
-    def __init__(self, summary: str, record: dict) -> None:
-        self.record = record
-        super().__init__(f"INT8 accuracy target not met: {summary}")
+    def __init__(self, summary: str, record: dict, artifact: str | None = None) -> None:
+        self.summary, self.record, self.artifact = summary, record, artifact
+        super().__init__(f"{artifact + ': ' if artifact else ''}INT8 accuracy target not met: {summary}")
+
+    def naming(self, artifact: str) -> AccuracyDropError:
+        """The same error naming the artifact it is about."""
+        return AccuracyDropError(self.summary, self.record, artifact)

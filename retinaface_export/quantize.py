@@ -298,7 +298,7 @@ def quantize(
     """``model`` quantised to INT8 from calibration ``samples`` (network inputs); ``model`` is left as it is.
 
     Args:
-        model: an ``openvino.Model`` or ``onnx.ModelProto`` with fixed input shapes.
+        model: an ``openvino.Model`` or ``onnx.ModelProto`` (a dynamic one runs at the samples' shapes).
         samples: calibration inputs as the model takes them.
         settings: NNCF settings (default :class:`QuantizationSettings`).
         progress: see :data:`Progress`.
@@ -363,7 +363,7 @@ def quantize_with_accuracy_control(
     measured again on the final model, not taken from NNCF's log.
 
     Args:
-        model: an ``openvino.Model`` or ``onnx.ModelProto`` with fixed input shapes.
+        model: an ``openvino.Model`` or ``onnx.ModelProto`` (a dynamic one runs at the samples' shapes).
         samples: calibration inputs.
         validation: inputs the metric is measured on; none of them should be a calibration input.
         metric: see :data:`Metric`; higher is better.
@@ -425,7 +425,7 @@ class Int8Request:
     """What an INT8 conversion of a RetinaFace artifact needs besides the model, and its accuracy target."""
 
     photos: PhotoSplit
-    # the model's input size (a dynamic model is calibrated and judged at one size) and batch
+    # the size and batch calibration and accuracy control run at (a dynamic model's first verified size)
     size: InputSize
     batch: int
     anchors: AnchorConfig
@@ -439,9 +439,15 @@ class Int8Request:
     settings: QuantizationSettings = field(default_factory=QuantizationSettings)
     progress: Progress | None = None
 
-    def metric(self) -> DetectionF1:
-        """Strict detection F1 at 0.5 and IoU 0.5, reading outputs as the model writes them."""
-        return DetectionF1(self.anchors, self.size, postprocess=self.postprocess)
+    def metric(self, size: InputSize | None = None) -> DetectionF1:
+        """Strict detection F1 (IoU 0.5) of outputs at ``size`` (default: the request's), read as written.
+
+        Both sides are cut at 0.5, or at an ``nms`` model's own threshold when that is higher.
+        """
+        threshold = 0.5
+        if self.postprocess.mode == "nms":
+            threshold = max(threshold, self.postprocess.settings.score_threshold)
+        return DetectionF1(self.anchors, size or self.size, threshold=threshold, postprocess=self.postprocess)
 
     def samples(self, photos: CalibrationSet) -> list[np.ndarray]:
         """Network inputs (mean subtracted) of ``photos`` at the model's size; each repeated to its batch."""
@@ -460,7 +466,7 @@ def quantize_detector(model: Any, request: Int8Request) -> tuple[Any, dict[str, 
 
     Args:
         model: an ``openvino.Model`` or ``onnx.ModelProto`` taking N×3×H×W float32 minus the mean, fixed
-            at ``request.size`` and ``request.batch``.
+            at ``request.size`` and ``request.batch`` or dynamic (then run at those).
         request: photos, the model's shape, anchors and post-processing, the accuracy target.
 
     Returns:

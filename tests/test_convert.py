@@ -291,7 +291,10 @@ def test_unmet_accuracy_target_exits_1_writing_nothing_unless_allowed(small_expo
     result = run(small_export, *args, "--max-f1-drop", "0", "-q")
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("retinaface-convert: error: INT8 accuracy target not met: strict detection F1")
+    assert line.startswith(
+        "retinaface-convert: error: retinaface_mobilenet0.25_320x320_int8.onnx: INT8 accuracy target not met: "
+        "strict detection F1"
+    )
     assert "(drop 0.0" in line and "max 0.000" in line
     assert snapshot(small_export) == before
     assert not list(small_export.parent.glob(".export.staging-*"))
@@ -304,6 +307,63 @@ def test_unmet_accuracy_target_exits_1_writing_nothing_unless_allowed(small_expo
     assert row["verification"]["passed"] is False and row["verification"]["f1"] < 1
     assert row["conversion"]["int8"]["validation"]["held_out"] is False
     assert read_onnx_provenance(small_export / row["path"])["int8"] == row["conversion"]["int8"]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--precision", "fp32", "--validation", "photos"], "--validation is for --precision int8"),
+        (["--precision", "int8", "--calibration", "photos", "--max-f1-drop", "1"], "--max-f1-drop must be"),
+        (["--precision", "int8", "--calibration", "photos", "--max-f1-drop", "-0.1"], "--max-f1-drop must be"),
+        (["--precision", "int8", "--calibration", "photos", "--max-f1-drop", "nan"], "--max-f1-drop must be"),
+    ],
+)
+def test_int8_option_misuse_exits_2(small_export, args, says):
+    before = snapshot(small_export)
+    result = run(small_export, "--to", "openvino", *args)
+    assert result.exit_code == 2 and says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(small_export) == before
+
+
+def test_int8_of_a_post_processed_export_with_raw_pixel_input(tmp_path, real_weights):
+    """An nms export cutting at 0.6, batch 2, to INT8 taking uint8 images: judged at its own threshold."""
+    from retinaface_export.cli.export import main as export_main
+
+    export_dir = tmp_path / "nms"
+    export_args = ["--weights", real_weights, "--size", "320", "--batch", "2", "--format", "onnx"]
+    export_args += ["--postprocess", "nms", "--score-threshold", "0.6", "--output-dir", export_dir, "-q"]
+    result = CliRunner().invoke(export_main, [str(a) for a in export_args], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    calibration = photo_folder(tmp_path / "photos", *(f"wider_sample_{i}.jpg" for i in range(1, 5)))
+    convert_args = ["--to", "openvino", "--precision", "fp32", "int8", "--embed-mean", "--input", "u8-nhwc"]
+    result = run(export_dir, *convert_args, "--calibration", calibration)
+    assert result.exit_code == 0, result.stderr
+    assert "held out of" in result.stderr and "(no --validation folder)" in result.stderr  # says so
+    assert "F1" in result.stdout  # the summary reads both kinds of detection checks
+    row = artifact(json.loads((export_dir / "manifest.json").read_text()), precision="int8")
+    assert row["input_format"] == "u8-nhwc" and row["postprocess"]["score_threshold"] == 0.6
+    assert "score > 0.6" in row["verification"]["metric"] and row["verification"]["passed"] is True
+    assert row["verification"]["cases"] == [{"size": [320, 320], "batch": 2, "f1": row["verification"]["f1"]}]
+    assert row["conversion"]["int8"]["validation"]["images"] == 1
+
+
+def test_int8_of_a_dynamic_export_is_judged_at_its_sizes_and_batches(tmp_path, real_weights):
+    from retinaface_export.checkpoint import load_checkpoint
+    from retinaface_export.export import ExportOptions, export_checkpoint
+
+    export_dir = tmp_path / "dynamic"
+    sizes = (InputSize(320, 320), InputSize(480, 640))
+    export_checkpoint(
+        load_checkpoint(real_weights), ExportOptions(sizes=sizes, formats=("onnx",), dynamic=True), export_dir
+    )
+    calibration = photo_folder(tmp_path / "photos", *(f"wider_sample_{i}.jpg" for i in range(1, 5)))
+    result = convert_export(export_dir, ConvertOptions("onnx", ("int8",), calibration=calibration))
+    (row,) = result.added
+    cases = [(tuple(c["size"]), c["batch"]) for c in row.verification["cases"]]
+    assert cases == [((320, 320), 1), ((320, 320), 2), ((480, 640), 1), ((480, 640), 2)]
+    assert row.verification["f1"] == min(c["f1"] for c in row.verification["cases"]) >= 0.97
+    assert row.size is None and row.verified_sizes == [[320, 320], [480, 640]]
 
 
 def test_unknown_target_exits_2(small_export):

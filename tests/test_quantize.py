@@ -18,8 +18,10 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.calibration import load_calibration_set, split_photos
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.metric import DetectionF1
+from retinaface_export.detection.modes import mode_outputs
 from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.errors import AccuracyDropError, FileError
+from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.preprocess import to_network_input
 from retinaface_export.quantize import (
     QuantizationSettings,
@@ -124,11 +126,26 @@ def test_tiny_photo_is_a_file_error(tmp_path, shape):
         assert f"{shape[1]}x{shape[0]} image is too small" in error.value.reason
 
 
+def test_copies_of_one_photo_are_held_out_together(photos):
+    """Two files with the same bytes: never one in calibration and the other in validation."""
+    split = split_photos(photos)
+    first_held = split.validation.files[0]
+    shutil.copy(first_held, photos / "zz_copy_of_a_held_out_photo.jpg")
+    last_kept = max(split.calibration.files, key=_content_hash)  # sorts last: stays in calibration
+    shutil.copy(last_kept, photos / "aa_copy_of_a_calibration_photo.jpg")
+    split = split_photos(photos)
+    calibration = {_content_hash(p) for p in split.calibration.files}
+    validation = {_content_hash(p) for p in split.validation.files}
+    assert not calibration & validation
+    assert (len(split.calibration.files), len(split.validation.files)) == (6, 3)
+    assert photos / "zz_copy_of_a_held_out_photo.jpg" in split.validation.files
+
+
 def test_one_photo_cannot_be_split(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     cv2.imwrite(str(folder / "only.png"), np.full((100, 120, 3), 128, np.uint8))
-    with pytest.raises(FileError, match="at least two are needed"):
+    with pytest.raises(FileError, match="at least two different ones are needed"):
         split_photos(folder)
 
 
@@ -157,6 +174,30 @@ def test_detection_f1_is_strict_at_the_threshold():
     value, per_sample = metric(reference * 2, [_outputs({0: 0.9, 3000: 0.49}), reference[0]])
     assert value == pytest.approx(6 / 7) and per_sample == [pytest.approx(2 / 3), 1.0]
     assert metric([_outputs({})], [_outputs({})]) == (1.0, [1.0])
+
+
+@pytest.mark.parametrize("mode", ["decode", "nms"])
+def test_detection_f1_reads_post_processed_outputs_and_batches(mode):
+    """The same faces, whether the model outputs raw tensors, decoded ones or NMS'd detections."""
+    raw = DetectionF1(ANCHORS, SIZE)
+    spec = PostprocessSpec(mode)
+    processed = DetectionF1(ANCHORS, SIZE, postprocess=spec)
+
+    def batch(*runs):  # images of one run, batch rows in order
+        return [np.concatenate(parts) for parts in zip(*runs, strict=True)]
+
+    reference = [batch(_outputs({0: 0.9, 3000: 0.8}), _outputs({100: 0.7}))]
+    candidate = [batch(_outputs({0: 0.9, 3000: 0.49}), _outputs({100: 0.7}))]
+    expected = raw(reference, candidate)
+    assert expected[0] == pytest.approx(4 / 5)  # 2 matches of 3 + 2 faces, pooled over the batch
+    as_mode = [
+        [mode_outputs(run, ANCHORS, SIZE.height, SIZE.width, spec) for run in side] for side in (reference, candidate)
+    ]
+    assert processed(*as_mode) == expected
+    # the threshold cuts both sides: at 0.85 the only face left is matched
+    strict = DetectionF1(ANCHORS, SIZE, threshold=0.85, postprocess=spec)
+    assert strict(*as_mode) == (1.0, [1.0])
+    assert processed(as_mode[0], as_mode[0]) == (1.0, [1.0])
 
 
 # --- NNCF on the synthetic model ----------------------------------------------------------------

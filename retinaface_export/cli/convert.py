@@ -35,10 +35,12 @@ def _check(artifact: ArtifactRecord) -> str:
     verification, conversion = artifact.verification, artifact.conversion
     if conversion.get("simplified") is False:
         return f"kept original: {conversion['reason']}"
-    if verification.get("kind") == "detections":
+    if verification.get("photos") == "validation":  # INT8: judged on photos calibration never saw
         check = f"F1 {verification['f1']:.3f} on {verification['samples']} held-out views"
         in_float = conversion.get("int8", {}).get("accuracy", {}).get("float_layers", [])
         return check + (f", {len(in_float)} layer{'s' if len(in_float) > 1 else ''} in float" if in_float else "")
+    if verification.get("kind") == "detections":  # an nms artifact: faces against its source's
+        return f"F1 {verification['f1']:.3f} ({verification['reference_faces']} faces)"
     check = f"max |Δ| {max(verification['max_abs_error'].values()):.1e}"
     if conversion.get("simplified"):
         check += f", {conversion['nodes_before']} → {conversion['nodes_after']} nodes"
