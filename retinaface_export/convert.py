@@ -39,6 +39,7 @@ from retinaface_export.pipeline import (
 )
 from retinaface_export.postprocess_settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
+from retinaface_export.progress import report_progress
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
 
@@ -185,10 +186,21 @@ class SourceReference:
         return self.cache.get(("case", self.source.path, size, batch), make)
 
 
+def _int8_progress(file_name: str, samples: int) -> Callable[[str, int], None]:
+    """Calibration progress of one artifact for ``report_progress``: one bar per pass NNCF makes."""
+
+    def progress(stage: str, count: int) -> None:
+        if stage == "calibration":  # accuracy control's evaluations have no known total: not shown
+            report_progress(f"{file_name}: INT8 calibration", (count - 1) % samples + 1, samples)
+
+    return progress
+
+
 def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], options: ConvertOptions) -> Int8Request:
     """What ``job``'s INT8 conversion needs: the photos, the shape they go in at, anchors, the target."""
     from retinaface_export.quantize import Int8Request
 
+    calibration_views = len(photos.calibration.files) * len(photos.calibration.augmentations)
     return Int8Request(
         photos=photos,
         size=job.size or job.verify_sizes[0],  # a dynamic model is calibrated and judged at its first size
@@ -198,6 +210,7 @@ def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], optio
         max_f1_drop=options.max_f1_drop,
         allow_accuracy_drop=options.allow_accuracy_drop,
         accuracy_control=not checkpoint.get("synthetic", False),
+        progress=_int8_progress(job.file_name, calibration_views),
     )
 
 
