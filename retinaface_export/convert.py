@@ -297,8 +297,9 @@ def convert_export(
     photos = split_photos(options.calibration, options.validation) if int8 and options.calibration else None
     if photos and photos.held_out:
         log.info(
-            "INT8 accuracy is judged on %d photos held out of %s (no --validation folder): %s",
+            "INT8 accuracy is judged on %d photo%s held out of %s (no --validation folder): %s",
             len(photos.validation.files),
+            "" if len(photos.validation.files) == 1 else "s",
             options.calibration,
             ", ".join(path.name for path in photos.validation.files),
         )
