@@ -42,6 +42,13 @@ INPUT_TAGS = {DEFAULT_INPUT_FORMAT: "", RAW_FLOAT_INPUT: "_mean", RAW_U8_INPUT: 
 # first conversion is made once, here, before any other thread can: no process-wide lock is needed.
 _OPENVINO_READY = threading.Lock()
 _openvino: list[Any] = []
+# One ov.Core for the process, never destroyed. The CPU plugin instance each Core loads sets an alternate
+# signal stack on the thread that loads it and frees it with the Core: a Core made in one thread and
+# destroyed in another left the first thread's alternate stack dangling, and the next signal handled on it
+# (a Ctrl-C or SIGTERM, which Python handles with SA_ONSTACK) crashed the process with SIGSEGV instead of
+# stopping it cleanly (OpenVINO 2026.4; reproduced with a Core built in the main thread and dropped in a
+# worker). Every Core the package needs is this one.
+_core: list[Any] = []
 
 
 def openvino_module():
@@ -53,6 +60,15 @@ def openvino_module():
             ov.Tensor(np.zeros(1, np.float32)).data  # noqa: B018  the first tensor→numpy view, in one thread
             _openvino.append(ov)
         return _openvino[0]
+
+
+def openvino_core():
+    """The process's one ``openvino.Core`` (see ``_core``); compiling models through it is thread-safe."""
+    ov = openvino_module()
+    with _OPENVINO_READY:
+        if not _core:
+            _core.append(ov.Core())
+        return _core[0]
 
 
 def _embed_preprocessing(model, input_format: str):
@@ -177,13 +193,11 @@ class OpenVinoFormat(ArtifactFormat):
 
     def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
         """The IR on the CPU plugin in f32 inference precision (the CPU plugin may otherwise pick bf16)."""
-        ov = openvino_module()
-
         del optimize  # OpenVINO always compiles with its optimisations; f32 keeps the IR's numerics
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        compiled = openvino_core().compile_model(str(path), "CPU", config)
         request = compiled.create_infer_request()
         outputs = list(compiled.outputs)  # in the model's order (raw: the contract's)
         busy = threading.Lock()  # an infer request runs one inference at a time ("Infer Request is busy")
@@ -200,7 +214,7 @@ class OpenVinoFormat(ArtifactFormat):
 
     def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
         """Every rt_info section that holds key/value entries (OpenVINO's own version strings left out)."""
-        model = openvino_module().Core().read_model(str(path))
+        model = openvino_core().read_model(str(path))
         blocks: dict[str, dict[str, Any]] = {}
         for section in model.get_rt_info():
             entries = model.get_rt_info()[section]

@@ -27,7 +27,7 @@ import numpy as np
 
 from retinaface_export.bench_stats import Budget
 from retinaface_export.contract import INPUT_NAME
-from retinaface_export.converters.openvino import openvino_module
+from retinaface_export.converters.openvino import openvino_core, openvino_module
 from retinaface_export.format_api import Runner
 from retinaface_export.formats import FORMATS
 from retinaface_export.runtimes import eager_runner
@@ -153,7 +153,7 @@ def _openvino_throughput(source: Source, threads: int, streams: int | None) -> t
     }
     if streams:
         config["NUM_STREAMS"] = streams
-    compiled = ov.Core().compile_model(str(source), "CPU", config)
+    compiled = openvino_core().compile_model(str(source), "CPU", config)
     used_streams = int(compiled.get_property("NUM_STREAMS"))
     requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 

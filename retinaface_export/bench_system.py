@@ -49,11 +49,9 @@ def int8_capability(flags: set[str]) -> str:
 
 def _openvino_capabilities() -> list[str]:
     try:
-        from retinaface_export.converters.openvino import openvino_module
+        from retinaface_export.converters.openvino import openvino_core
 
-        ov = openvino_module()
-
-        return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        return list(openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception as exc:  # an optional detail of the record: any failure just leaves it out
         log.debug("OpenVINO capabilities unavailable: %s", exc)
         return []

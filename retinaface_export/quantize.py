@@ -196,7 +196,9 @@ def run_model(model: Any, inputs: Iterable[np.ndarray]) -> list[list[np.ndarray]
     ov = _openvino()
     if isinstance(model, ov.Model):
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _THREADS}
-        model = ov.Core().compile_model(model, "CPU", config)
+        from retinaface_export.converters.openvino import openvino_core
+
+        model = openvino_core().compile_model(model, "CPU", config)
     request = model.create_infer_request()
     ports = list(model.outputs)
     runs = []

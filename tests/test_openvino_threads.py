@@ -63,3 +63,50 @@ def test_openvino_is_imported_through_one_function():
         if path.name != "openvino.py" and IMPORTS_OPENVINO.search(path.read_text())
     ]
     assert offenders == []
+
+
+SIGNAL_AFTER_A_RUNNER_DROPPED_IN_ANOTHER_THREAD = """
+import gc, os, signal, sys, threading
+import numpy as np
+from retinaface_export.converters.openvino import openvino_module
+from retinaface_export.formats import FORMATS
+ov = openvino_module()
+from openvino import opset13 as ops
+data = ops.parameter([1, 3, 8, 8], np.float32)
+path = sys.argv[1]
+ov.save_model(ov.Model([ops.relu(data)], [data]), path)
+box = [FORMATS["openvino"].open_runner(path)]
+box[0](np.ones((1, 3, 8, 8), np.float32))
+def drop():
+    box.clear()
+    gc.collect()
+worker = threading.Thread(target=drop)
+worker.start()
+worker.join()
+signal.signal(signal.SIGTERM, lambda *args: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGTERM)
+print("alive", flush=True)
+"""
+
+
+def test_a_signal_after_a_runner_is_dropped_in_another_thread_is_handled(tmp_path):
+    # Before the fix (an ov.Core per runner) this process died of SIGSEGV: the CPU plugin instance of the
+    # dropped Core freed the main thread's alternate signal stack, on which Python then handled SIGTERM.
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AFTER_A_RUNNER_DROPPED_IN_ANOTHER_THREAD, str(tmp_path / "relu.xml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["handled", "alive"]
+
+
+def test_the_package_makes_one_openvino_core():
+    offenders = [
+        str(path.relative_to(REPO))
+        for folder in ("retinaface_export", "converters")
+        for path in (REPO / folder).rglob("*.py")
+        if path.name != "openvino.py" and "Core()" in path.read_text()
+    ]
+    assert offenders == []
