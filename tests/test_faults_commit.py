@@ -1,6 +1,7 @@
 """Faults around writing an output folder: bad folders, failed and interrupted commits, concurrent runs,
 dead runs' staging folders, stop signals. Real processes where it matters (locks, signals, SIGKILL)."""
 
+import ctypes
 import json
 import os
 import shutil
@@ -330,6 +331,30 @@ def test_commit_failing_at_any_step_leaves_the_folder_byte_identical(tmp_path, m
         assert stagings(out) == []
 
 
+class _AltStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@pytest.fixture
+def own_alternate_signal_stack():
+    """The main thread's alternate signal stack set to one this test owns while it signals its own process.
+
+    OpenVINO's CPU plugin sets an alternate signal stack on the thread that loads it and frees it with the
+    ov.Core that loaded it. The package makes one Core per process (tests/test_openvino_threads.py), but
+    this pytest process also holds the Cores of other tests and of NNCF, made and dropped in any order, so
+    the stack in place when this test runs may be freed memory, and Python handles SIGTERM on it
+    (SA_ONSTACK): that would crash pytest, not judge the commit.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    memory = ctypes.create_string_buffer(1 << 16)
+    previous = _AltStack()
+    mine = _AltStack(ctypes.cast(memory, ctypes.c_void_p), 0, len(memory))
+    assert libc.sigaltstack(ctypes.byref(mine), ctypes.byref(previous)) == 0, ctypes.get_errno()
+    yield
+    libc.sigaltstack(ctypes.byref(previous), None)
+
+
+@pytest.mark.usefixtures("own_alternate_signal_stack")
 def test_stop_signal_during_a_commit_waits_for_it_to_finish_or_be_undone(tmp_path, monkeypatch):
     """SIGTERM at each step: before the manifest the commit is undone, then the handler runs; during the
     manifest write the commit completes and the interruption says so."""
