@@ -7,7 +7,7 @@ Three tables, in Markdown:
    on the calibration photos, and the time ``nncf.quantize`` takes.
 2. The shipped INT8 (:func:`retinaface_export.quantize.quantize_detector`: MIXED preset, softmax in
    float, accuracy control at a 0.03 F1 drop) at each size: strict F1 against FP32 on the
-   held-out photos, layers reverted to float, and the speed-up over FP32 next to the speed-up of the same
+   held-out photos, layers left in float, and the speed-up over FP32 next to the speed-up of the same
    IR quantised whole with the PERFORMANCE preset (the ceiling), timed in turns (FP32, shipped INT8,
    PERFORMANCE INT8, repeated; medians; OpenVINO CPU, f32 inference precision, LATENCY hint, 2 threads)
    on the crowd photo. Goals (issue 14): F1 >= 0.97 and speed-up >= 0.9 × the ceiling's.
@@ -244,7 +244,7 @@ def markdown(bias: list[dict], goals: list[dict], folds: list[dict], split_recor
         lines.append("")
     if goals:
         lines += [
-            f"| size | F1 held-out (goal ≥ {F1_GOAL}) | reverted layers | FP32 ms | INT8 ms | speed-up | "
+            f"| size | F1 held-out (goal ≥ {F1_GOAL}) | layers in float | FP32 ms | INT8 ms | speed-up | "
             f"PERFORMANCE whole ms | its speed-up | its F1 | ratio (goal ≥ {SPEED_GOAL}) | quantise s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
@@ -258,7 +258,7 @@ def markdown(bias: list[dict], goals: list[dict], folds: list[dict], split_recor
         lines += ["", f"Latency: medians of {runs} runs of each model, timed in turns, crowd photo letterboxed.", ""]
     if folds:
         lines += [
-            "| size | cross-validated F1, all views | F1, photos as they are | samples | layers reverted (all folds) |",
+            "| size | cross-validated F1, all views | F1, photos as they are | samples | layers in float (all folds) |",
             "|---:|---:|---:|---:|---:|",
         ]
         for row in folds:
