@@ -14,18 +14,18 @@ _API = {
     "load_checkpoint": "retinaface_export.checkpoint",
     "LoadedCheckpoint": "retinaface_export.checkpoint",
     "synthetic_checkpoint": "retinaface_export.synthetic",
-    "export_checkpoint": "retinaface_export.export",
-    "ExportOptions": "retinaface_export.export",
-    "convert_export": "retinaface_export.convert",
-    "ConvertOptions": "retinaface_export.convert",
+    "export_checkpoint": "retinaface_export.pipeline.export",
+    "ExportOptions": "retinaface_export.pipeline.export",
+    "convert_export": "retinaface_export.pipeline.convert",
+    "ConvertOptions": "retinaface_export.pipeline.convert",
     "Manifest": "retinaface_export.manifest",
     "ArtifactRecord": "retinaface_export.manifest",
     "run_parity": "retinaface_export.parity",
     "packaged_golden_root": "retinaface_export.parity",
     "find_golden_sets": "retinaface_export.golden",
-    "Detector": "retinaface_export.detection",
-    "DetectionConfig": "retinaface_export.detection",
-    "Face": "retinaface_export.detection",
+    "Detector": "retinaface_export.inference.detector",
+    "DetectionConfig": "retinaface_export.detection.postprocess",
+    "Face": "retinaface_export.detection.faces",
     "load_ground_truth": "retinaface_export.widerface",
     "read_predictions": "retinaface_export.widerface",
     "evaluate": "retinaface_export.evaluation",
@@ -63,15 +63,17 @@ __all__ = [
 
 if TYPE_CHECKING:
     from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
-    from retinaface_export.convert import ConvertOptions, convert_export
-    from retinaface_export.detection import DetectionConfig, Detector, Face
+    from retinaface_export.detection.faces import Face
+    from retinaface_export.detection.postprocess import DetectionConfig
     from retinaface_export.errors import RetinaFaceExportError
     from retinaface_export.evaluation import evaluate
-    from retinaface_export.export import ExportOptions, export_checkpoint
     from retinaface_export.golden import find_golden_sets
     from retinaface_export.images import read_image
+    from retinaface_export.inference.detector import Detector
     from retinaface_export.manifest import ArtifactRecord, Manifest
     from retinaface_export.parity import packaged_golden_root, run_parity
+    from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
     from retinaface_export.sizes import InputSize, parse_size
     from retinaface_export.synthetic import synthetic_checkpoint
     from retinaface_export.widerface import load_ground_truth, read_predictions
@@ -79,18 +81,11 @@ if TYPE_CHECKING:
     __version__: str
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("retinaface-export")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0.0.0+unknown"
-
-
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        value: Any = _version()
+        from retinaface_export.version import tool_version
+
+        value: Any = tool_version()
     elif name in _API:
         value = getattr(importlib.import_module(_API[name]), name)
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from retinaface_export.errors import AnchorsFileError, InputFileError
-from retinaface_export.safe_paths import read_regular_bytes
+from retinaface_export.safety.safe_paths import read_regular_bytes
 
 # Strides of the three feature maps the network predicts on (model/blocks.py's FPN over the backbone's
 # stride-8, -16 and -32 outputs): anchors must come one level per stride, in this order.

@@ -19,7 +19,7 @@ from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.errors import FileError
 from retinaface_export.images import IMAGE_SUFFIXES, decode_image, images_in_folder
 from retinaface_export.preprocess import to_network_input
-from retinaface_export.safe_paths import read_regular_bytes
+from retinaface_export.safety.safe_paths import read_regular_bytes
 from retinaface_export.sizes import InputSize
 
 # Fewer images than this get every augmentation below (a 7-photo folder gives 42 samples).

@@ -32,7 +32,7 @@ from retinaface_export.errors import (
     UsageError,
 )
 from retinaface_export.hashing import sha256_state_dict
-from retinaface_export.safe_paths import open_regular
+from retinaface_export.safety.safe_paths import open_regular
 from retinaface_export.variants import Variant, get_variant, list_variants
 
 if TYPE_CHECKING:  # torch and the model are imported where they are used: `--help` never loads torch

@@ -14,46 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retinaface_export.contract import OUTPUT_NAMES
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How close an artifact of one precision must stay to its FP32 reference."""
-
-    # max |artifact - reference| <= atol + rtol * (the reference output's range, max - min), or None when not
-    # judged on tensors this way. Float32 accumulation-order noise scales with a tensor's magnitude, not with
-    # each element: rtol lets ~1e-5-relative noise on landmarks (range ~20) pass, while a 1% weight change
-    # (errors ~1e-2) still fails by two orders of magnitude.
-    atol: float | None
-    rtol: float
-    # Largest |artifact - reference| as a fraction of the reference output's range (max - min).
-    range_fraction: float | None
-    # Smallest detection F1 against the reference's faces (score > 0.5, IoU >= 0.5) ...
-    min_f1: float
-    # ... where a face above 0.5 on one side is matched by a face above 0.5 - score_margin on the other:
-    # a face scored 0.507 by FP32 and 0.49 by INT8 is the same face, not a miss and a false alarm.
-    score_margin: float
-
-    @property
-    def judges_tensors(self) -> bool:
-        """False for precisions judged on detections only (INT8)."""
-        return self.atol is not None or self.range_fraction is not None
-
-    def allowed(self, output_range: float) -> float:
-        """The largest abs error allowed on an output whose reference spans ``output_range``."""
-        if self.atol is not None:
-            return self.atol + self.rtol * output_range
-        if self.range_fraction is not None:
-            return self.range_fraction * (output_range or 1.0)
-        return float("inf")
-
-    def describe(self) -> str:
-        """The rule in words, for tables and messages."""
-        if self.atol is not None:
-            return f"≤ {self.atol:g} + {self.rtol:g}×range"
-        if self.range_fraction is not None:
-            return f"≤ {self.range_fraction:.0%} of range"
-        return "detections only"
+from retinaface_export.detection.compare import compare_faces
+from retinaface_export.detection.faces import faces_from_arrays
+from retinaface_export.postprocess.settings import split_detections
+from retinaface_export.precision import Tolerance
 
 
 @dataclass
@@ -183,10 +147,6 @@ class DetectionVerdict:
 
 def compare_detections(cases: Iterable[Case], tolerance: Tolerance) -> DetectionVerdict:
     """Judge ``nms`` outputs face by face: F1 of IoU ≥ 0.5 matches per image, worst over images and cases."""
-    from retinaface_export.detection.compare import compare_faces
-    from retinaface_export.detection.detector import faces_from_arrays
-    from retinaface_export.postprocess_settings import split_detections
-
     verdict = DetectionVerdict(tolerance)
     for case in cases:
         verdict.cases += 1

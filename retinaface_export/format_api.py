@@ -1,13 +1,16 @@
 """The interface every artifact format implements, and what the pipeline hands a format to build one artifact.
 
-A format is one module in ``converters/`` holding one :class:`ArtifactFormat` subclass: how the artifact is
-made from its source (the PyTorch model for the formats ``retinaface-export`` writes, another artifact for
-the ones ``retinaface-convert`` writes), how its file is named, how it is run, and how the provenance
-inside it is written and read. ``retinaface_export.formats.FORMATS`` lists one instance of each.
+A format is one package in ``converters/`` whose ``FORMAT`` is an :class:`ArtifactFormat`: how the artifact
+is made from its source (the PyTorch model for the formats ``retinaface-export`` writes, another artifact for
+the ones ``retinaface-convert`` writes), how its file is named, how the provenance inside it is written and
+read, and its :class:`Runtime`: the one place its runtime library is imported, which every caller (the
+pipeline's verification, INT8 accuracy control, detect, parity, bench, scripts) opens it through.
+``retinaface_export.formats.FORMATS`` lists one instance of each.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.sizes import InputSize
 
@@ -23,11 +26,87 @@ if TYPE_CHECKING:
     import torch
 
     from retinaface_export.anchors import AnchorConfig
-    from retinaface_export.manifest import ArtifactRecord
-    from retinaface_export.quantize import Int8Request
+    from retinaface_export.quantize import Int8Backend, Int8Request
     from retinaface_export.workers import OnceCache
 
+# Network input in, the model's outputs out (in the model's order: the contract's for raw outputs).
 Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+
+class Budget(Protocol):
+    """How long a throughput measurement runs (``retinaface_export.bench.stats.Budget``)."""
+
+    warmup: int
+
+    def done(self, runs: int, elapsed: float) -> bool:
+        """Whether ``runs`` timed runs in ``elapsed`` seconds are enough."""
+        ...
+
+
+@dataclass
+class ThroughputRun:
+    """What one throughput measurement saw."""
+
+    images: int
+    # from the first submission to the last completion
+    seconds: float
+    # per request, submission to completion
+    latencies_ms: list[float]
+
+
+# Runs requests on ``data`` (one prepared batch) within the budget.
+ThroughputRunner = Callable[[np.ndarray, Budget], ThroughputRun]
+
+
+def sequential_throughput(run: Runner) -> ThroughputRunner:
+    """One request after another: for runtimes whose parallelism is inside each request (torch)."""
+
+    def measure(data: np.ndarray, budget: Budget) -> ThroughputRun:
+        for _ in range(budget.warmup):
+            run(data)
+        latencies, completions = [], []
+        start = time.perf_counter()
+        while not budget.done(len(completions), time.perf_counter() - start):
+            begin = time.perf_counter()
+            run(data)
+            completions.append(time.perf_counter())
+            latencies.append((completions[-1] - begin) * 1e3)
+        return ThroughputRun(len(latencies) * len(data), completions[-1] - start, latencies)
+
+    return measure
+
+
+class Runtime:
+    """How one runtime library opens and runs artifact files: the only code that imports that library.
+
+    ``open`` is what verification, detect and parity run (``optimize`` False: the graph as written where
+    the runtime allows); ``throughput`` is the runtime's own way of keeping the CPU busy (bench).
+    """
+
+    # how reports and manifests name it
+    name: ClassVar[str]
+    # distributions whose versions shape its numerics (recorded in every manifest)
+    libraries: ClassVar[tuple[str, ...]] = ()
+
+    def open(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
+        """A runner for the artifact at ``path``: one request at a time, ``threads`` threads inside."""
+        raise NotImplementedError
+
+    def throughput(self, path: Path, threads: int, streams: int | None) -> tuple[int, ThroughputRunner]:
+        """``(streams used, runner)`` keeping requests in flight; default: one request after another."""
+        del streams
+        return 1, sequential_throughput(self.open(path, threads=threads, optimize=True))
+
+    def machine(self) -> dict[str, Any]:
+        """What this runtime reports about the CPU it runs on (bench records it); {} when nothing."""
+        return {}
+
+
+class SourceArtifact(Protocol):
+    """The artifact a conversion starts from, as the manifest records it."""
+
+    path: str
+    sha256: str
 
 
 class Exporter(Protocol):
@@ -54,7 +133,7 @@ class Job:
     input_format: str = DEFAULT_INPUT_FORMAT
     opset: int | None = None
     # the artifact it is converted from; None for artifacts exported from the PyTorch model
-    source: ArtifactRecord | None = None
+    source: SourceArtifact | None = None
     # what the artifact computes after the network (raw outputs by default)
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
 
@@ -84,12 +163,14 @@ class ConvertInputs:
 
 
 class ArtifactFormat:
-    """One kind of artifact file. Subclasses (one per module in ``converters/``) set the class attributes."""
+    """One kind of artifact file. Subclasses (one per package in ``converters/``) set the class attributes."""
 
     name: ClassVar[str]
     suffix: ClassVar[str]
-    # the runtime that runs it, as reports name it
-    backend: ClassVar[str]
+    # what runs it
+    runtime: ClassVar[Runtime]
+    # INT8 through NNCF on this format's in-memory models; None: no INT8 conversion
+    int8: ClassVar[Int8Backend | None] = None
     # ``retinaface-export`` makes it from the PyTorch model (always FP32)
     exported: ClassVar[bool] = False
     # the format ``retinaface-convert`` converts it from; None: not made by conversion
@@ -107,6 +188,11 @@ class ArtifactFormat:
         del precision, input_format
         return stem + self.suffix
 
+    @property
+    def backend(self) -> str:
+        """The runtime that runs it, as reports and manifests name it."""
+        return self.runtime.name
+
     def companions(self, path: Path) -> list[Path]:
         """The files that must sit beside ``path`` (``model.bin`` for ``model.xml``)."""
         stem = path.name.removesuffix(self.suffix)
@@ -115,6 +201,11 @@ class ArtifactFormat:
     def exporter(self, model: torch.nn.Module, example: torch.Tensor, opset: int) -> Exporter:
         """The exporter of a format made from the PyTorch model (``exported``)."""
         raise NotImplementedError(f"{self.name} is not exported from a PyTorch model")
+
+    def exporter_key(self, job: Job) -> Any:
+        """Jobs with equal keys share one exporter (made on the first one's example); default: one per run."""
+        del job
+        return None
 
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
         """Write ``job``'s artifact (and companions) into ``staging``; return what the manifest keeps of it.
@@ -129,7 +220,11 @@ class ArtifactFormat:
         ``optimize`` False runs the graph as written where the runtime allows (verification); benchmarks
         ask for the runtime's optimisations, as deployments have them.
         """
-        raise NotImplementedError
+        return self.runtime.open(path, threads=threads, optimize=optimize)
+
+    def load(self, path: Path, threads: int | None = None, optimize: bool = False) -> tuple[dict[str, Any], Runner]:
+        """``(provenance, runner)`` of the artifact; formats that can read both in one load override it."""
+        return self.read_provenance(path), self.open_runner(path, threads=threads, optimize=optimize)
 
     def read_provenance(self, path: Path) -> dict[str, Any]:
         """Every provenance entry inside the artifact; {} when there is none."""

@@ -1,17 +1,16 @@
-"""The tables every command reads: artifact formats (one module each in ``converters/``), precision tolerances.
+"""The table every command reads: artifact formats, one package each in ``converters/``.
 
-CLI choices, planning, file names, the detector's backend choice, parity, bench and the tests'
-parametrisation all read :data:`FORMATS`. Adding a format is one module implementing
-:class:`~retinaface_export.format_api.ArtifactFormat` and one row below.
+CLI choices, planning, file names, the detector's backend choice, verification, parity, bench rows and the
+tests' parametrisation all read :data:`FORMATS`. Adding a format (with a runtime of its own or not) is one
+package implementing :class:`~retinaface_export.format_api.ArtifactFormat` and one row below.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from retinaface_export.comparison import Tolerance
 from retinaface_export.converters import onnx, onnxsim, openvino, torchscript
-from retinaface_export.format_api import ArtifactFormat
+from retinaface_export.format_api import ArtifactFormat, Runtime
 
 FORMATS: dict[str, ArtifactFormat] = {
     fmt.name: fmt
@@ -21,12 +20,6 @@ FORMATS: dict[str, ArtifactFormat] = {
         onnxsim.FORMAT,
         openvino.FORMAT,
     )
-}
-
-PRECISIONS: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-5, range_fraction=None, min_f1=0.99, score_margin=0.0),
-    "fp16": Tolerance(atol=None, rtol=0.0, range_fraction=0.03, min_f1=0.95, score_margin=0.02),
-    "int8": Tolerance(atol=None, rtol=0.0, range_fraction=None, min_f1=0.95, score_margin=0.1),
 }
 
 
@@ -44,3 +37,13 @@ def format_for_path(path: Path) -> ArtifactFormat | None:
     """The format whose suffix ``path`` ends with (the longest such suffix), or None."""
     matches = [fmt for fmt in FORMATS.values() if path.name.endswith(fmt.suffix)]
     return max(matches, key=lambda fmt: len(fmt.suffix)) if matches else None
+
+
+def runtimes() -> dict[str, Runtime]:
+    """Every format's runtime by name, in table order."""
+    return {fmt.runtime.name: fmt.runtime for fmt in FORMATS.values()}
+
+
+def runtime_libraries() -> tuple[str, ...]:
+    """The distributions every runtime (and so every artifact's numerics) depends on, for manifests."""
+    return tuple(dict.fromkeys(library for runtime in runtimes().values() for library in runtime.libraries))

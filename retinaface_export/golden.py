@@ -30,19 +30,19 @@ from typing import Any
 import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
-from retinaface_export.atomic import commit_files, staging_dir
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.contract import OUTPUT_NAMES, OUTPUT_WIDTHS
-from retinaface_export.detection.detector import Face, faces_from_arrays
+from retinaface_export.detection.faces import Face, faces_from_arrays
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess
 from retinaface_export.detection.priors import prior_boxes
+from retinaface_export.eager import eager_runner
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.images import decode_image, images_in_folder
 from retinaface_export.preprocess import synthetic_photos, to_network_input
 from retinaface_export.provenance import library_versions
-from retinaface_export.runtimes import eager_runner
-from retinaface_export.safe_paths import check_plain_name, open_regular, read_regular_bytes, shown
+from retinaface_export.safety.atomic import commit_files, staging_dir
+from retinaface_export.safety.safe_paths import check_plain_name, open_regular, read_regular_bytes, shown
 from retinaface_export.sizes import InputSize, check_size
 
 GOLDEN_FILE = "golden.json"

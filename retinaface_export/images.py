@@ -16,7 +16,7 @@ import imagesize
 import numpy as np
 
 from retinaface_export.errors import FileError, ImageTooLargeError
-from retinaface_export.safe_paths import open_regular
+from retinaface_export.safety.safe_paths import open_regular
 from retinaface_export.sizes import env_limit
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

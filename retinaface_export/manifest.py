@@ -16,8 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from retinaface_export.errors import ManifestError
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.errors import ManifestError, UsageError
+from retinaface_export.formats import FORMATS, runtime_libraries
 from retinaface_export.hashing import sha256_file
+from retinaface_export.postprocess.settings import PostprocessSpec
+from retinaface_export.precision import PRECISIONS
+from retinaface_export.preprocess import INPUT_FORMATS
 from retinaface_export.provenance import TOOL_NAME, library_versions
 
 MANIFEST_NAME = "manifest.json"
@@ -242,9 +247,6 @@ class ArtifactRecord:
             ManifestError: a missing field, a wrong type, a value out of its range, a path that leaves the
                 folder; the message names the manifest, the artifact and the field.
         """
-        from retinaface_export.formats import FORMATS, PRECISIONS
-        from retinaface_export.preprocess import INPUT_FORMATS
-
         fields = _Fields(data, manifest, where)
         path = fields.file_name("path")
         fields.where = f"{where} ({path})"
@@ -298,7 +300,7 @@ class Manifest:
 
     checkpoint: dict[str, Any]
     artifacts: list[ArtifactRecord] = field(default_factory=list)
-    versions: dict[str, str] = field(default_factory=library_versions)
+    versions: dict[str, str] = field(default_factory=lambda: library_versions(runtime_libraries()))
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def add(self, artifact: ArtifactRecord) -> None:
@@ -365,9 +367,6 @@ class Manifest:
 
 
 def _postprocess(fields: _Fields) -> dict[str, Any]:
-    from retinaface_export.errors import UsageError
-    from retinaface_export.postprocess_settings import PostprocessSpec
-
     try:
         return PostprocessSpec.from_record(fields.get("postprocess", dict)).record()
     except UsageError as exc:
@@ -379,8 +378,6 @@ def _refuse_constant(name: str) -> None:
 
 
 def _parse_checkpoint(data: dict[str, Any], manifest: Path) -> dict[str, Any]:
-    from retinaface_export.anchors import AnchorConfig
-
     fields = _Fields(data, manifest, "checkpoint")
     fields.get("variant", str)
     fields.get("synthetic", bool)

@@ -16,16 +16,17 @@ import numpy as np
 
 from retinaface_export.comparison import Case, OutputVerdict, compare_outputs
 from retinaface_export.contract import OUTPUT_NAMES
-from retinaface_export.detection.backends import artifact_backend
 from retinaface_export.detection.compare import compare_faces, tolerant_f1
-from retinaface_export.detection.detector import faces_from_arrays
+from retinaface_export.detection.faces import faces_from_arrays
 from retinaface_export.detection.modes import image_faces
 from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.errors import RetinaFaceExportError, UsageError
-from retinaface_export.formats import FORMATS, PRECISIONS
+from retinaface_export.formats import FORMATS
 from retinaface_export.golden import FACE_THRESHOLD, GoldenCase, GoldenSet, decode_faces, prepared_input
+from retinaface_export.inference.backends import artifact_backend
 from retinaface_export.manifest import ArtifactRecord, Manifest, check_files
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.postprocess.settings import PostprocessSpec
+from retinaface_export.precision import PRECISIONS
 from retinaface_export.provenance import provenance_problems
 
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from retinaface_export import __version__
+from retinaface_export.version import tool_version
 
 TOOL_NAME = "retinaface-export"
-_TRACKED_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "numpy")
+# What every artifact depends on; each format's runtime adds its own libraries (``Runtime.libraries``).
+_BASE_PACKAGES = ("torch", "numpy", "onnx", "onnxsim", "nncf")
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of Python, this tool and the libraries that shape an artifact's numerics."""
-    found = {"python": platform.python_version(), TOOL_NAME: __version__}
-    for package in _TRACKED_PACKAGES:
+def library_versions(libraries: Iterable[str] = ()) -> dict[str, str]:
+    """Versions of Python, this tool, the libraries every artifact depends on, and ``libraries``."""
+    found = {"python": platform.python_version(), TOOL_NAME: tool_version()}
+    for package in dict.fromkeys((*_BASE_PACKAGES, *libraries)):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

@@ -28,7 +28,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.calibration import CalibrationSet, PhotoSplit
 from retinaface_export.detection.metric import DetectionF1
 from retinaface_export.errors import AccuracyDropError, UsageError
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
 
 log = logging.getLogger(__name__)
@@ -48,22 +48,41 @@ Progress = Callable[[str, int], None]
 # metric(reference runs, candidate runs) -> (value, value of each run); higher is better.
 Metric = Callable[[Sequence[Sequence[np.ndarray]], Sequence[Sequence[np.ndarray]]], tuple[float, list[float]]]
 
-# Operations NNCF quantises (their activation input gets a quantiser) in the two backends.
-_QUANTISABLE = {
-    "openvino": {
-        "Convolution",
-        "GroupConvolution",
-        "MatMul",
-        "ConvolutionBackpropData",
-        "GroupConvolutionBackpropData",
-    },
-    "onnx": {"Conv", "ConvTranspose", "MatMul", "Gemm"},
-}
-_QUANTISER = {"openvino": "FakeQuantize", "onnx": "DequantizeLinear"}
-# OpenVINO threads for the float reference and the final check (as the project's runners use).
-_THREADS = 2
 # NNCF sets its log level and redirects sys.stdout for the whole process while it runs: one at a time.
 _NNCF_LOCK = threading.Lock()
+
+
+class Int8Backend(Protocol):
+    """What INT8 needs of a format's in-memory models (``openvino.Model``, ``onnx.ModelProto``).
+
+    Implemented in each format package that quantises (``converters/<format>/int8.py``): this module
+    knows formats only through it, and never imports a runtime.
+    """
+
+    # NNCF's backend, as the settings and records name it ("openvino", "onnx")
+    name: str
+    # NNCF's fast bias correction by default (the full one where it works and pays)
+    fast_bias_correction: bool
+
+    def prepare(self) -> None:
+        """Whatever must happen before NNCF is imported (OpenVINO's numpy bridge, made in one thread)."""
+        ...
+
+    def run(self, model: Any, inputs: Iterable[np.ndarray]) -> list[list[np.ndarray]]:
+        """The outputs of ``model`` (float or quantised, or what NNCF hands a validation function) per input."""
+        ...
+
+    def feed(self, model: Any) -> Callable[[np.ndarray], Any]:
+        """An input array as NNCF's engine for ``model`` takes it."""
+        ...
+
+    def float_layers(self, model: Any) -> list[str]:
+        """Names of the quantisable layers (convolutions, matrix products) whose input is not quantised."""
+        ...
+
+    def quantisable_count(self, model: Any) -> int:
+        """How many layers NNCF could quantise."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -93,11 +112,11 @@ class QuantizationSettings:
             # NNCF's restorer returns no model at all when allowed zero iterations
             raise ValueError("max_reverted_groups must be at least 1 (or None)")
 
-    def for_backend(self, backend: str) -> QuantizationSettings:
-        """These settings with the bias correction that ``backend`` ("openvino" or "onnx") gets decided."""
+    def for_backend(self, backend: Int8Backend) -> QuantizationSettings:
+        """These settings with the bias correction ``backend`` gets by default decided."""
         if self.fast_bias_correction is not None:
             return self
-        return replace(self, fast_bias_correction=backend == "onnx")
+        return replace(self, fast_bias_correction=backend.fast_bias_correction)
 
     def record(self) -> dict[str, Any]:
         """Plain values for a manifest."""
@@ -160,77 +179,6 @@ class AccuracyResult:
         )
 
 
-def _openvino():
-    from retinaface_export.converters.openvino import openvino_module  # the package's one way to import it
-
-    return openvino_module()
-
-
-def _backend(model: Any) -> str:
-    ov = _openvino()
-
-    if isinstance(model, ov.Model | ov.CompiledModel):
-        return "openvino"
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return "onnx"
-    raise TypeError(f"cannot quantise a {type(model).__name__}: expected openvino.Model or onnx.ModelProto")
-
-
-def run_model(model: Any, inputs: Iterable[np.ndarray]) -> list[list[np.ndarray]]:
-    """The outputs (in the model's order: the contract's for raw outputs) of ``model`` on each input.
-
-    ``model`` is an ``openvino.Model`` (compiled here for the CPU in f32 precision, the LATENCY hint, 2
-    threads), an ``openvino.CompiledModel`` as NNCF hands it to a validation function, or an
-    ``onnx.ModelProto`` (run with ONNX Runtime).
-    """
-    if _backend(model) == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _THREADS
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
-        return [session.run(None, {input_name: data}) for data in inputs]
-    ov = _openvino()
-    if isinstance(model, ov.Model):
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _THREADS}
-        from retinaface_export.converters.openvino import openvino_core
-
-        model = openvino_core().compile_model(model, "CPU", config)
-    request = model.create_infer_request()
-    ports = list(model.outputs)
-    runs = []
-    for data in inputs:
-        result = request.infer({0: data})
-        runs.append([np.array(result[port]) for port in ports])
-    return runs
-
-
-def float_layers(model: Any) -> list[str]:
-    """Names of the quantisable layers (convolutions, matrix products) whose input is not quantised."""
-    backend = _backend(model)
-    kinds, quantiser = _QUANTISABLE[backend], _QUANTISER[backend]
-    if backend == "onnx":
-        producer = {out: node.op_type for node in model.graph.node for out in node.output}
-        return [
-            node.name for node in model.graph.node if node.op_type in kinds and producer.get(node.input[0]) != quantiser
-        ]
-    return [
-        op.get_friendly_name()
-        for op in model.get_ordered_ops()
-        if op.get_type_name() in kinds and op.input_value(0).get_node().get_type_name() != quantiser
-    ]
-
-
-def _quantisable_count(model: Any) -> int:
-    backend = _backend(model)
-    if backend == "onnx":
-        return sum(node.op_type in _QUANTISABLE["onnx"] for node in model.graph.node)
-    return sum(op.get_type_name() in _QUANTISABLE["openvino"] for op in model.get_ordered_ops())
-
-
 def _ignored(name: str, settings: QuantizationSettings) -> bool:
     return any(re.fullmatch(pattern, name) for pattern in settings.ignored_patterns)
 
@@ -252,13 +200,13 @@ def _nncf_arguments(settings: QuantizationSettings, samples: int) -> dict[str, A
 
 
 @contextlib.contextmanager
-def _quiet_nncf():
+def _quiet_nncf(backend: Int8Backend):
     """NNCF quiet while it runs, one run at a time: its log lowered to warnings, its stdout captured.
 
     NNCF logs at INFO to its own handler and draws progress bars on stdout with no switch to turn them off;
     the log level goes through its public ``set_log_level``.
     """
-    _openvino()  # NNCF imports openvino: its numpy bridge must be initialised first (converters/openvino.py)
+    backend.prepare()
     import nncf
 
     with _NNCF_LOCK, contextlib.redirect_stdout(io.StringIO()):
@@ -266,20 +214,11 @@ def _quiet_nncf():
         yield
 
 
-def _feed(model: Any) -> Callable[[np.ndarray], Any]:
-    """An input array as NNCF's engine for ``model`` takes it (ONNX Runtime wants a name → array dict)."""
-    if _backend(model) == "onnx":
-        initializers = {tensor.name for tensor in model.graph.initializer}
-        name = next(i.name for i in model.graph.input if i.name not in initializers)
-        return lambda data: {name: data}
-    return lambda data: data
-
-
-def _calibration_dataset(model: Any, samples: Sequence[np.ndarray], progress: Progress | None):
+def _calibration_dataset(backend: Int8Backend, model: Any, samples: Sequence[np.ndarray], progress: Progress | None):
     import nncf
 
     count = 0
-    to_input = _feed(model)
+    to_input = backend.feed(model)
 
     def feed(sample: np.ndarray) -> Any:
         nonlocal count
@@ -292,6 +231,7 @@ def _calibration_dataset(model: Any, samples: Sequence[np.ndarray], progress: Pr
 
 
 def quantize(
+    backend: Int8Backend,
     model: Any,
     samples: Sequence[np.ndarray],
     settings: QuantizationSettings | None = None,
@@ -300,6 +240,7 @@ def quantize(
     """``model`` quantised to INT8 from calibration ``samples`` (network inputs); ``model`` is left as it is.
 
     Args:
+        backend: the model's format's INT8 backend.
         model: an ``openvino.Model`` or ``onnx.ModelProto`` (a dynamic one runs at the samples' shapes).
         samples: calibration inputs as the model takes them.
         settings: NNCF settings (default :class:`QuantizationSettings`).
@@ -309,14 +250,15 @@ def quantize(
 
     if not samples:
         raise ValueError("INT8 needs calibration samples")
-    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
-    with _quiet_nncf():
+    settings = (settings or QuantizationSettings()).for_backend(backend)
+    with _quiet_nncf(backend):
         return nncf.quantize(
-            model, _calibration_dataset(model, samples, progress), **_nncf_arguments(settings, len(samples))
+            model, _calibration_dataset(backend, model, samples, progress), **_nncf_arguments(settings, len(samples))
         )
 
 
 def measure_accuracy(
+    backend: Int8Backend,
     model: Any,
     quantized: Any,
     validation: Sequence[np.ndarray],
@@ -330,17 +272,17 @@ def measure_accuracy(
 
     ``reference``: the float model's runs on ``validation`` when already at hand.
     """
-    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
+    settings = (settings or QuantizationSettings()).for_backend(backend)
     if reference is None:
-        reference = run_model(model, validation)
-    in_float = float_layers(quantized)
+        reference = backend.run(model, validation)
+    in_float = backend.float_layers(quantized)
     return AccuracyResult(
         metric=metric_name or getattr(metric, "name", "metric"),
         fp32=metric(reference, reference)[0],
-        int8=metric(reference, run_model(quantized, validation))[0],
+        int8=metric(reference, backend.run(quantized, validation))[0],
         max_drop=max_drop,
         validation_samples=len(validation),
-        quantized_layers=_quantisable_count(quantized) - len(in_float),
+        quantized_layers=backend.quantisable_count(quantized) - len(in_float),
         ignored_layers=tuple(name for name in in_float if _ignored(name, settings)),
         float_layers=tuple(name for name in in_float if not _ignored(name, settings)),
         settings=settings,
@@ -348,6 +290,7 @@ def measure_accuracy(
 
 
 def quantize_with_accuracy_control(
+    backend: Int8Backend,
     model: Any,
     samples: Sequence[np.ndarray],
     validation: Sequence[np.ndarray],
@@ -365,6 +308,7 @@ def quantize_with_accuracy_control(
     measured again on the final model, not taken from NNCF's log.
 
     Args:
+        backend: the model's format's INT8 backend.
         model: an ``openvino.Model`` or ``onnx.ModelProto`` (a dynamic one runs at the samples' shapes).
         samples: calibration inputs.
         validation: inputs the metric is measured on; none of them should be a calibration input.
@@ -386,15 +330,15 @@ def quantize_with_accuracy_control(
         raise ValueError("accuracy control needs calibration and validation samples")
     if not 0 <= max_drop < 1:
         raise UsageError(f"the maximum accuracy drop must be in [0, 1), got {max_drop}")
-    settings = (settings or QuantizationSettings()).for_backend(_backend(model))
-    reference = run_model(model, validation)
-    to_input = _feed(model)
+    settings = (settings or QuantizationSettings()).for_backend(backend)
+    reference = backend.run(model, validation)
+    to_input = backend.feed(model)
     evaluations = 0
 
     def validate(candidate: Any, items: Iterable[tuple[int, np.ndarray]]) -> tuple[float, list[float]]:
         nonlocal evaluations
         items = list(items)
-        value = metric([reference[index] for index, _ in items], run_model(candidate, [data for _, data in items]))
+        value = metric([reference[index] for index, _ in items], backend.run(candidate, [data for _, data in items]))
         evaluations += 1
         if progress:
             progress("validation", evaluations)
@@ -403,10 +347,10 @@ def quantize_with_accuracy_control(
     restorer = nncf.AdvancedAccuracyRestorerParameters(num_ranking_workers=1)
     if settings.max_reverted_groups is not None:
         restorer.max_num_iterations = settings.max_reverted_groups
-    with _quiet_nncf():
+    with _quiet_nncf(backend):
         quantized = nncf.quantize_with_accuracy_control(
             model,
-            _calibration_dataset(model, samples, progress),
+            _calibration_dataset(backend, model, samples, progress),
             nncf.Dataset(list(enumerate(validation)), lambda item: to_input(item[1])),
             validate,
             max_drop=max_drop,
@@ -414,7 +358,7 @@ def quantize_with_accuracy_control(
             advanced_accuracy_restorer_parameters=restorer,
             **_nncf_arguments(settings, len(samples)),
         )
-    result = measure_accuracy(model, quantized, validation, metric, max_drop, settings, metric_name, reference)
+    result = measure_accuracy(backend, model, quantized, validation, metric, max_drop, settings, metric_name, reference)
     if not result.met:
         if not allow_accuracy_drop:
             raise AccuracyDropError(result.summary(), result.record())
@@ -459,7 +403,7 @@ class Int8Request:
         return samples
 
 
-def quantize_detector(model: Any, request: Int8Request) -> tuple[Any, dict[str, Any]]:
+def quantize_detector(backend: Int8Backend, model: Any, request: Int8Request) -> tuple[Any, dict[str, Any]]:
     """A RetinaFace model quantised to INT8, judged by strict detection F1 against itself in float.
 
     Calibrates on ``request.photos.calibration`` and validates on ``request.photos.validation`` (both
@@ -467,6 +411,7 @@ def quantize_detector(model: Any, request: Int8Request) -> tuple[Any, dict[str, 
     :class:`~retinaface_export.detection.metric.DetectionF1` (score > 0.5 on both sides, IoU >= 0.5).
 
     Args:
+        backend: the model's format's INT8 backend.
         model: an ``openvino.Model`` or ``onnx.ModelProto`` taking N×3×H×W float32 minus the mean, fixed
             at ``request.size`` and ``request.batch`` or dynamic (then run at those).
         request: photos, the model's shape, anchors and post-processing, the accuracy target.
@@ -483,11 +428,12 @@ def quantize_detector(model: Any, request: Int8Request) -> tuple[Any, dict[str, 
     calibration = request.samples(request.photos.calibration)
     validation = request.samples(request.photos.validation)
     if not request.accuracy_control:
-        quantized = quantize(model, calibration, request.settings, request.progress)
-        result = measure_accuracy(model, quantized, validation, metric, request.max_f1_drop, request.settings)
+        quantized = quantize(backend, model, calibration, request.settings, request.progress)
+        result = measure_accuracy(backend, model, quantized, validation, metric, request.max_f1_drop, request.settings)
         record = result.record() | {"accuracy_control": False, "reason": "synthetic weights: detections mean nothing"}
         return quantized, request.photos.record() | {"accuracy": record}
     quantized, result = quantize_with_accuracy_control(
+        backend,
         model,
         calibration,
         validation,

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from retinaface_export.errors import FileError, InputFileError
-from retinaface_export.safe_paths import check_plain_name, open_regular, read_regular_bytes, resolve_inside, shown
+from retinaface_export.safety.safe_paths import (
+    check_plain_name,
+    open_regular,
+    read_regular_bytes,
+    resolve_inside,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,11 @@ THREADS = 2
 
 def _ir(onnx_path: Path, size: int):
     """The FP32 IR at ``size`` as ``retinaface-convert`` makes it: converted, reshaped, shape arithmetic folded."""
-    import openvino as ov
     from openvino.passes import ConstantFolding, Manager
 
-    model = ov.convert_model(str(onnx_path))
+    from retinaface_export.converters.openvino.runtime import openvino_module
+
+    model = openvino_module().convert_model(str(onnx_path))
     model.reshape({0: [1, 3, size, size]})
     folding = Manager()
     folding.register_pass(ConstantFolding())
@@ -57,7 +58,7 @@ def _ir(onnx_path: Path, size: int):
 
 def _export(weights: Path, sizes: list[int], out: Path) -> tuple[dict[int, Path], object]:
     from retinaface_export.checkpoint import load_checkpoint
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
     from retinaface_export.sizes import InputSize
 
     checkpoint = load_checkpoint(weights)
@@ -68,10 +69,9 @@ def _export(weights: Path, sizes: list[int], out: Path) -> tuple[dict[int, Path]
 
 def _latencies(models: list, data: np.ndarray, runs: int) -> list[float]:
     """Median milliseconds of each model, timed in turns (one run of each, ``runs`` times)."""
-    import openvino as ov
+    from retinaface_export.converters.openvino.runtime import compile_model
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": THREADS}
-    requests = [ov.Core().compile_model(m, "CPU", config).create_infer_request() for m in models]
+    requests = [compile_model(m, THREADS).create_infer_request() for m in models]
     for request in requests:
         for _ in range(5):
             request.infer({0: data})
@@ -85,9 +85,17 @@ def _latencies(models: list, data: np.ndarray, runs: int) -> list[float]:
 
 
 def _f1(model, quantized, samples: list[np.ndarray], metric) -> float:
-    from retinaface_export.quantize import run_model
+    from retinaface_export.formats import FORMATS
 
-    return metric(run_model(model, samples), run_model(quantized, samples))[0]
+    run = FORMATS["openvino"].int8.run
+    return metric(run(model, samples), run(quantized, samples))[0]
+
+
+def _int8():
+    """OpenVINO's INT8 backend, as ``retinaface-convert`` hands it to NNCF."""
+    from retinaface_export.formats import FORMATS
+
+    return FORMATS["openvino"].int8
 
 
 def _request(split, shape, anchors):
@@ -110,7 +118,7 @@ def bias_correction_rows(irs: dict, split, anchors, sizes: list[int]) -> list[di
         calibration, validation = split.calibration.samples(shape), split.validation.samples(shape)
         for fast in (True, False):
             start = time.perf_counter()
-            quantized = quantize(irs[size], calibration, QuantizationSettings(fast_bias_correction=fast))
+            quantized = quantize(_int8(), irs[size], calibration, QuantizationSettings(fast_bias_correction=fast))
             seconds = time.perf_counter() - start
             rows.append(
                 {
@@ -137,9 +145,9 @@ def goal_rows(irs: dict, split, anchors, sizes: list[int], image: np.ndarray, ru
     for size in sizes:
         shape = InputSize(size, size)
         start = time.perf_counter()
-        shipped, record = quantize_detector(irs[size], _request(split, shape, anchors))
+        shipped, record = quantize_detector(_int8(), irs[size], _request(split, shape, anchors))
         seconds = time.perf_counter() - start
-        ceiling = quantize(irs[size], split.calibration.samples(shape), WHOLE_GRAPH_PERFORMANCE)
+        ceiling = quantize(_int8(), irs[size], split.calibration.samples(shape), WHOLE_GRAPH_PERFORMANCE)
         data = to_network_input(Letterbox.fit(*image.shape[:2], size, size).apply(image))
         fp32_ms, int8_ms, ceiling_ms = _latencies([irs[size], shipped, ceiling], data, runs)
         accuracy = record["accuracy"]
@@ -168,7 +176,7 @@ def fold_rows(irs: dict, images: Path, anchors, sizes: list[int], folds: int) ->
     from retinaface_export.calibration import split_photos
     from retinaface_export.detection.metric import DetectionF1
     from retinaface_export.images import IMAGE_SUFFIXES
-    from retinaface_export.quantize import quantize_detector, run_model
+    from retinaface_export.quantize import quantize_detector
     from retinaface_export.sizes import InputSize
 
     files = sorted(
@@ -191,12 +199,12 @@ def fold_rows(irs: dict, images: Path, anchors, sizes: list[int], folds: int) ->
             metric = DetectionF1(anchors, shape)
             reference, candidate, originals, reverted = [], [], [], 0
             for split in splits:
-                quantized, record = quantize_detector(irs[size], _request(split, shape, anchors))
+                quantized, record = quantize_detector(_int8(), irs[size], _request(split, shape, anchors))
                 samples = split.validation.samples(shape)
                 # view by view, "original" first: the first samples are the photos as they are
                 originals += [len(reference) + i for i in range(len(split.validation.files))]
-                reference += run_model(irs[size], samples)
-                candidate += run_model(quantized, samples)
+                reference += _int8().run(irs[size], samples)
+                candidate += _int8().run(quantized, samples)
                 reverted += len(record["accuracy"]["float_layers"])
             rows.append(
                 {
@@ -218,9 +226,9 @@ def _mark(ok: bool) -> str:
 
 def markdown(bias: list[dict], goals: list[dict], folds: list[dict], split_record: dict, runs: int) -> str:
     """The tables."""
-    import openvino as ov
+    from retinaface_export.converters.openvino.runtime import openvino_core
 
-    cpu = ov.Core().get_property("CPU", "FULL_DEVICE_NAME") or platform.machine()
+    cpu = openvino_core().get_property("CPU", "FULL_DEVICE_NAME") or platform.machine()
     lines = [
         f"**INT8, mobilenet0.25 — {cpu}, {os.cpu_count()} cores, {THREADS} threads, {date.today().isoformat()}**",
         "",

@@ -16,53 +16,38 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 
 from retinaface_export.checkpoint import load_checkpoint  # noqa: E402
+from retinaface_export.converters.onnx.postprocess import add_postprocess  # noqa: E402
+from retinaface_export.converters.onnx.runtime import session  # noqa: E402
+from retinaface_export.converters.openvino.postprocess import match_reference_nms  # noqa: E402
+from retinaface_export.converters.openvino.runtime import compile_model, compiled_runner, openvino_module  # noqa: E402
 from retinaface_export.detection.letterbox import Letterbox  # noqa: E402
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess  # noqa: E402
 from retinaface_export.detection.priors import prior_boxes  # noqa: E402
-from retinaface_export.export import ExportOptions, export_checkpoint  # noqa: E402
-from retinaface_export.postprocess_onnx import add_postprocess  # noqa: E402
-from retinaface_export.postprocess_openvino import match_reference_nms  # noqa: E402
-from retinaface_export.postprocess_settings import NmsSettings  # noqa: E402
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint  # noqa: E402
+from retinaface_export.postprocess.settings import NmsSettings  # noqa: E402
 from retinaface_export.preprocess import to_network_input  # noqa: E402
 from retinaface_export.sizes import InputSize  # noqa: E402
 
 
 def _onnxruntime(model: onnx.ModelProto, threads: int | None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
     # Several sessions take turns on the same cores: a session's threads spinning after its run would
     # slow down the next one (measured: the second of two sessions run in turns looked 50% slower).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return lambda data: session.run(None, {"data": data})
+    opened = session(
+        model.SerializeToString(), optimize=True, threads=threads, config={"session.intra_op.allow_spinning": "0"}
+    )
+    return lambda data: opened.run(None, {"data": data})
 
 
 def _openvino(model: onnx.ModelProto, folder: Path, name: str, threads: int | None):
-    import openvino as ov
-
     onnx.save(model, folder / f"{name}.onnx")
-    converted = ov.convert_model(folder / f"{name}.onnx")
+    converted = openvino_module().convert_model(folder / f"{name}.onnx")
     match_reference_nms(converted)
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(converted, "CPU", config)
-    request = compiled.create_infer_request()
-
-    def run(data: np.ndarray) -> list[np.ndarray]:
-        result = request.infer({0: data})
-        return [np.array(result[port]) for port in compiled.outputs]
-
-    return run
+    return compiled_runner(compile_model(converted, threads))
 
 
 def main() -> int:

@@ -77,8 +77,8 @@ VERIFY_SWITCH = "verify"
 
 def missing_verify_switch() -> list[str]:
     """The option classes that lack the public ``verify`` field the build-only mode needs."""
-    from retinaface_export.convert import ConvertOptions
-    from retinaface_export.export import ExportOptions
+    from retinaface_export.pipeline.convert import ConvertOptions
+    from retinaface_export.pipeline.export import ExportOptions
 
     return [cls.__name__ for cls in (ExportOptions, ConvertOptions) if VERIFY_SWITCH not in _field_names(cls)]
 
@@ -88,8 +88,8 @@ def _field_names(cls: type) -> set[str]:
 
 
 def _toolchain(out: Path, workers: int, verify: bool) -> None:
-    from retinaface_export.convert import ConvertOptions, convert_export
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
     from retinaface_export.sizes import InputSize
 
     switch = {} if verify else {VERIFY_SWITCH: False}  # the public option; checked by missing_verify_switch()
@@ -108,8 +108,8 @@ def _run_one(mode: str, workers: int) -> float:
     import openvino  # noqa: F401
     import torch
 
-    import retinaface_export.convert
-    import retinaface_export.export  # noqa: F401
+    import retinaface_export.pipeline.convert
+    import retinaface_export.pipeline.export  # noqa: F401
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +152,7 @@ def main() -> int:
             return 1
         seconds[mode] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
         print(f"{mode}: {seconds[mode]:.1f} s", file=sys.stderr)
-    from retinaface_export.bench_system import machine
+    from retinaface_export.bench.system import machine
 
     rows = [
         f"**Export + convert matrix — {machine()}, {date.today().isoformat()}, `--jobs {args.jobs}`**",

@@ -1,4 +1,4 @@
-"""Put the Markdown tables `make bench` wrote into README.md between the bench markers."""
+"""Put the Markdown tables `make bench` wrote into docs/performance.md between the bench markers."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+TARGET = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 
 
 def main() -> int:
-    """Replace the README's bench section with the given Markdown files, in order."""
+    """Replace the bench section of docs/performance.md (or --readme FILE) with the given Markdown files, in order."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("tables", nargs="+", type=Path, help="Markdown files, in the order they go in")
-    parser.add_argument("--readme", type=Path, default=README, help="the file to update (default: the README)")
+    parser.add_argument("--readme", type=Path, default=TARGET, help="the file to update (default: docs/performance.md)")
     args = parser.parse_args()
     text = args.readme.read_text()
     if START not in text or END not in text:

@@ -56,7 +56,7 @@ def checkpoint_for(variant: str):
 @pytest.fixture(scope="session", params=["mobilenet0.25", "resnet50"])
 def standard_export(request, tmp_path_factory):
     """(checkpoint, folder): TorchScript and ONNX of each backbone at every standard size, exported once."""
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
     from retinaface_export.sizes import STANDARD_SIZES, InputSize
 
     checkpoint = checkpoint_for(request.param)

@@ -11,17 +11,17 @@ from click.testing import CliRunner
 
 from conftest import CROWD_PHOTO, SMALL_ANCHORS_WEIGHTS, require
 from retinaface_export.anchors import load_anchors
-from retinaface_export.bench import eager_checkpoint
-from retinaface_export.bench_stats import MIN_RUNS, Budget, Stats
-from retinaface_export.bench_system import int8_capability
+from retinaface_export.bench.run import eager_checkpoint
+from retinaface_export.bench.stats import MIN_RUNS, Budget, Stats
+from retinaface_export.bench.system import int8_capability
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.cli.bench import main
-from retinaface_export.convert import ConvertOptions, convert_export
-from retinaface_export.detection.backends import eager_backend
-from retinaface_export.detection.detector import Detector
 from retinaface_export.errors import UsageError
-from retinaface_export.export import ExportOptions, export_checkpoint
+from retinaface_export.inference.backends import eager_backend
+from retinaface_export.inference.detector import Detector
 from retinaface_export.manifest import Manifest
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import InputSize
 
 QUICK = ["--runs", "3", "--warmup", "0", "-q"]
@@ -251,7 +251,7 @@ def test_int8_capability(flags, label):
 
 
 def test_nms_artifact_is_timed_with_what_it_leaves_to_do(tmp_path, crowd_photo):
-    from retinaface_export.postprocess_settings import PostprocessSpec
+    from retinaface_export.postprocess.settings import PostprocessSpec
     from retinaface_export.synthetic import synthetic_checkpoint
     from retinaface_export.variants import get_variant
 

@@ -79,7 +79,7 @@ def test_same_stem_images_get_distinct_drawings(tmp_path, real_weights):
 
 
 def test_artifact_without_provenance_is_refused(tmp_path):
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
     from retinaface_export.sizes import InputSize
     from retinaface_export.synthetic import synthetic_checkpoint
     from retinaface_export.variants import get_variant

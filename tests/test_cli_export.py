@@ -13,8 +13,8 @@ from checkpoint_cases import BAD_CHECKPOINTS
 from retinaface_export import __version__, formats
 from retinaface_export.cli.common import expand_multi_value
 from retinaface_export.cli.export import main
-from retinaface_export.converters.onnx import OnnxExporter, OnnxFormat
-from retinaface_export.converters.torchscript import FORMAT as TORCHSCRIPT
+from retinaface_export.converters.onnx.format import OnnxExporter, OnnxFormat
+from retinaface_export.converters.torchscript.format import FORMAT as TORCHSCRIPT
 from retinaface_export.hashing import sha256_file
 
 

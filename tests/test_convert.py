@@ -11,12 +11,13 @@ from click.testing import CliRunner
 
 from conftest import CROWD_PHOTO, SHARED, photo_input, require
 from retinaface_export.cli.convert import main
-from retinaface_export.convert import ConvertOptions, convert_export
-from retinaface_export.detection import DetectionConfig, Detector
 from retinaface_export.detection.compare import compare_faces
+from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.formats import FORMATS
 from retinaface_export.hashing import sha256_file
 from retinaface_export.images import read_image
+from retinaface_export.inference.detector import Detector
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export
 from retinaface_export.preprocess import to_raw_nchw, to_u8_nhwc
 from retinaface_export.sizes import STANDARD_SIZES, InputSize
 
@@ -171,7 +172,7 @@ def test_provenance_and_files_of_converted_artifacts(converted):
 
 def test_dynamic_export_stays_dynamic_when_simplified(tmp_path, real_weights):
     from retinaface_export.checkpoint import load_checkpoint
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 
     export_checkpoint(
         load_checkpoint(real_weights),
@@ -197,7 +198,7 @@ def run(*args):
 @pytest.fixture
 def small_export(tmp_path, real_weights):
     from retinaface_export.checkpoint import load_checkpoint
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 
     export_dir = tmp_path / "export"
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(320, 320),)), export_dir)
@@ -351,7 +352,7 @@ def test_int8_of_a_post_processed_export_with_raw_pixel_input(tmp_path, real_wei
 
 def test_int8_of_a_dynamic_export_is_judged_at_its_sizes_and_batches(tmp_path, real_weights):
     from retinaface_export.checkpoint import load_checkpoint
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 
     export_dir = tmp_path / "dynamic"
     sizes = (InputSize(320, 320), InputSize(480, 640))
@@ -373,7 +374,7 @@ def test_unknown_target_exits_2(small_export):
 
 
 def test_failed_conversion_writes_nothing(small_export, monkeypatch):
-    import retinaface_export.converters.openvino as ov_converter
+    import retinaface_export.converters.openvino.format as ov_converter
 
     def explode(*args, **kwargs):
         raise RuntimeError("simulated converter crash")

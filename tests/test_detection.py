@@ -10,14 +10,15 @@ from reference_forward import reference_forward
 from reference_pipeline import reference_detections, reference_nms, reference_priors
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import load_checkpoint
-from retinaface_export.detection import DetectionConfig, Detector, Face
-from retinaface_export.detection.backends import eager_backend
 from retinaface_export.detection.compare import compare_faces, tolerant_f1
+from retinaface_export.detection.faces import Face
 from retinaface_export.detection.letterbox import Letterbox
-from retinaface_export.detection.postprocess import decode_boxes, decode_landmarks, nms
+from retinaface_export.detection.postprocess import DetectionConfig, decode_boxes, decode_landmarks, nms
 from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.errors import FileError
-from retinaface_export.export import ExportOptions, export_checkpoint
+from retinaface_export.inference.backends import eager_backend
+from retinaface_export.inference.detector import Detector
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import InputSize
 from retinaface_export.variants import get_variant
 
@@ -181,7 +182,7 @@ def test_small_anchor_checkpoint_needs_its_anchors(crowd_photo):
 
 @pytest.fixture(scope="module")
 def exported_640(real_weights, tmp_path_factory):
-    from retinaface_export.convert import ConvertOptions, convert_export
+    from retinaface_export.pipeline.convert import ConvertOptions, convert_export
 
     out = tmp_path_factory.mktemp("det640")
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(640, 640),)), out)

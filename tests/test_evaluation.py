@@ -157,7 +157,7 @@ def _cell(items):
 def test_model_over_a_wider_layout_tree(tmp_path, real_weights):
     # two events, three photos from ../shared, ground truth = hand-made boxes around their faces' area
     photos = {"0--Parade": ["wider_sample_1", "wider_sample_2"], "1--Handshaking": ["wider_sample_3"]}
-    from retinaface_export.detection import Detector
+    from retinaface_export.inference.detector import Detector
 
     detector = Detector.from_checkpoint(real_weights)
     boxes_per_event, names_per_event = [], []

@@ -9,9 +9,9 @@ import torch
 
 from conftest import photo_input
 from retinaface_export.checkpoint import load_checkpoint
-from retinaface_export.export import ExportOptions, export_checkpoint
+from retinaface_export.eager import eager_runner
 from retinaface_export.formats import FORMATS, export_formats
-from retinaface_export.runtimes import eager_runner
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import STANDARD_SIZES, InputSize
 
 onnxruntime_runner = FORMATS["onnx"].open_runner

@@ -21,7 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from retinaface_export import atomic
-from retinaface_export.atomic import (
+from retinaface_export.cli import entry
+from retinaface_export.cli.common import handle_errors
+from retinaface_export.errors import CommitError, FolderBusyError, OutputDirError
+from retinaface_export.safety.atomic import (
     InterruptedAfterCommit,
     clean_stale_staging,
     commit_run,
@@ -29,9 +32,6 @@ from retinaface_export.atomic import (
     prepare_output_dir,
     staging_dir,
 )
-from retinaface_export.cli import entry
-from retinaface_export.cli.common import handle_errors
-from retinaface_export.errors import CommitError, FolderBusyError, OutputDirError
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = "manifest.json"
@@ -164,7 +164,9 @@ def test_read_only_folder_and_read_only_parent_are_named(tmp_path, read_only_mod
     parent.chmod(0o555)
     before = snapshot(tmp_path)
 
-    body = "    from retinaface_export.atomic import prepare_output_dir\n    prepare_output_dir(Path(sys.argv[1]))"
+    body = (
+        "    from retinaface_export.safety.atomic import prepare_output_dir\n    prepare_output_dir(Path(sys.argv[1]))"
+    )
     done = run_restricted(read_only_modes_apply, REPORT_ERROR.format(body=body), read_only)
     assert done.stdout.strip() == f"OutputDirError\t{read_only}\t|\tfolder is not writable", done.stderr
     done = run_restricted(read_only_modes_apply, REPORT_ERROR.format(body=body), parent / "out")
@@ -172,7 +174,7 @@ def test_read_only_folder_and_read_only_parent_are_named(tmp_path, read_only_mod
 
     # a commit into the read-only folder (staging beside it is writable): refused before anything moves
     body = (
-        "    from retinaface_export.atomic import commit_run, staging_dir\n"
+        "    from retinaface_export.safety.atomic import commit_run, staging_dir\n"
         "    out = Path(sys.argv[1])\n"
         "    with staging_dir(out) as staging:\n"
         "        (staging / 'a.onnx').write_bytes(b'new')\n"
@@ -406,7 +408,7 @@ def test_stop_signal_during_a_commit_waits_for_it_to_finish_or_be_undone(tmp_pat
 KILLED_MID_COMMIT = """
 import os, signal, sys
 from pathlib import Path
-from retinaface_export.atomic import commit_run, staging_dir
+from retinaface_export.safety.atomic import commit_run, staging_dir
 out, kill_at = Path(sys.argv[1]), int(sys.argv[2])
 real, calls = os.replace, 0
 def replace(*args):
@@ -449,7 +451,7 @@ def test_commit_cut_by_sigkill_is_undone_by_the_next_run(tmp_path, kill_after, c
 WRITER = """
 import json, sys, time
 from pathlib import Path
-from retinaface_export.atomic import commit_run, output_lock, staging_dir
+from retinaface_export.safety.atomic import commit_run, output_lock, staging_dir
 folder, name = Path(sys.argv[1]), sys.argv[2]
 with output_lock(folder, timeout=60) as out:
     manifest = out / "manifest.json"
@@ -475,7 +477,7 @@ def test_concurrent_runs_into_one_folder_never_lose_manifest_entries(tmp_path):
 
 HOLDER = """
 import sys, time
-from retinaface_export.atomic import output_lock
+from retinaface_export.safety.atomic import output_lock
 with output_lock(sys.argv[1], timeout=0):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -578,7 +580,7 @@ def test_staging_named_symlink_is_never_followed(tmp_path):
 SLEEPS_IN_STAGING = """
 import sys, time
 from pathlib import Path
-from retinaface_export.atomic import staging_dir
+from retinaface_export.safety.atomic import staging_dir
 with staging_dir(Path(sys.argv[1])) as staging:
     print(staging, flush=True)
     time.sleep(300)
@@ -670,7 +672,7 @@ def test_signal_ends_a_console_script_with_one_line_and_no_staging(tmp_path, sig
 SLOW_CLEANUP = """
 import sys, time
 from pathlib import Path
-from retinaface_export.atomic import staging_dir
+from retinaface_export.safety.atomic import staging_dir
 from retinaface_export.cli.entry import exit_interrupted, install_signal_handlers
 install_signal_handlers("cmd")
 try:

@@ -14,11 +14,11 @@ from conftest import SHARED, require
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.cli.convert import main as convert_main
 from retinaface_export.cli.parity import main as parity_main
-from retinaface_export.convert import ConvertOptions, convert_export
 from retinaface_export.errors import ManifestError
-from retinaface_export.export import ExportOptions, export_checkpoint
 from retinaface_export.formats import FORMATS
 from retinaface_export.manifest import Manifest, schema_path
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.provenance import provenance_problems
 from retinaface_export.sizes import InputSize
 

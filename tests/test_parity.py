@@ -11,12 +11,13 @@ from click.testing import CliRunner
 from conftest import REPO, SHARED, require
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.cli.parity import main
-from retinaface_export.convert import ConvertOptions, convert_export
-from retinaface_export.export import ExportOptions, export_checkpoint
-from retinaface_export.formats import FORMATS, PRECISIONS
+from retinaface_export.formats import FORMATS
 from retinaface_export.golden import find_golden_sets, load_golden, record_golden
 from retinaface_export.hashing import sha256_file
 from retinaface_export.parity import run_parity
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
+from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import INPUT_FORMATS
 from retinaface_export.sizes import STANDARD_SIZES, InputSize
 from retinaface_export.synthetic import synthetic_checkpoint
@@ -63,9 +64,9 @@ def test_committed_goldens_match_this_machines_pytorch():
             checkpoint = load_checkpoint(require(SHARED / "weights" / "mobilenet0.25_Final.pth"))
         assert checkpoint.state_dict_sha256 == golden.checkpoint["state_dict_sha256"]
         case = next(c for c in golden.cases if c.size == InputSize(320, 320) and c.input.photo)
+        from retinaface_export.eager import eager_runner
         from retinaface_export.golden import prepared_input
         from retinaface_export.preprocess import to_network_input
-        from retinaface_export.runtimes import eager_runner
 
         outputs = eager_runner(checkpoint.model)(to_network_input(prepared_input(case, [require(IMAGES)])))
         for out, expected in zip(outputs, case.outputs, strict=True):

@@ -10,13 +10,14 @@ from click.testing import CliRunner
 from conftest import SHARED, photo_input, require
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.cli.detect import main as detect_main
-from retinaface_export.convert import ConvertOptions, convert_export
-from retinaface_export.detection import DetectionConfig, Detector
 from retinaface_export.detection.compare import compare_faces
 from retinaface_export.detection.modes import mode_outputs
-from retinaface_export.export import ExportOptions, export_checkpoint
+from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.formats import FORMATS
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.inference.detector import Detector
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
+from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
 
 SIZE = InputSize(640, 640)

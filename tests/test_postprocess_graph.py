@@ -23,13 +23,13 @@ from matching import greedy_match
 from reference_forward import reference_forward
 from reference_pipeline import reference_detections
 from retinaface_export.checkpoint import load_checkpoint
+from retinaface_export.converters.onnx.postprocess import add_postprocess
+from retinaface_export.converters.openvino.postprocess import match_reference_nms
+from retinaface_export.converters.torchscript.postprocess import script_with_postprocess
 from retinaface_export.detection.postprocess import decode_boxes, decode_landmarks
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.export import ExportOptions, export_checkpoint
-from retinaface_export.postprocess_onnx import add_postprocess
-from retinaface_export.postprocess_openvino import match_reference_nms
-from retinaface_export.postprocess_settings import NmsSettings, covers, split_detections
-from retinaface_export.postprocess_torchscript import script_with_postprocess
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
+from retinaface_export.postprocess.settings import NmsSettings, covers, split_detections
 from retinaface_export.sizes import InputSize
 
 FIXED = InputSize(640, 640)

@@ -20,11 +20,11 @@ import torch
 from onnx import TensorProto, helper
 
 from reference_pipeline import reference_detections, reference_nms
+from retinaface_export.converters.onnx.postprocess import add_postprocess
+from retinaface_export.converters.openvino.postprocess import match_reference_nms
+from retinaface_export.converters.torchscript.postprocess import greedy_nms, script_with_postprocess
 from retinaface_export.errors import UsageError
-from retinaface_export.postprocess_onnx import add_postprocess
-from retinaface_export.postprocess_openvino import match_reference_nms
-from retinaface_export.postprocess_settings import NmsSettings, check_mode, covers, split_detections
-from retinaface_export.postprocess_torchscript import greedy_nms, script_with_postprocess
+from retinaface_export.postprocess.settings import NmsSettings, check_mode, covers, split_detections
 from retinaface_export.sizes import InputSize
 from retinaface_export.variants import get_variant
 

@@ -94,7 +94,7 @@ def test_package_names_are_lazy_and_complete():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert "retinaface_export.detection.detector retinaface_export.checkpoint" in result.stdout
+    assert "retinaface_export.inference.detector retinaface_export.checkpoint" in result.stdout
 
 
 def test_unknown_package_name_is_an_attribute_error():

@@ -21,14 +21,10 @@ from retinaface_export.detection.metric import DetectionF1
 from retinaface_export.detection.modes import mode_outputs
 from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.errors import AccuracyDropError, FileError
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.formats import FORMATS
+from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.preprocess import to_network_input
-from retinaface_export.quantize import (
-    QuantizationSettings,
-    quantize,
-    quantize_with_accuracy_control,
-    run_model,
-)
+from retinaface_export.quantize import QuantizationSettings, quantize, quantize_with_accuracy_control
 from retinaface_export.sizes import InputSize
 
 IMAGES = SHARED / "images"
@@ -37,6 +33,8 @@ ANCHORS = AnchorConfig.from_mapping(
     {"min_sizes": [[16, 32], [64, 128], [256, 512]], "steps": [8, 16, 32], "variance": [0.1, 0.2]}
 )
 HEADS = ("ClassHead", "BboxHead", "LandmarkHead")
+# each format's INT8 backend, as its converter hands it to retinaface_export.quantize
+OV, ONNX = FORMATS["openvino"].int8, FORMATS["onnx"].int8
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
 
 
@@ -210,7 +208,7 @@ def synthetic_model(tmp_path_factory):
     import openvino as ov
     from openvino.passes import ConstantFolding, Manager
 
-    from retinaface_export.export import ExportOptions, export_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
     from retinaface_export.synthetic import synthetic_checkpoint
     from retinaface_export.variants import get_variant
 
@@ -250,10 +248,10 @@ def test_openvino_and_onnx_keep_the_ignored_scope_in_float(synthetic_model, samp
     calibration, _ = samples
     heads = tuple(f".*{head}.*" for head in HEADS)
     settings = QuantizationSettings(fast_bias_correction=True, ignored_patterns=heads)
-    ov_float = _float_ops(quantize(ov_model, calibration, settings))
+    ov_float = _float_ops(quantize(OV, ov_model, calibration, settings))
     assert len(ov_float) == 9 and all(any(head in name for head in HEADS) for name in ov_float)
     # bias correction left to the backend: ONNX gets the fast one (NNCF's full one fails on this graph)
-    quantized = quantize(onnx_model, calibration, QuantizationSettings(ignored_patterns=heads))
+    quantized = quantize(ONNX, onnx_model, calibration, QuantizationSettings(ignored_patterns=heads))
     producer = {out: node.op_type for node in quantized.graph.node for out in node.output}
     onnx_float = {
         n.name for n in quantized.graph.node if n.op_type == "Conv" and producer[n.input[0]] != "DequantizeLinear"
@@ -272,12 +270,12 @@ def test_accuracy_control_reports_the_layers_it_reverted(synthetic_model, sample
     calibration, validation = samples
     settings = QuantizationSettings(fast_bias_correction=True, ignored_patterns=FIRST_STAGE_ONLY, max_reverted_groups=2)
     metric = DetectionF1(ANCHORS, SIZE)
-    plain = quantize(model, calibration, settings)
-    reference = run_model(model, validation)
-    assert metric(reference, run_model(plain, validation))[0] < 0.9
+    plain = quantize(OV, model, calibration, settings)
+    reference = OV.run(model, validation)
+    assert metric(reference, OV.run(plain, validation))[0] < 0.9
 
     quantized, result = quantize_with_accuracy_control(
-        model, calibration, validation, metric, max_drop=0.0, settings=settings, allow_accuracy_drop=True
+        OV, model, calibration, validation, metric, max_drop=0.0, settings=settings, allow_accuracy_drop=True
     )
     reverted = set(result.float_layers)
     assert reverted and all("/stage1/" in name for name in reverted)
@@ -290,7 +288,7 @@ def test_accuracy_control_reports_the_layers_it_reverted(synthetic_model, sample
     record = result.record()
     assert record["float_layers"] == list(result.float_layers)
     assert record["met"] is False and record["fp32"] == 1.0
-    assert record["int8"] == pytest.approx(metric(reference, run_model(quantized, validation))[0])
+    assert record["int8"] == pytest.approx(metric(reference, OV.run(quantized, validation))[0])
 
 
 def test_unreachable_accuracy_target_raises(synthetic_model, samples):
@@ -299,7 +297,7 @@ def test_unreachable_accuracy_target_raises(synthetic_model, samples):
     settings = QuantizationSettings(ignored_patterns=FIRST_STAGE_ONLY, max_reverted_groups=1)
     with pytest.raises(AccuracyDropError) as error:
         quantize_with_accuracy_control(
-            onnx_model, calibration, validation, DetectionF1(ANCHORS, SIZE), max_drop=0.0, settings=settings
+            ONNX, onnx_model, calibration, validation, DetectionF1(ANCHORS, SIZE), max_drop=0.0, settings=settings
         )
     assert error.value.exit_code != 0
     assert "INT8 accuracy target not met" in str(error.value)

@@ -26,8 +26,9 @@ from click.testing import CliRunner
 
 from retinaface_export.cli import export as export_cli
 from retinaface_export.contract import OUTPUT_NAMES
+from retinaface_export.converters.onnx.trust import check_onnx_file
+from retinaface_export.converters.torchscript.trust import check_torchscript_archive, checked_torchscript_bytes
 from retinaface_export.errors import InputFileError, UntrustedArtifactError
-from retinaface_export.trust import check_onnx_file, check_torchscript_archive, checked_torchscript_bytes
 
 PROVENANCE = json.dumps({"variant": "mobilenet0.25", "input_size": [64, 64], "batch": 1})
 

@@ -13,9 +13,10 @@ import openvino as ov
 import pytest
 
 from retinaface_export.checkpoint import load_checkpoint
-from retinaface_export.convert import ConvertOptions, convert_export
-from retinaface_export.converters.onnx import graph_fingerprint, onnxruntime_runner
-from retinaface_export.export import ExportOptions, export_checkpoint
+from retinaface_export.converters.onnx.format import graph_fingerprint
+from retinaface_export.converters.onnx.runtime import onnxruntime_runner
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache, run_jobs
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from retinaface_export.atomic import atomic_write_bytes
-from retinaface_export.bench import MODES, BenchReport, BenchRow, BenchSettings, bench_export
-from retinaface_export.bench_stats import MIN_RUNS, UNSTABLE_RULE, Budget
-from retinaface_export.bench_system import machine
+from retinaface_export.bench.run import MODES, BenchReport, BenchRow, BenchSettings, bench_export
+from retinaface_export.bench.stats import MIN_RUNS, UNSTABLE_RULE, Budget
+from retinaface_export.bench.system import machine
 from retinaface_export.cli.common import (
     MultiValueCommand,
     configure_logging,
@@ -24,6 +23,7 @@ from retinaface_export.cli.common import (
 from retinaface_export.errors import UsageError
 from retinaface_export.images import read_image
 from retinaface_export.preprocess import synthetic_photos
+from retinaface_export.safety.atomic import atomic_write_bytes
 from retinaface_export.sizes import parse_size
 
 COMMAND = "retinaface-bench"
@@ -221,7 +221,7 @@ def main(
     """
     configure_logging(quiet)
     if plot_path:
-        from retinaface_export.bench_plot import require_matplotlib
+        from retinaface_export.bench.plot import require_matplotlib
 
         require_matplotlib()  # before minutes of timing
     settings = BenchSettings(
@@ -244,7 +244,7 @@ def main(
         body = {"title": title, **report.to_dict()}
         atomic_write_bytes(json_path, (json.dumps(body, indent=1) + "\n").encode())
     if plot_path:
-        from retinaface_export.bench_plot import plot_png
+        from retinaface_export.bench.plot import plot_png
 
         atomic_write_bytes(plot_path, plot_png(report.rows, title))
     if markdown_path:

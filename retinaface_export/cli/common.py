@@ -216,7 +216,7 @@ def write_json(json_path: Path, body: Any, indent: int | None = 1) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from retinaface_export.atomic import atomic_write_bytes
+    from retinaface_export.safety.atomic import atomic_write_bytes
 
     atomic_write_bytes(json_path, text.encode())
 

@@ -19,11 +19,12 @@ from retinaface_export.cli.common import (
     step_progress,
     wide_console,
 )
-from retinaface_export.convert import ConvertOptions, convert_export
 from retinaface_export.errors import UsageError
-from retinaface_export.formats import FORMATS, PRECISIONS, convert_targets
+from retinaface_export.formats import FORMATS, convert_targets
 from retinaface_export.manifest import ArtifactRecord
-from retinaface_export.pipeline import RunResult
+from retinaface_export.pipeline.builds import RunResult
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.sizes import InputSize
 

@@ -9,7 +9,6 @@ import click
 from rich.table import Table
 
 from retinaface_export.anchors import load_anchors
-from retinaface_export.atomic import atomic_write_bytes
 from retinaface_export.cli.common import (
     configure_logging,
     handle_errors,
@@ -18,10 +17,12 @@ from retinaface_export.cli.common import (
     wide_console,
     write_json,
 )
-from retinaface_export.detection import DetectionConfig, Detector
 from retinaface_export.detection.drawing import draw_faces
+from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.images import IMAGE_SUFFIXES, images_in_folder, read_image
+from retinaface_export.inference.detector import Detector
+from retinaface_export.safety.atomic import atomic_write_bytes
 from retinaface_export.variants import list_variants
 
 log = logging.getLogger(__name__)

@@ -2,13 +2,13 @@
 
 SIGINT, SIGTERM and SIGHUP all raise :class:`Interrupted` (a ``KeyboardInterrupt``), so a run stops the way
 Ctrl-C stops it: context managers remove staging folders and release locks, a commit in progress is finished
-or undone first (:func:`retinaface_export.atomic.commit_run`), and the command prints one line and exits
+or undone first (:func:`retinaface_export.safety.atomic.commit_run`), and the command prints one line and exits
 128 + the signal number. Importing torch and friends takes seconds; a signal then ends the run the same way.
 This module imports only the standard library, so the handlers are in place within milliseconds.
 
 A second signal while the first one's cleanup runs (worker threads finish their artifact first) exits at
 once: what it leaves (a staging folder, a commit cut short) belongs to a dead process, which the next run
-into that folder removes or undoes (:func:`retinaface_export.atomic.clean_stale_staging`).
+into that folder removes or undoes (:func:`retinaface_export.safety.atomic.clean_stale_staging`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from retinaface_export.evaluation import evaluate
 from retinaface_export.widerface import SETTINGS, GroundTruth, load_ground_truth, prediction_text, read_predictions
 
 if TYPE_CHECKING:
-    from retinaface_export.detection import Detector
+    from retinaface_export.inference.detector import Detector
 
 COMMAND = "retinaface-eval"
 # biubug6 test_widerface.py: keep nearly everything, the AP sweep sets the operating point
@@ -43,7 +43,8 @@ def _resize_long_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, fl
 
 def _detector(artifact: str | None, weights: str | None, anchors: str | None, origin_size: bool) -> Detector:
     from retinaface_export.anchors import load_anchors
-    from retinaface_export.detection import DetectionConfig, Detector
+    from retinaface_export.detection.postprocess import DetectionConfig
+    from retinaface_export.inference.detector import Detector
 
     config = DetectionConfig(**EVAL_DETECTION)
     if weights:
@@ -64,9 +65,9 @@ def _run_model(
 ) -> list[np.ndarray]:
     from rich.progress import Progress
 
-    from retinaface_export.atomic import atomic_write_bytes
     from retinaface_export.images import read_image
-    from retinaface_export.safe_paths import resolve_inside
+    from retinaface_export.safety.atomic import atomic_write_bytes
+    from retinaface_export.safety.safe_paths import resolve_inside
 
     predictions = []
     with Progress(console=stderr, disable=quiet, transient=True) as progress:

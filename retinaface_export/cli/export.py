@@ -23,11 +23,11 @@ from retinaface_export.cli.common import (
     step_progress,
     wide_console,
 )
-from retinaface_export.converters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from retinaface_export.export import ExportOptions, export_checkpoint
+from retinaface_export.converters.onnx.format import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from retinaface_export.formats import export_formats
-from retinaface_export.pipeline import RunResult
-from retinaface_export.postprocess_settings import POSTPROCESS_MODES, NmsSettings, PostprocessSpec
+from retinaface_export.pipeline.builds import RunResult
+from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
+from retinaface_export.postprocess.settings import POSTPROCESS_MODES, NmsSettings, PostprocessSpec
 from retinaface_export.sizes import InputSize, check_batch
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant, list_variants

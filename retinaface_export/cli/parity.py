@@ -111,7 +111,7 @@ def main(
     if json_path:
         write_json(json_path, report.to_dict())
     if junit_path:
-        from retinaface_export.atomic import atomic_write_bytes
+        from retinaface_export.safety.atomic import atomic_write_bytes
 
         atomic_write_bytes(junit_path, _junit(report))
     if not quiet:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retinaface_export.detection.detector import Face
+from retinaface_export.detection.faces import Face
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retinaface_export.detection.detector import Face
+from retinaface_export.detection.faces import Face
 
 BOX_COLOR = (0, 0, 255)
 # Faces smaller than this (pixels high) get no score label: in crowds the labels would hide the faces.

@@ -16,10 +16,10 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.detection.compare import compare_faces
-from retinaface_export.detection.detector import Face, faces_from_arrays
+from retinaface_export.detection.faces import Face, faces_from_arrays
 from retinaface_export.detection.modes import image_faces, nms_config
 from retinaface_export.detection.postprocess import DetectionConfig
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
 
 # Outputs of one run, in the model's order (raw: bbox, cls, landmarks, each N×A×k).

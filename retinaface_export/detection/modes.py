@@ -19,7 +19,7 @@ from retinaface_export.detection.postprocess import (
 )
 from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.errors import UsageError
-from retinaface_export.postprocess_settings import PostprocessSpec, covers, pack_detections, split_detections
+from retinaface_export.postprocess.settings import PostprocessSpec, covers, pack_detections, split_detections
 
 Faces = tuple[np.ndarray, np.ndarray, np.ndarray]
 

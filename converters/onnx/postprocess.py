@@ -29,7 +29,7 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES
 from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.errors import UsageError
-from retinaface_export.postprocess_settings import (
+from retinaface_export.postprocess.settings import (
     DECODE_OUTPUTS,
     DETECTION_WIDTH,
     NMS_OUTPUTS,

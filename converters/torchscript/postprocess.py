@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.postprocess_settings import DETECTION_WIDTH, NmsSettings, check_mode
+from retinaface_export.postprocess.settings import DETECTION_WIDTH, NmsSettings, check_mode
 from retinaface_export.sizes import InputSize
 
 

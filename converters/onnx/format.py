@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retinaface_export.contract import INPUT_NAME, OUTPUT_NAMES, OUTPUT_WIDTHS
+from retinaface_export.converters.onnx.int8 import INT8
+from retinaface_export.converters.onnx.runtime import RUNTIME, onnxruntime_runner
+from retinaface_export.converters.onnx.trust import check_onnx_file
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
+from retinaface_export.quantize import quantize_detector
 from retinaface_export.sizes import InputSize
 
 if TYPE_CHECKING:
     from retinaface_export.anchors import AnchorConfig
-from retinaface_export.trust import check_onnx_file
 
 DEFAULT_OPSET = 17
 # Resize with `sizes` (the FPN's nearest upsampling) needs opset 11.
@@ -97,11 +100,11 @@ class OnnxExporter:
         The dynamic graph passed ``onnx.checker`` (with strict shape inference) when it was exported; a
         pinned copy differs from it in declared dimensions only, which the exporter's verification run
         at that size checks against PyTorch. Post-processing (``decode``, ``nms``) is appended to the
-        pinned graph (:mod:`retinaface_export.postprocess_onnx`).
+        pinned graph (:mod:`retinaface_export.converters.onnx.postprocess`).
         """
         import onnx
 
-        from retinaface_export.postprocess_onnx import add_postprocess
+        from retinaface_export.converters.onnx.postprocess import add_postprocess  # imports onnx
 
         proto = onnx.load_from_string(self._dynamic)
         if job.size is not None:
@@ -192,36 +195,13 @@ def source_model(inputs: ConvertInputs):
     return inputs.shared.get(("onnx-model", inputs.source_path), load)
 
 
-def onnxruntime_runner(model: Path | bytes, optimize: bool = False, threads: int | None = None) -> Runner:
-    """An ONNX model (file or bytes) through ONNX Runtime's CPU provider; graph optimisation off unless asked.
-
-    With optimisation off, ONNX Runtime computes the graph as written (onnxsim's ``compare`` habit).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    if not isinstance(model, bytes):
-        check_onnx_file(model)  # external data inside its folder, standard operators, the contract's names
-    source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-
-    def run(data):
-        return session.run(None, {input_name: data})  # in the model's order, which the trust check pinned
-
-    return run
-
-
 class OnnxFormat(ArtifactFormat):
     """ONNX from the PyTorch model (FP32), and FP16/INT8 ONNX converted from it; run by ONNX Runtime."""
 
     name = "onnx"
     suffix = ".onnx"
-    backend = "onnxruntime"
+    runtime = RUNTIME
+    int8 = INT8
     exported = True
     source_format = "onnx"
     precisions = ("fp32", "fp16", "int8")
@@ -245,13 +225,11 @@ class OnnxFormat(ArtifactFormat):
             model = convert_float_to_float16(source, keep_io_types=True)
             _sort_nodes(model.graph)  # the converter appends its input casts after their consumers
         else:
-            from retinaface_export.quantize import quantize_detector
-
             if inputs.int8 is None:
                 raise ValueError("INT8 needs calibration and validation photos")
             copy = onnx.ModelProto()
             copy.CopyFrom(source)
-            model, conversion["int8"] = quantize_detector(copy, inputs.int8)
+            model, conversion["int8"] = quantize_detector(INT8, copy, inputs.int8)
         set_metadata(model, inputs.provenance | conversion)
         (staging / job.file_name).write_bytes(model.SerializeToString())
         return conversion
@@ -259,8 +237,13 @@ class OnnxFormat(ArtifactFormat):
     def exporter(self, model, example, opset: int) -> OnnxExporter:
         return OnnxExporter(model, example, opset)
 
-    def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
-        return onnxruntime_runner(path, optimize=optimize, threads=threads)
+    def load(self, path: Path, threads: int | None = None, optimize: bool = False) -> tuple[dict[str, Any], Runner]:
+        """Provenance and runner with one trust check of the file."""
+        import onnx
+
+        check_onnx_file(path)
+        metadata = decode_metadata(onnx.load(str(path), load_external_data=False))
+        return metadata, onnxruntime_runner(path, optimize=optimize, threads=threads, checked=True)
 
     def read_provenance(self, path: Path) -> dict[str, Any]:
         return read_onnx_provenance(path)

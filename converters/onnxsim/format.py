@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from retinaface_export.comparison import Case, compare_detections, compare_outputs
-from retinaface_export.converters.onnx import (
-    onnxruntime_runner,
-    read_onnx_provenance,
-    set_metadata,
-    source_model,
-)
-from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
+from retinaface_export.converters.onnx.format import read_onnx_provenance, set_metadata, source_model
+from retinaface_export.converters.onnx.runtime import RUNTIME, onnxruntime_runner
+from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job
+from retinaface_export.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +31,13 @@ class OnnxSimFormat(ArtifactFormat):
 
     name = "onnxsim"
     suffix = ".sim.onnx"
-    backend = "onnxruntime"
+    runtime = RUNTIME
     source_format = "onnx"
     uses_opset = True
 
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
         import onnx
         import onnxsim
-
-        from retinaface_export.formats import PRECISIONS
 
         original = source_model(inputs)
         before = _op_counts(original)
@@ -82,9 +77,6 @@ class OnnxSimFormat(ArtifactFormat):
             "nodes_before": sum(before.values()),
             "nodes_after": sum(after.values()),
         }
-
-    def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
-        return onnxruntime_runner(path, optimize=optimize, threads=threads)
 
     def read_provenance(self, path: Path) -> dict[str, Any]:
         return read_onnx_provenance(path)

@@ -1,8 +1,8 @@
 """Latency and throughput of every artifact of an export folder and of PyTorch eager.
 
 Latency rows run one request at a time, the network alone and end to end (pre-processing, network,
-post-processing), all timed in turns; throughput rows use each runtime's own parallel machinery
-(``bench_runtimes``) at each batch the model takes. Every row runs for a time budget or a count of runs and
+post-processing), all timed in turns; throughput rows use each runtime's own parallel machinery (each
+format's ``Runtime.throughput``) at each batch the model takes. Every row runs for a time budget or a count of runs and
 reports mean, std, min, median and p90; a row whose spread is too wide to compare is flagged. The machines
 this runs on are shared: compare ratios measured in one run rather than absolute numbers across runs.
 
@@ -21,17 +21,19 @@ from typing import Any
 import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
-from retinaface_export.bench_runtimes import BENCH_RUNTIMES, Source
-from retinaface_export.bench_stats import UNSTABLE_RULE, UNSTABLE_SPREAD, Budget, Stats, interleaved
-from retinaface_export.bench_system import machine_record, runtime_versions
+from retinaface_export.bench.stats import UNSTABLE_RULE, UNSTABLE_SPREAD, Budget, Stats, interleaved
+from retinaface_export.bench.system import machine_record, runtime_versions
 from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
-from retinaface_export.detection.backends import Backend, artifact_backend, eager_backend
-from retinaface_export.detection.detector import Detector
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.modes import image_faces
 from retinaface_export.detection.postprocess import DetectionConfig
+from retinaface_export.eager import eager_runner
 from retinaface_export.errors import CheckpointError, ManifestError, UsageError
+from retinaface_export.format_api import ThroughputRunner, sequential_throughput
+from retinaface_export.formats import FORMATS
 from retinaface_export.hashing import sha256_file
+from retinaface_export.inference.backends import Backend, artifact_backend, eager_backend
+from retinaface_export.inference.detector import Detector
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.sizes import InputSize
@@ -153,8 +155,10 @@ class _Model:
     fmt: str
     precision: str
     input_format: str
-    source: Source
-    backend: Backend  # provenance (anchors, input format), with the size fixed to the row's
+    # (threads, streams or None for the runtime's choice) -> (streams used, throughput runner)
+    throughput: Callable[[int, int | None], tuple[int, ThroughputRunner]]
+    # opened as deployed (the runtime's optimisations, the bench's threads), with the size fixed to the row's
+    backend: Backend
     # batches of its throughput rows
     batches: tuple[int, ...]
 
@@ -215,7 +219,8 @@ def _plan(export_dir: Path, manifest: Manifest, settings: BenchSettings) -> dict
 
 def _artifact_model(export_dir: Path, artifact: ArtifactRecord, size: InputSize, settings: BenchSettings) -> _Model:
     path = export_dir / artifact.path
-    backend = artifact_backend(path)
+    backend = artifact_backend(path, threads=settings.threads, optimize=True)
+    runtime = FORMATS[artifact.format].runtime
     batch = backend.batch or 1
     batches = settings.batches if backend.batch is None else (backend.batch,)
     return _Model(
@@ -223,7 +228,7 @@ def _artifact_model(export_dir: Path, artifact: ArtifactRecord, size: InputSize,
         fmt=artifact.format,
         precision=artifact.precision,
         input_format=artifact.input_format,
-        source=path,
+        throughput=lambda threads, streams: runtime.throughput(path, threads, streams),
         backend=replace(backend, input_size=size, batch=batch),
         batches=batches,
     )
@@ -235,7 +240,8 @@ def _eager_model(checkpoint: LoadedCheckpoint, size: InputSize, settings: BenchS
         fmt="torch",
         precision="fp32",
         input_format=DEFAULT_INPUT_FORMAT,
-        source=checkpoint.model,
+        # torch's parallelism is inside each request (torch.set_num_threads, once for the whole bench)
+        throughput=lambda threads, streams: (1, sequential_throughput(eager_runner(checkpoint.model))),
         backend=replace(eager_backend(checkpoint, size), batch=1),
         batches=settings.batches,
     )
@@ -275,8 +281,7 @@ def _row(model: _Model, size: InputSize, mode: str, batch: int, streams: int, st
 
 def measure_latency(model: _Model, image: np.ndarray, size: InputSize, settings: BenchSettings) -> BenchRow:
     """One request at a time: the network, pre-processing, post-processing and the whole pipeline, in turns."""
-    runner = BENCH_RUNTIMES[model.backend.name].latency(model.source, settings.threads)
-    backend = replace(model.backend, run=runner)
+    backend = model.backend
     batch = backend.batch or 1
     box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
     data = backend.prepare(_batch_of(image, size, batch))
@@ -317,7 +322,7 @@ def measure_throughput(
     model: _Model, image: np.ndarray, size: InputSize, batch: int, settings: BenchSettings
 ) -> BenchRow:
     """Requests kept in flight by the runtime's own machinery, on batches of ``batch`` copies of the image."""
-    streams, run = BENCH_RUNTIMES[model.backend.name].throughput(model.source, settings.threads, settings.streams)
+    streams, run = model.throughput(settings.threads, settings.streams)
     data = model.backend.prepare(_batch_of(image, size, batch))
     result = run(data, settings.budget)
     stats = Stats.of(result.latencies_ms)
@@ -344,9 +349,6 @@ def _time_model(
     report: BenchReport,
     on_step: Callable[[str], None] | None,
 ) -> None:
-    if model.backend.name not in BENCH_RUNTIMES:
-        report.notes.append(f"{model.name}: no benchmark runtime for backend {model.backend.name}; skipped")
-        return
     if "latency" in settings.modes:
         if on_step:
             on_step(f"{model.name} latency at {size}")

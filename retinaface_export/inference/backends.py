@@ -15,12 +15,12 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
+from retinaface_export.eager import eager_runner
 from retinaface_export.errors import FileError, RetinaFaceExportError, UsageError
 from retinaface_export.format_api import ArtifactFormat, Runner
 from retinaface_export.formats import FORMATS, format_for_path
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
-from retinaface_export.runtimes import eager_runner
 from retinaface_export.sizes import InputSize
 
 
@@ -80,7 +80,7 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
         if not companion.is_file():
             raise FileError(companion, f"missing: {path.name} needs it beside it")
     try:
-        provenance = fmt.read_provenance(path)
+        provenance, run = fmt.load(path, threads=threads, optimize=optimize)  # one trust check, one load
     except RetinaFaceExportError:
         raise  # refused by the trust checks: their message names the file and the reason
     except Exception as exc:  # each runtime's loader fails in its own types on a damaged file
@@ -99,7 +99,7 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
     return Backend(
         name=fmt.backend,
         source=str(path),
-        run=fmt.open_runner(path, threads=threads, optimize=optimize),
+        run=run,
         anchors=AnchorConfig.from_mapping(provenance["anchors"]),
         input_size=_input_size(provenance["input_size"]),
         batch=None if batch == "dynamic" else int(batch),

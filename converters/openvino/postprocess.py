@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from retinaface_export.converters.openvino.runtime import openvino_module
 from retinaface_export.errors import UsageError
 
 _NMS_TYPE = "NonMaxSuppression"
@@ -29,8 +30,6 @@ def match_reference_nms(model: Any) -> int:
     Raises:
         UsageError: an NMS whose IoU threshold is not a constant.
     """
-    from retinaface_export.converters.openvino import openvino_module
-
     ov = openvino_module()
 
     adjusted = 0

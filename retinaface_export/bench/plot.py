@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 
-from retinaface_export.bench import BenchRow
+from retinaface_export.bench.run import BenchRow
 from retinaface_export.errors import UsageError
 
 INSTALL_HINT = "pip install 'retinaface-export[plot]'"

@@ -17,17 +17,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from retinaface_export import __version__
-from retinaface_export.atomic import commit_run, output_lock, staging_dir
+from retinaface_export.anchors import AnchorConfig
 from retinaface_export.comparison import Case, compare_detections, compare_outputs
 from retinaface_export.contract import INPUT_NAME, MEAN_BGR, OUTPUT_WIDTHS
 from retinaface_export.errors import ExportError, ManifestError, RetinaFaceExportError
 from retinaface_export.format_api import Job
+from retinaface_export.formats import runtime_libraries
 from retinaface_export.hashing import sha256_file
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, FileRef, Manifest, TensorSpec
+from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, synthetic_photos
 from retinaface_export.provenance import TOOL_NAME, library_versions
+from retinaface_export.safety.atomic import commit_run, output_lock, staging_dir
 from retinaface_export.sizes import InputSize
+from retinaface_export.version import tool_version
 from retinaface_export.workers import run_jobs
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,6 @@ def verify_tensors(job: Job, staged: Path, reference: Reference) -> dict[str, An
     Raises:
         ExportError: naming every output off, with its error and the tolerance.
     """
-    from retinaface_export.formats import PRECISIONS
-
     runner = job.fmt.open_runner(staged)
     prepare = INPUT_FORMATS[job.input_format]
     cases = []
@@ -103,7 +104,7 @@ def artifact_provenance(checkpoint: dict[str, Any], job: Job) -> dict[str, Any]:
     """The provenance block written inside ``job``'s artifact: every entry describes that artifact."""
     provenance = {
         "tool": TOOL_NAME,
-        "tool_version": __version__,
+        "tool_version": tool_version(),
         "format": job.fmt.name,
         "variant": checkpoint["variant"],
         "input_size": job.size.as_list() if job.size else "dynamic",
@@ -128,8 +129,6 @@ def artifact_provenance(checkpoint: dict[str, Any], job: Job) -> dict[str, Any]:
 
 def num_anchors(checkpoint: dict[str, Any], size: InputSize | None) -> int | None:
     """Rows of each output at ``size`` with the checkpoint's anchors (None when dynamic)."""
-    from retinaface_export.anchors import AnchorConfig
-
     return AnchorConfig.from_mapping(checkpoint["anchors"]).num_anchors(size.height, size.width) if size else None
 
 
@@ -260,7 +259,7 @@ def _run_locked(
         added = run_jobs(build, jobs, workers)
         for record in added:
             manifest.add(record)
-        manifest.versions = library_versions()
+        manifest.versions = library_versions(runtime_libraries())
         names = [f.path for record in added for f in record.files()]
         commit_run(staging, names, output_dir, MANIFEST_NAME, manifest.to_json().encode())
     return RunResult(output_dir, manifest, added)

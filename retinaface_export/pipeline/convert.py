@@ -25,9 +25,9 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.calibration import PhotoSplit, split_photos
 from retinaface_export.errors import AccuracyDropError, ManifestError, UsageError
 from retinaface_export.format_api import ConvertInputs, Job, Runner
-from retinaface_export.formats import FORMATS, PRECISIONS, convert_targets
+from retinaface_export.formats import FORMATS, convert_targets
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
-from retinaface_export.pipeline import (
+from retinaface_export.pipeline.builds import (
     NOT_VERIFIED,
     Made,
     RunResult,
@@ -37,7 +37,8 @@ from retinaface_export.pipeline import (
     verification_photos,
     verify_tensors,
 )
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.postprocess.settings import PostprocessSpec
+from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
 from retinaface_export.progress import report_progress
 from retinaface_export.sizes import InputSize

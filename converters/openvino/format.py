@@ -11,20 +11,18 @@ INT8 is NNCF with accuracy control, judged by strict detection F1 against the fl
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from retinaface_export.contract import INPUT_NAME, MEAN_BGR
-from retinaface_export.converters.onnx import graph_fingerprint, source_model
-from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
+from retinaface_export.converters.onnx.format import graph_fingerprint, source_model
+from retinaface_export.converters.onnx.trust import check_onnx_file
+from retinaface_export.converters.openvino.int8 import INT8
+from retinaface_export.converters.openvino.postprocess import match_reference_nms
+from retinaface_export.converters.openvino.runtime import RUNTIME, openvino_core, openvino_module
+from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
-from retinaface_export.trust import check_onnx_file
-
-if TYPE_CHECKING:
-    from retinaface_export.quantize import Int8Request
+from retinaface_export.quantize import Int8Request, quantize_detector
 
 # rt_info section of an IR that holds retinaface-export's provenance.
 RT_SECTION = "retinaface_export"
@@ -35,40 +33,6 @@ RAW_FLOAT_INPUT = "f32-nchw"
 RAW_U8_INPUT = "u8-nhwc"
 # File-name tag of each input format.
 INPUT_TAGS = {DEFAULT_INPUT_FORMAT: "", RAW_FLOAT_INPUT: "_mean", RAW_U8_INPUT: "_u8"}
-# pyopenvino (2026.4) fills its numpy dtype tables in C++ function-local statics on the first numpy view of an
-# ov.Tensor (the input copy inside the first `infer`); the initialiser calls back into Python and lets the
-# GIL go, so a second thread reaching the same conversion meanwhile blocks on the static's guard while
-# holding the GIL, and both wait forever (py-spy and gdb stacks: `take_gil` / `__cxa_guard_acquire`). That
-# first conversion is made once, here, before any other thread can: no process-wide lock is needed.
-_OPENVINO_READY = threading.Lock()
-_openvino: list[Any] = []
-# One ov.Core for the process, never destroyed. The CPU plugin instance each Core loads sets an alternate
-# signal stack on the thread that loads it and frees it with the Core: a Core made in one thread and
-# destroyed in another left the first thread's alternate stack dangling, and the next signal handled on it
-# (a Ctrl-C or SIGTERM, which Python handles with SA_ONSTACK) crashed the process with SIGSEGV instead of
-# stopping it cleanly (OpenVINO 2026.4; reproduced with a Core built in the main thread and dropped in a
-# worker). Every Core the package needs is this one.
-_core: list[Any] = []
-
-
-def openvino_module():
-    """``openvino``, imported with its numpy bridge initialised; the package's one way to import it."""
-    with _OPENVINO_READY:
-        if not _openvino:
-            import openvino as ov
-
-            ov.Tensor(np.zeros(1, np.float32)).data  # noqa: B018  the first tensor→numpy view, in one thread
-            _openvino.append(ov)
-        return _openvino[0]
-
-
-def openvino_core():
-    """The process's one ``openvino.Core`` (see ``_core``); compiling models through it is thread-safe."""
-    ov = openvino_module()
-    with _OPENVINO_READY:
-        if not _core:
-            _core.append(ov.Core())
-        return _core[0]
 
 
 def _embed_preprocessing(model, input_format: str):
@@ -90,9 +54,6 @@ def _embed_preprocessing(model, input_format: str):
 def read_onnx(source: Path):
     """``source`` (an exported ONNX file) as an ``ov.Model``, before any precision or preprocessing choice."""
     ov = openvino_module()
-
-    from retinaface_export.postprocess_openvino import match_reference_nms
-
     check_onnx_file(source)
     model = ov.convert_model(str(source))
     del model.get_rt_info()[SOURCE_METADATA_SECTION]
@@ -123,9 +84,7 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
     if job.precision == "int8":
         if int8 is None:
             raise ValueError("INT8 needs calibration and validation photos")
-        from retinaface_export.quantize import quantize_detector
-
-        model, conversion["int8"] = quantize_detector(model, int8)
+        model, conversion["int8"] = quantize_detector(INT8, model, int8)
         provenance = provenance | conversion
     if job.input_format != DEFAULT_INPUT_FORMAT:
         model = _embed_preprocessing(model, job.input_format)
@@ -169,7 +128,8 @@ class OpenVinoFormat(ArtifactFormat):
 
     name = "openvino"
     suffix = ".xml"
-    backend = "openvino"
+    runtime = RUNTIME
+    int8 = INT8
     source_format = "onnx"
     precisions = ("fp32", "fp16", "int8")
     conversion_precisions = precisions
@@ -190,24 +150,6 @@ class OpenVinoFormat(ArtifactFormat):
         # save_model compresses to FP16 by default, which must not happen to an IR labelled FP32 or INT8.
         ov.save_model(model, str(staging / job.file_name), compress_to_fp16=job.precision == "fp16")
         return conversion
-
-    def open_runner(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
-        """The IR on the CPU plugin in f32 inference precision (the CPU plugin may otherwise pick bf16)."""
-        del optimize  # OpenVINO always compiles with its optimisations; f32 keeps the IR's numerics
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        compiled = openvino_core().compile_model(str(path), "CPU", config)
-        request = compiled.create_infer_request()
-        outputs = list(compiled.outputs)  # in the model's order (raw: the contract's)
-        busy = threading.Lock()  # an infer request runs one inference at a time ("Infer Request is busy")
-
-        def run(data: np.ndarray) -> list[np.ndarray]:
-            with busy:
-                result = request.infer({0: data})
-                return [np.array(result[port]) for port in outputs]
-
-        return run
 
     def read_provenance(self, path: Path) -> dict[str, Any]:
         return self.provenance_blocks(path).get(RT_SECTION, {})

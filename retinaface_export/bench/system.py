@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from retinaface_export.formats import runtime_libraries, runtimes
 from retinaface_export.provenance import library_versions
 
 log = logging.getLogger(__name__)
@@ -47,26 +48,25 @@ def int8_capability(flags: set[str]) -> str:
     return "no AVX2" if flags else "unknown"
 
 
-def _openvino_capabilities() -> list[str]:
-    try:
-        from retinaface_export.converters.openvino import openvino_core
-
-        return list(openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except Exception as exc:  # an optional detail of the record: any failure just leaves it out
-        log.debug("OpenVINO capabilities unavailable: %s", exc)
-        return []
+def _runtime_details() -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    for runtime in runtimes().values():
+        try:
+            details |= runtime.machine()
+        except Exception as exc:  # an optional detail of the record: any failure just leaves it out
+            log.debug("%s: no machine details: %s", runtime.name, exc)
+    return details
 
 
 def machine_record() -> dict[str, Any]:
-    """CPU model, cores, the flags that matter for INT8, and OpenVINO's view of the CPU."""
+    """CPU model, cores, the flags that matter for INT8, and what each runtime reports of the CPU."""
     model, flags = _cpuinfo()
     return {
         "cpu": model or platform.processor() or "unknown CPU",
         "cores": os.cpu_count(),
         "int8": int8_capability(flags),
         "cpu_flags": sorted(f for f in _RELEVANT_FLAGS if f in flags),
-        "openvino_optimization_capabilities": _openvino_capabilities(),
-    }
+    } | _runtime_details()
 
 
 def machine() -> str:
@@ -77,4 +77,4 @@ def machine() -> str:
 
 def runtime_versions() -> dict[str, str]:
     """Versions of Python, this tool and the runtimes timed."""
-    return library_versions()
+    return library_versions(runtime_libraries())

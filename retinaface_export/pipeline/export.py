@@ -3,7 +3,7 @@
 Each format's costly step (the trace, the ONNX export) runs once per checkpoint; each size then gets its
 own file from it (see :class:`~retinaface_export.format_api.Exporter`). Every artifact is run with its own
 runtime and compared with PyTorch eager (run once per size and batch) through the one pipeline
-(:mod:`retinaface_export.pipeline`).
+(:mod:`retinaface_export.pipeline.builds`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
-from retinaface_export.converters.onnx import DEFAULT_OPSET
+from retinaface_export.converters.onnx.format import DEFAULT_OPSET
+from retinaface_export.eager import eager_runner
 from retinaface_export.errors import ExportError, UsageError
 from retinaface_export.format_api import Exporter, Job
 from retinaface_export.formats import FORMATS, export_formats
-from retinaface_export.pipeline import (
+from retinaface_export.pipeline.builds import (
     NOT_VERIFIED,
     Made,
     RunResult,
@@ -29,9 +30,8 @@ from retinaface_export.pipeline import (
     verification_photos,
     verify_tensors,
 )
-from retinaface_export.postprocess_settings import PostprocessSpec
+from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, to_network_input
-from retinaface_export.runtimes import eager_runner
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
 
@@ -155,10 +155,10 @@ def export_checkpoint(
                     f"{job.file_name}: {job.fmt.name} export failed: {type(exc).__name__}: {exc}"
                 ) from exc
 
-        return exporters.get(job.fmt.name, make_exporter)
+        return exporters.get((job.fmt.name, job.fmt.exporter_key(job)), make_exporter)
 
     def trace_each_format_once() -> None:
-        # one format at a time, before any thread starts: torch's tracer (torch.jit.trace and the
+        # one trace at a time, before any thread starts: torch's tracer (torch.jit.trace and the
         # TorchScript-based ONNX exporter) keeps global state, and two traces at once fail inside torch
         for job in jobs:
             exporter(job)

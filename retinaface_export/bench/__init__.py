@@ -1,0 +1,1 @@
+"""``retinaface-bench``: ``run`` (the rows), ``stats`` (budgets), ``system`` (the machine), ``plot``."""

@@ -1,0 +1,1 @@
+"""Artifacts and checkpoints opened with their runtimes, and the Detector: images in, faces out."""

@@ -1,0 +1,1 @@
+"""The pipeline of export and convert: ``builds`` (build, verify, commit), ``export``, ``convert``."""
