@@ -122,7 +122,7 @@ def _compare_case(
     tolerance = PRECISIONS[result.precision]
     label = f"{case.input.name}@{case.size}"
     threshold = FACE_THRESHOLD - tolerance.score_margin - 1e-6
-    if spec.mode != "none":  # post-processing inside: judged on its faces against the golden faces
+    if not spec.raw:  # post-processing inside: judged on its faces against the golden faces
         config = DetectionConfig(score_threshold=threshold)
         try:
             found = image_faces([out[None] for out in outputs], 0, spec, golden.anchors, *case.size.as_list(), config)
@@ -175,7 +175,7 @@ def check_artifact(
         precision=artifact.precision,
         input_format=artifact.input_format,
         size=artifact.size_label,
-        limit=tolerance.describe() if artifact.postprocess.get("mode", "none") == "none" else "detections only",
+        limit=tolerance.describe() if PostprocessSpec.from_record(artifact.postprocess).raw else "detections only",
         outputs=[OutputVerdict(name) for name in OUTPUT_NAMES],
         detection=DetectionCheck(min_f1=tolerance.min_f1, score_margin=tolerance.score_margin),
     )

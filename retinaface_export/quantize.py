@@ -391,7 +391,7 @@ class Int8Request:
         Both sides are cut at 0.5, or at an ``nms`` model's own threshold when that is higher.
         """
         threshold = 0.5
-        if self.postprocess.mode == "nms":
+        if self.postprocess.detections:
             threshold = max(threshold, self.postprocess.settings.score_threshold)
         return DetectionF1(self.anchors, size or self.size, threshold=threshold, postprocess=self.postprocess)
 

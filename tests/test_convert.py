@@ -5,12 +5,12 @@ import math
 import shutil
 
 import numpy as np
-import openvino as ov
 import pytest
 from click.testing import CliRunner
 
 from conftest import CROWD_PHOTO, SHARED, photo_input, require
 from retinaface_export.cli.convert import main
+from retinaface_export.converters.openvino.runtime import openvino_core
 from retinaface_export.detection.compare import compare_faces
 from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.formats import FORMATS
@@ -138,9 +138,10 @@ def test_int8_keeps_the_faces_of_fp32(converted, crowd_photo, size):
     assert read_openvino_provenance(out / int8["path"])["int8"] == photos  # the artifact says it too
 
 
+@pytest.mark.slow
 def test_ir_weights_have_the_precision_they_are_labelled(converted):
     _, _, out, manifest = converted
-    core = ov.Core()
+    core = openvino_core()
     for precision, weight_type in (("fp32", "f32"), ("fp16", "f16")):
         entry = artifact(
             manifest, format="openvino", precision=precision, size=[320, 320], input_format="f32-nchw-minus-mean"
@@ -154,6 +155,7 @@ def test_ir_weights_have_the_precision_they_are_labelled(converted):
         assert weights == {weight_type}, (precision, weights)
 
 
+@pytest.mark.slow
 def test_provenance_and_files_of_converted_artifacts(converted):
     checkpoint, export_dir, out, manifest = converted
     for entry in manifest["artifacts"]:

@@ -73,3 +73,29 @@ def test_batch_option_fixes_the_batch_axis(tmp_path, real_weights):
     with torch.inference_mode():
         expected = checkpoint.model(torch.from_numpy(data))
     assert float(np.max(np.abs(got[1] - expected[1].numpy()))) <= ATOL
+
+
+def _traced_input_shape(path) -> tuple[int, ...]:
+    """The shape of the example input a TorchScript archive keeps (``traced_inputs.pkl``), read without torch."""
+    import io
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/traced_inputs.pkl"))
+        ops = list(pickletools.genops(io.BytesIO(archive.read(name))))
+    # _rebuild_tensor_v2(storage, offset, size, stride, ...): the tuple after the offset is the size
+    start = next(i for i, (op, _, _) in enumerate(ops) if op.name == "BINPERSID")
+    rest = [(op.name, arg) for op, arg, _ in ops[start + 1 :] if op.name not in ("BINPUT", "LONG_BINPUT")]
+    size_from = rest.index(("MARK", None)) + 1
+    size_to = rest.index(("TUPLE", None), size_from)
+    return tuple(arg for _, arg in rest[size_from:size_to])
+
+
+def test_each_torchscript_file_is_traced_at_its_own_size(tmp_path, real_weights):
+    """Tools such as pnnx read the archive's traced example input as the model's input shape."""
+    sizes = (InputSize(320, 320), InputSize(416, 320))
+    options = ExportOptions(sizes=sizes, formats=("torchscript",), batch=2)
+    result = export_checkpoint(load_checkpoint(real_weights), options, tmp_path)
+    shapes = {record.size: _traced_input_shape(tmp_path / record.path) for record in result.added}
+    assert shapes == {(320, 320): (2, 3, 320, 320), (416, 320): (2, 3, 416, 320)}

@@ -20,10 +20,10 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from retinaface_export import atomic
 from retinaface_export.cli import entry
 from retinaface_export.cli.common import handle_errors
 from retinaface_export.errors import CommitError, FolderBusyError, OutputDirError
+from retinaface_export.safety import atomic
 from retinaface_export.safety.atomic import (
     InterruptedAfterCommit,
     clean_stale_staging,

@@ -90,14 +90,15 @@ def _run_onnxruntime(model: onnx.ModelProto, data: np.ndarray) -> list[np.ndarra
 
 def _run_openvino(model: onnx.ModelProto, data: np.ndarray, folder: Path) -> list[np.ndarray]:
     """Convert as ``retinaface-convert`` would (ONNX file → ``convert_model`` → IR), then run the IR."""
-    import openvino as ov
+    from retinaface_export.converters.openvino.runtime import compile_model, openvino_module
 
+    ov = openvino_module()
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(model, folder / "model.onnx")
     converted = ov.convert_model(folder / "model.onnx")
     match_reference_nms(converted)
     ov.save_model(converted, folder / "model.xml", compress_to_fp16=False)
-    compiled = ov.Core().compile_model(folder / "model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_model(folder / "model.xml")
     result = compiled({0: data})
     return [np.asarray(result[port]) for port in compiled.outputs]
 

@@ -111,13 +111,13 @@ def _run(runtime: str, settings: NmsSettings, data: np.ndarray, tmp_path: Path, 
     model = add_postprocess(_stand_in_onnx(opset, len(data) if fixed else None), ANCHORS, "nms", settings, size)
     if runtime == "onnxruntime":
         return ort.InferenceSession(model.SerializeToString()).run(None, {"data": data})
-    import openvino as ov
+    from retinaface_export.converters.openvino.runtime import compile_model, openvino_module
 
     onnx.save(model, tmp_path / "nms.onnx")
-    converted = ov.convert_model(tmp_path / "nms.onnx")
+    converted = openvino_module().convert_model(tmp_path / "nms.onnx")
     if runtime == "openvino":
         assert match_reference_nms(converted) == 1
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_model(converted)
     result = compiled({0: data})
     return [np.asarray(result[port]) for port in compiled.outputs]
 
@@ -274,10 +274,10 @@ def test_output_declarations_carry_batch_and_k():
 
 
 def test_openvino_adjustment_applies_once(tmp_path):
-    import openvino as ov
+    from retinaface_export.converters.openvino.runtime import openvino_module
 
     onnx.save(add_postprocess(_stand_in_onnx(17, None), ANCHORS, "nms"), tmp_path / "nms.onnx")
-    converted = ov.convert_model(tmp_path / "nms.onnx")
+    converted = openvino_module().convert_model(tmp_path / "nms.onnx")
     assert match_reference_nms(converted) == 1
     assert match_reference_nms(converted) == 0
 

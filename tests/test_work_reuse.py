@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import onnx
-import openvino as ov
 import pytest
 
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.converters.onnx.format import graph_fingerprint
 from retinaface_export.converters.onnx.runtime import onnxruntime_runner
+from retinaface_export.converters.openvino.runtime import openvino_core
 from retinaface_export.pipeline.convert import ConvertOptions, convert_export
 from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import InputSize
@@ -50,7 +50,7 @@ def test_fixed_size_onnx_files_are_one_graph_with_their_own_shapes(onnx_export, 
 
 
 def test_openvino_converts_each_graph_once_and_reshapes_per_size(onnx_export, tmp_path, monkeypatch):
-    from retinaface_export.converters import openvino as ov_converter
+    from retinaface_export.converters.openvino import format as ov_converter
 
     calls = []
     real_read = ov_converter.read_onnx
@@ -72,7 +72,7 @@ def test_openvino_converts_each_graph_once_and_reshapes_per_size(onnx_export, tm
         assert set(check["max_abs_error"]) == {"face_rpn_bbox_pred", "face_rpn_cls_prob", "face_rpn_landmark_pred"}
         assert 0 < max(check["max_abs_error"].values()) <= (1e-4 if entry.precision == "fp32" else 0.2)
         assert check["sizes"] == [list(entry.size)]
-        model = ov.Core().read_model(str(tmp_path / entry.path))
+        model = openvino_core().read_model(str(tmp_path / entry.path))
         assert list(model.input(0).get_shape()) == [1, 3, *entry.size]
 
 

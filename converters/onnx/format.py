@@ -109,7 +109,7 @@ class OnnxExporter:
         proto = onnx.load_from_string(self._dynamic)
         if job.size is not None:
             pin_shapes(proto, job.batch, job.size, anchors.num_anchors(job.size.height, job.size.width))
-        if job.postprocess.mode != "none":
+        if not job.postprocess.raw:
             proto = add_postprocess(proto, anchors, job.postprocess.mode, job.postprocess.settings, job.size)
         set_metadata(proto, provenance)
         return proto.SerializeToString()

@@ -34,6 +34,7 @@ from retinaface_export.postprocess.settings import (
     DETECTION_WIDTH,
     NMS_OUTPUTS,
     NmsSettings,
+    PostprocessMode,
     check_mode,
 )
 from retinaface_export.sizes import InputSize
@@ -261,7 +262,7 @@ def _output_info(model: onnx.ModelProto, mode: str, settings: NmsSettings) -> li
         NMS_OUTPUTS[0]: (TensorProto.FLOAT, [batch, settings.max_detections, DETECTION_WIDTH]),
         NMS_OUTPUTS[1]: (TensorProto.INT64, [batch]),
     }
-    names = DECODE_OUTPUTS if mode == "decode" else NMS_OUTPUTS
+    names = DECODE_OUTPUTS if mode == PostprocessMode.DECODE else NMS_OUTPUTS
     return [helper.make_tensor_value_info(name, *shapes[name]) for name in names]
 
 
@@ -291,7 +292,7 @@ def add_postprocess(
     settings = settings or NmsSettings()
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    if mode == "none":
+    if mode == PostprocessMode.NONE:
         return result
     _check_raw_graph(model, size)
     opset = _model_opset(model)
@@ -306,9 +307,9 @@ def add_postprocess(
     b = _Builder(opset, taken)
     loc, conf, pre = OUTPUT_NAMES
     priors, *scales = _static_priors(b, anchors, size) if size else _dynamic_priors(b, anchors)
-    face = DECODE_OUTPUTS[1] if mode == "decode" else None
+    face = DECODE_OUTPUTS[1] if mode == PostprocessMode.DECODE else None
     scores = b.op("Gather", [conf, b.i64(1)], out=face, axis=2)  # [background, face] → face
-    if mode == "decode":
+    if mode == PostprocessMode.DECODE:
         _decode(b, anchors, loc, pre, priors, tuple(scales), names=(DECODE_OUTPUTS[0], DECODE_OUTPUTS[2]))
     else:
         _nms(b, _candidates(b, anchors, priors, tuple(scales), scores, settings), settings)

@@ -47,7 +47,7 @@ class OnnxSimFormat(ArtifactFormat):
             onnx.checker.check_model(simplified, full_check=True)
             set_metadata(simplified, inputs.provenance | {"simplified": True})
             candidate = onnxruntime_runner(simplified.SerializeToString())
-            compare = compare_detections if job.postprocess.mode == "nms" else compare_outputs
+            compare = compare_detections if job.postprocess.detections else compare_outputs
             verdict = compare(
                 (
                     Case(f"check input {i}", outputs, candidate(data))

@@ -40,7 +40,7 @@ def archive_bytes(
     from retinaface_export.converters.torchscript.postprocess import script_with_postprocess  # imports torch
 
     module = traced
-    if postprocess.mode != "none":
+    if not postprocess.raw:
         module = script_with_postprocess(traced, anchors, postprocess.mode, postprocess.settings, size)
     buffer = io.BytesIO()
     torch.jit.save(module, buffer, _extra_files={PROVENANCE_FILE: json.dumps(provenance, sort_keys=True)})

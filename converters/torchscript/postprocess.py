@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.postprocess.settings import DETECTION_WIDTH, NmsSettings, check_mode
+from retinaface_export.postprocess.settings import DETECTION_WIDTH, NmsSettings, PostprocessMode, check_mode
 from retinaface_export.sizes import InputSize
 
 
@@ -202,9 +202,9 @@ def script_with_postprocess(
         UsageError: an unknown mode.
     """
     check_mode(mode)
-    if mode == "none":
+    if mode == PostprocessMode.NONE:
         return network
-    if mode == "decode":
+    if mode == PostprocessMode.DECODE:
         wrapper: nn.Module = DecodedRetinaFace(network, anchors, size)
     else:
         wrapper = NmsRetinaFace(network, anchors, settings or NmsSettings(), size)

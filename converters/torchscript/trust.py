@@ -211,7 +211,7 @@ def _post_hint(provenance: bytes | None) -> str:
     try:
         claimed = json.loads(provenance or b"{}")
         spec = PostprocessSpec.from_record(claimed.get("postprocess"))
-        if spec.mode == "none":
+        if spec.raw:
             return ""
         size = claimed.get("input_size")
         if size != "dynamic":

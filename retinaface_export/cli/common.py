@@ -231,15 +231,3 @@ jobs_option = click.option(
     "see --threads where a command has it). Worth it with more cores than a runtime uses; no gain measured "
     "on 2 cores.",
 )
-
-
-def threads_option(default: int) -> Callable[[F], F]:
-    """``--threads N``: threads inside each runtime (intra-op), the counterpart of ``--jobs``."""
-    return click.option(
-        "--threads",
-        type=click.IntRange(min=1),
-        default=default,
-        show_default=True,
-        help="Threads each runtime uses inside one inference (intra-op threads of PyTorch, ONNX Runtime, "
-        "OpenVINO); not the number of artifacts handled at once (--jobs).",
-    )

@@ -72,7 +72,7 @@ def _summary(result: RunResult) -> Table:
     multiple=True,
     type=click.Choice(list(PRECISIONS)),
     metavar="P...",
-    help="OpenVINO precisions (fp32 fp16 int8), several after one flag. Default fp32.",
+    help="Precisions to make, several after one flag (which each target makes: see --to). Default fp32.",
 )
 @click.option("--embed-mean", is_flag=True, help="The IR takes raw BGR pixels and subtracts 104/117/123 itself.")
 @click.option(

@@ -20,6 +20,7 @@ from retinaface_export.cli.common import (
 from retinaface_export.detection.drawing import draw_faces
 from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.errors import FileError, UsageError
+from retinaface_export.formats import FORMATS
 from retinaface_export.images import IMAGE_SUFFIXES, images_in_folder, read_image
 from retinaface_export.inference.detector import Detector
 from retinaface_export.safety.atomic import atomic_write_bytes
@@ -82,7 +83,15 @@ def _output_names(paths: list[Path]) -> list[str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IMAGE|FOLDER...")
 @click.option("--weights", type=str, default=None, help="Checkpoint (.pth): PyTorch eager at each image's size.")
-@click.option("--model", "artifact", type=str, default=None, help="Exported artifact (.onnx, .torchscript.pt).")
+@click.option(
+    "--model",
+    "artifact",
+    type=str,
+    default=None,
+    help="An artifact of any format retinaface-export or retinaface-convert writes: "
+    + ", ".join(fmt.suffix for fmt in FORMATS.values())
+    + " (an IR's .bin beside it).",
+)
 @click.option("--backbone", type=click.Choice(list_variants()), default=None, help="With --weights: expected variant.")
 @click.option("--anchors", type=str, default=None, help="With --weights: anchors file or preset.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Score threshold.")

@@ -45,7 +45,7 @@ class DetectionF1:
     def faces(self, outputs: Outputs) -> list[list[Face]]:
         """Faces of each batch row of one run, in network-input pixels."""
         spec = self.postprocess
-        base = nms_config(spec) if spec.mode == "nms" else DetectionConfig()
+        base = nms_config(spec) if spec.detections else DetectionConfig()
         config = replace(base, score_threshold=self.threshold)
         height, width = self.size.height, self.size.width
         return [

@@ -19,7 +19,13 @@ from retinaface_export.detection.postprocess import (
 )
 from retinaface_export.detection.priors import prior_boxes
 from retinaface_export.errors import UsageError
-from retinaface_export.postprocess.settings import PostprocessSpec, covers, pack_detections, split_detections
+from retinaface_export.postprocess.settings import (
+    PostprocessMode,
+    PostprocessSpec,
+    covers,
+    pack_detections,
+    split_detections,
+)
 
 Faces = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -36,11 +42,11 @@ def _scale(height: int, width: int) -> np.ndarray:
 
 def mode_outputs(raw: list[np.ndarray], anchors: AnchorConfig, height: int, width: int, spec: PostprocessSpec):
     """Raw outputs (N×A×4, N×A×2, N×A×10) to what an artifact of ``spec`` at ``height`` × ``width`` outputs."""
-    if spec.mode == "none":
+    if spec.raw:
         return raw
     loc, conf, landmarks = raw
     priors = prior_boxes(anchors, height, width)
-    if spec.mode == "decode":
+    if spec.mode is PostprocessMode.DECODE:
         scale = _scale(height, width)
         boxes = np.stack([decode_boxes(row, priors, anchors.variance) * scale for row in loc])
         points = np.stack(
@@ -70,7 +76,7 @@ def image_faces(
         UsageError: an ``nms`` artifact asked for settings it cannot give (a lower threshold, another IoU).
         ValueError: output rows that do not fit the anchors (the caller names the artifact).
     """
-    if spec.mode == "nms":
+    if spec.detections:
         s = spec.settings
         if not covers(s, config.score_threshold, config.nms_threshold, config.top_k, config.keep_top_k):
             raise UsageError(
@@ -79,7 +85,7 @@ def image_faces(
                 f"IoU and counts, not threshold {config.score_threshold}, IoU {config.nms_threshold}"
             )
         return split_detections(outputs[0][index : index + 1], outputs[1][index : index + 1], config.score_threshold)[0]
-    if spec.mode == "decode":
+    if spec.mode is PostprocessMode.DECODE:
         boxes, scores, points = (out[index] for out in outputs)
         return postprocess_decoded(boxes, scores, points, config)
     loc, conf, landmarks = (out[index] for out in outputs)

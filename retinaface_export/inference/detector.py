@@ -41,7 +41,7 @@ class Detector:
 
     @classmethod
     def from_artifact(cls, path: str | Path, config: DetectionConfig | None = None) -> Detector:
-        """An exported artifact (TorchScript, ONNX) run with its own runtime."""
+        """An artifact of any format in ``retinaface_export.formats.FORMATS``, run with its own runtime."""
         return cls(artifact_backend(path), config)
 
     def detect(self, image: np.ndarray) -> list[Face]:

@@ -91,7 +91,7 @@ def verify_tensors(job: Job, staged: Path, reference: Reference) -> dict[str, An
             photos, expected = reference.case(size, batch)
             cases.append(Case(f"{size} batch {batch}", expected, runner(prepare(photos))))
     tolerance = PRECISIONS[job.precision]
-    if job.postprocess.mode == "nms":
+    if job.postprocess.detections:
         verdict = compare_detections(cases, tolerance)
     else:
         verdict = compare_outputs(cases, tolerance, job.postprocess.outputs)
@@ -141,11 +141,11 @@ def _tensor_specs(job: Job, anchors: int | None) -> tuple[tuple[TensorSpec, ...]
         data = TensorSpec(INPUT_NAME, (batch, height, width, 3), "u8", "NHWC")
     else:
         data = TensorSpec(INPUT_NAME, (batch, 3, height, width), "f32", "NCHW")
-    if job.postprocess.mode == "nms":
+    if job.postprocess.detections:
         kept = job.postprocess.settings.max_detections
         detections = TensorSpec("detections", (batch, kept, 15), "f32")
         return (data,), (detections, TensorSpec("num_detections", (batch,), "i64"))
-    widths = OUTPUT_WIDTHS if job.postprocess.mode == "none" else (4, None, 10)
+    widths = OUTPUT_WIDTHS if job.postprocess.raw else (4, None, 10)
     outputs = tuple(
         TensorSpec(n, (batch, rows, w) if w else (batch, rows), "f32")
         for n, w in zip(job.postprocess.outputs, widths, strict=True)

@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Kept for callers of the earlier API: the result of a conversion.
-ConvertResult = RunResult
 # Sizes a dynamic source's conversion is verified at (the first of the source's verified sizes).
 _DYNAMIC_CHECK_SIZES = 2
 

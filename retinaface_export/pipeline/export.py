@@ -35,9 +35,6 @@ from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, to_network_input
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
 
-# Kept for callers of the earlier API: the result of an export.
-ExportResult = RunResult
-
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -105,7 +102,7 @@ class EagerReference:
         self._run = eager_runner(model)
         self._anchors, self._postprocess = anchors, postprocess
         self._cases = OnceCache()
-        self.name = "PyTorch" if postprocess.mode == "none" else f"PyTorch + numpy {postprocess.mode}"
+        self.name = "PyTorch" if postprocess.raw else f"PyTorch + numpy {postprocess.mode}"
 
     def case(self, size: InputSize, batch: int) -> tuple[np.ndarray, list[np.ndarray]]:
         def make() -> tuple[np.ndarray, list[np.ndarray]]:

@@ -11,13 +11,23 @@ zero after ``num_detections`` (N, int64) rows, best first. The graph builders ar
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from retinaface_export.errors import UsageError
 
-POSTPROCESS_MODES = ("none", "decode", "nms")
+
+class PostprocessMode(StrEnum):
+    """What an artifact computes after the network (its values are the manifest's and the CLI's words)."""
+
+    NONE = "none"
+    DECODE = "decode"
+    NMS = "nms"
+
+
+POSTPROCESS_MODES = tuple(mode.value for mode in PostprocessMode)
 DECODE_OUTPUTS = ("boxes", "scores", "landmarks")
 NMS_OUTPUTS = ("detections", "num_detections")
 # Columns of a ``detections`` row: box (4), score (1), five landmark points (10).
@@ -107,11 +117,21 @@ def split_detections(
 class PostprocessSpec:
     """What an artifact computes after the network: ``none`` (raw outputs), ``decode`` or ``nms``."""
 
-    mode: str = "none"
+    mode: PostprocessMode = PostprocessMode.NONE
     settings: NmsSettings = field(default_factory=NmsSettings)
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        object.__setattr__(self, "mode", PostprocessMode(check_mode(self.mode)))
+
+    @property
+    def raw(self) -> bool:
+        """The Open Model Zoo outputs as the network makes them, nothing after it."""
+        return self.mode is PostprocessMode.NONE
+
+    @property
+    def detections(self) -> bool:
+        """Outputs are detection rows after NMS (judged face by face, not tensor by tensor)."""
+        return self.mode is PostprocessMode.NMS
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -123,11 +143,11 @@ class PostprocessSpec:
     @property
     def tag(self) -> str:
         """File-name tag: ``""``, ``"_decode"`` or ``"_nms"``."""
-        return "" if self.mode == "none" else f"_{self.mode}"
+        return "" if self.raw else f"_{self.mode}"
 
     def record(self) -> dict[str, Any]:
         """Manifest and provenance form: the mode, and the settings of ``nms``."""
-        return {"mode": self.mode} | (self.settings.to_dict() if self.mode == "nms" else {})
+        return {"mode": self.mode.value} | (self.settings.to_dict() if self.detections else {})
 
     @classmethod
     def from_record(cls, data: Any) -> PostprocessSpec:
