@@ -116,3 +116,14 @@ class AccuracyDropError(ExportError):
     def naming(self, artifact: str) -> AccuracyDropError:
         """The same error naming the artifact it is about."""
         return AccuracyDropError(self.summary, self.record, artifact)
+
+
+class MissingExtraError(UsageError):
+    """A format's runtime or converter needs an optional extra that is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package, self.extra = package, extra
+        super().__init__(
+            f"{purpose} needs the Python package {package!r}, which is not installed: "
+            f'pip install "retinaface-export[{extra}]"'
+        )
