@@ -101,6 +101,14 @@ class Runtime:
         """What this runtime reports about the CPU it runs on (bench records it); {} when nothing."""
         return {}
 
+    def execution(self, path: Path) -> dict[str, Any]:
+        """What the runtime executes the artifact in where it decides that itself (OpenVINO may pick bf16).
+
+        ``{"executed": "f32", ...}``; {} for runtimes that execute the file's own precision.
+        """
+        del path
+        return {}
+
 
 class SourceArtifact(Protocol):
     """The artifact a conversion starts from, as the manifest records it."""

@@ -19,6 +19,7 @@ from retinaface_export.converters.onnx.format import graph_fingerprint, source_m
 from retinaface_export.converters.onnx.trust import check_onnx_file
 from retinaface_export.converters.openvino.int8 import INT8
 from retinaface_export.converters.openvino.postprocess import match_reference_nms
+from retinaface_export.converters.openvino.precision import interpolate_as_v4, mark_precise
 from retinaface_export.converters.openvino.runtime import RUNTIME, openvino_core, openvino_module
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
@@ -80,6 +81,7 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
     folding = Manager()
     folding.register_pass(ConstantFolding())
     folding.run_passes(model)
+    interpolate_as_v4(model)  # the CPU plugin takes it as it is, keeping its precision mark (precision.py)
     conversion: dict[str, Any] = {}
     if job.precision == "int8":
         if int8 is None:
@@ -92,9 +94,9 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
         model.set_rt_info(value if isinstance(value, str) else json.dumps(value, sort_keys=True), [RT_SECTION, key])
     for key, value in model_info(job).items():
         model.set_rt_info(value, ["model_info", key])
-    if job.precision == "fp32":
-        # a client compiling with defaults would otherwise run bf16 on CPUs that have it
-        model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    # What the IR asks for; OpenVINO 2026.4's CPU plugin ignores this entry, the precision marks written on
+    # every layer after saving (precision.py) are what keep a client's compile in f32.
+    model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
     return model, conversion
 
 
@@ -149,6 +151,8 @@ class OpenVinoFormat(ArtifactFormat):
         model, conversion = finish_ir(base, job, inputs.int8, inputs.provenance)
         # save_model compresses to FP16 by default, which must not happen to an IR labelled FP32 or INT8.
         ov.save_model(model, str(staging / job.file_name), compress_to_fp16=job.precision == "fp16")
+        # every layer kept out of bf16: FP32 (FP16 weights, INT8's float parts) executed in f32 by every client
+        conversion["precise_layers"] = mark_precise(staging / job.file_name)
         return conversion
 
     def read_provenance(self, path: Path) -> dict[str, Any]:

@@ -51,12 +51,19 @@ def openvino_core():
         return _core[0]
 
 
-def compile_model(model: Any, threads: int | None = None, hint: str = "LATENCY", **extra: Any):
-    """``model`` (a path or an ``ov.Model``) compiled for the CPU in f32 inference precision.
+def compile_model(
+    model: Any, threads: int | None = None, hint: str = "LATENCY", precision: str | None = "f32", **extra: Any
+):
+    """``model`` (a path or an ``ov.Model``) compiled for the CPU.
 
-    f32: the CPU plugin would otherwise pick bf16 on CPUs that have it, which is not the IR's numerics.
+    ``precision`` is the inference precision asked for: ``f32`` for in-memory models (NNCF's candidates,
+    which carry no precision marks; the CPU plugin would otherwise pick bf16 on CPUs that have it), None to
+    compile an IR file as a client does, with no options, so that what runs is what the IR itself decides
+    (``converters/openvino/precision.py``).
     """
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint} | extra
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint} | extra
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return openvino_core().compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
@@ -91,7 +98,7 @@ def _throughput(path: Path, threads: int, streams: int | None) -> tuple[int, Thr
     """
     ov = openvino_module()
     extra = {"NUM_STREAMS": streams} if streams else {}
-    compiled = compile_model(path, threads, hint="THROUGHPUT", **extra)
+    compiled = compile_model(path, threads, hint="THROUGHPUT", precision=None, **extra)
     used_streams = int(compiled.get_property("NUM_STREAMS"))
     requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
@@ -132,15 +139,21 @@ def _throughput(path: Path, threads: int, streams: int | None) -> tuple[int, Thr
 
 
 class OpenVinoRuntime(Runtime):
-    """OpenVINO's CPU plugin, in f32 inference precision."""
+    """OpenVINO's CPU plugin; IR files compiled with no precision option, as clients compile them."""
 
     name = "openvino"
     libraries = ("openvino", "nncf")
 
     def open(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
-        """The IR on the CPU plugin (OpenVINO always compiles with its optimisations; f32 keeps the numerics)."""
+        """The IR on the CPU plugin as a client compiles it (OpenVINO always compiles with its optimisations)."""
         del optimize
-        return compiled_runner(compile_model(path, threads))
+        return compiled_runner(compile_model(path, threads, precision=None))
+
+    def execution(self, path: Path) -> dict[str, Any]:
+        """The precision the CPU plugin executes the IR in when compiled with no options (see ``precision``)."""
+        from retinaface_export.converters.openvino.precision import executed_precision
+
+        return executed_precision(compile_model(path, precision=None))
 
     def throughput(self, path: Path, threads: int, streams: int | None) -> tuple[int, ThroughputRunner]:
         return _throughput(path, threads, streams)

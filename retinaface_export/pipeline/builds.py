@@ -97,7 +97,14 @@ def verify_tensors(job: Job, staged: Path, reference: Reference) -> dict[str, An
         verdict = compare_outputs(cases, tolerance, job.postprocess.outputs)
     if not verdict.passed:
         raise ExportError(f"{job.file_name}: differs from {reference.name}: {'; '.join(verdict.failures)}")
-    return verdict.record() | {"reference": reference.name, "sizes": [s.as_list() for s in job.verify_sizes]}
+    record = verdict.record() | {"reference": reference.name, "sizes": [s.as_list() for s in job.verify_sizes]}
+    return record | execution_record(job, staged)
+
+
+def execution_record(job: Job, staged: Path) -> dict[str, Any]:
+    """``{"executed": ...}``: what the runtime ran the artifact in on this machine, where the runtime decides."""
+    executed = job.fmt.runtime.execution(staged)
+    return {"executed": executed} if executed else {}
 
 
 def artifact_provenance(checkpoint: dict[str, Any], job: Job) -> dict[str, Any]:

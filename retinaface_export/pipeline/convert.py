@@ -32,6 +32,7 @@ from retinaface_export.pipeline.builds import (
     Made,
     RunResult,
     artifact_provenance,
+    execution_record,
     run_builds,
     verification_batches,
     verification_photos,
@@ -253,6 +254,7 @@ def accuracy_check(job: Job, staged: Path, source: Runner, request: Int8Request)
         "max_drop": request.max_f1_drop if request.accuracy_control else None,
         "passed": passed or not request.accuracy_control,
     }
+    record |= execution_record(job, staged)
     if not request.accuracy_control:
         log.info("%s: synthetic weights: INT8 F1 %.3f recorded, no accuracy target applied", job.file_name, f1)
     elif not passed:
