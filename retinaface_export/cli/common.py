@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from retinaface_export.cli.entry import exit_interrupted
+from retinaface_export.cli.entry import exit_interrupted, no_telemetry
 from retinaface_export.errors import RetinaFaceExportError, UsageError
 from retinaface_export.progress import progress_listener
 from retinaface_export.sizes import InputSize, parse_size
@@ -127,11 +127,15 @@ def handle_errors(command_name: str) -> Callable[[F], F]:
     """Turn library errors into ``<command>: error: <one line>`` on stderr and the error's exit code.
 
     A stop signal or Ctrl-C becomes ``<command>: interrupted; nothing was written`` and 128 + its number.
+    Telemetry is turned off first (:func:`~retinaface_export.cli.entry.no_telemetry`; the console scripts
+    already did, a command invoked as a click object, ``CliRunner`` say, gets it here, before any library
+    that could phone home is imported: the command modules import them inside the command).
     """
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            no_telemetry()
             try:
                 return func(*args, **kwargs)
             except RetinaFaceExportError as exc:
