@@ -10,6 +10,10 @@ A second signal while the first one's cleanup runs (worker threads finish their 
 once: what it leaves (a staging folder, a commit cut short) belongs to a dead process, which the next run
 into that folder removes or undoes (:func:`retinaface_export.atomic.clean_stale_staging`).
 
+The handlers act in the process that installed them only: a process forked from it (OpenVINO's telemetry
+sender, a multiprocessing worker) inherits them, and there a stop signal takes its default action (the
+child ends, silently) instead of printing our message or a traceback.
+
 No command reaches the network: :func:`no_telemetry` turns OpenVINO's and NNCF's usage telemetry off
 before either library loads (``import openvino`` alone starts a telemetry session), see ``docs/privacy.md``.
 """
@@ -81,9 +85,15 @@ def no_telemetry() -> bool:
 
 _received: list[int] = []
 _command = ["retinaface-export"]
+# The process that installed the handlers; children forked from it inherit them but must not act on them.
+_installer_pid = [0]
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
+    if os.getpid() != _installer_pid[0]:  # a forked child (a library's worker): the signal's default action
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _received:  # a second signal while the first one's cleanup runs: stop now
         _write_line(f"{_command[0]}: interrupted again; stopped at once (the next run cleans up after it)")
         os._exit(128 + signum)
@@ -102,6 +112,7 @@ def _write_line(line: str) -> None:
 def install_signal_handlers(command: str) -> None:
     """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``command`` for messages)."""
     _command[0] = command
+    _installer_pid[0] = os.getpid()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupted)
 
