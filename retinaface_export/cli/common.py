@@ -25,6 +25,7 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from retinaface_export.cli.entry import exit_interrupted, no_telemetry
 from retinaface_export.errors import RetinaFaceExportError, UsageError
@@ -213,6 +214,15 @@ def wide_console(stderr_output: bool = False) -> Console:
     """
     console = Console(stderr=stderr_output)
     return console if console.is_terminal else Console(stderr=stderr_output, width=100_000)
+
+
+def titled_table(title: str) -> Table:
+    """A result table at least as wide as its title: a title naming a file or folder is not cut.
+
+    Rich wraps a title to its table's width; a narrow table (detect's two columns) cut the model's path in
+    two even on a pipe, where :func:`wide_console` gives tables all the width they ask for.
+    """
+    return Table(title=title, min_width=len(title))
 
 
 def json_option(what: str) -> Callable[[F], F]:

@@ -17,6 +17,7 @@ from retinaface_export.cli.common import (
     size_option,
     size_token,
     step_progress,
+    titled_table,
     verification_cell,
     wide_console,
 )
@@ -49,7 +50,7 @@ def _check(artifact: ArtifactRecord) -> str:
 
 
 def _summary(result: RunResult) -> Table:
-    table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
+    table = titled_table(f"{len(result.added)} artifacts in {result.output_dir}")
     for column in ("artifact", "precision", "input", "check", "MB"):
         table.add_column(column, justify="right" if column == "MB" else "left")
     for artifact in result.added:

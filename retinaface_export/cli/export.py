@@ -21,6 +21,7 @@ from retinaface_export.cli.common import (
     size_option,
     stderr,
     step_progress,
+    titled_table,
     verification_cell,
     wide_console,
 )
@@ -50,7 +51,7 @@ def _announce_synthetic(checkpoint: LoadedCheckpoint) -> None:
 
 
 def _summary(result: RunResult) -> Table:
-    table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
+    table = titled_table(f"{len(result.added)} artifacts in {result.output_dir}")
     for column in ("artifact", "format", "size", "anchors", "check vs PyTorch", "MB"):
         table.add_column(column, justify="right" if column in ("anchors", "MB") else "left")
     for artifact in result.added:
