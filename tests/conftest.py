@@ -8,7 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
+from retinaface_export.cli.entry import no_telemetry
 from retinaface_export.preprocess import to_network_input
+
+# Tests that import OpenVINO in this process, or run commands in subprocesses, send no telemetry either
+# (tests/test_no_network.py checks the commands with these variables removed).
+no_telemetry()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from retinaface_export.bench.run import MODES, BenchReport, BenchRow, BenchSettings, bench_export
 from retinaface_export.bench.stats import MIN_RUNS, UNSTABLE_RULE, Budget
@@ -18,6 +17,7 @@ from retinaface_export.cli.common import (
     handle_errors,
     not_an_option,
     stderr,
+    titled_table,
     wide_console,
 )
 from retinaface_export.errors import UsageError
@@ -252,7 +252,7 @@ def main(
     if not quiet:
         console = wide_console()  # file names whole when not on a terminal
         for mode, columns, rows in _tables(report):
-            table = Table(title=f"{mode} — {title}")
+            table = titled_table(f"{mode} — {title}")
             for column in columns:
                 table.add_column(column)
             for row in rows:

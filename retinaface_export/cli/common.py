@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,8 +25,9 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from retinaface_export.cli.entry import exit_interrupted
+from retinaface_export.cli.entry import exit_interrupted, no_telemetry
 from retinaface_export.errors import RetinaFaceExportError, UsageError
 from retinaface_export.progress import progress_listener
 from retinaface_export.sizes import InputSize, parse_size
@@ -127,11 +128,15 @@ def handle_errors(command_name: str) -> Callable[[F], F]:
     """Turn library errors into ``<command>: error: <one line>`` on stderr and the error's exit code.
 
     A stop signal or Ctrl-C becomes ``<command>: interrupted; nothing was written`` and 128 + its number.
+    Telemetry is turned off first (:func:`~retinaface_export.cli.entry.no_telemetry`; the console scripts
+    already did, a command invoked as a click object, ``CliRunner`` say, gets it here, before any library
+    that could phone home is imported: the command modules import them inside the command).
     """
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            no_telemetry()
             try:
                 return func(*args, **kwargs)
             except RetinaFaceExportError as exc:
@@ -144,6 +149,24 @@ def handle_errors(command_name: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def verification_cell(verification: Mapping[str, Any]) -> str:
+    """An artifact's verification record in a few words, for summary tables, whatever its kind.
+
+    Tensor records (raw and decoded outputs) hold ``max_abs_error`` per output; detection records (nms
+    artifacts, INT8 accuracy) hold ``f1`` and, against a reference's faces, ``reference_faces``; an artifact
+    built with verification off has a ``skipped`` record.
+    """
+    if "max_abs_error" in verification:
+        errors = list(verification["max_abs_error"].values())
+        return f"max |Δ| {max(errors):.1e}" if errors else "max |Δ| -"
+    if "f1" in verification:
+        faces = verification.get("reference_faces")
+        return f"F1 {verification['f1']:.3f}" + (f" ({faces} faces)" if faces is not None else "")
+    if verification.get("kind") == "skipped":
+        return "not verified"
+    return str(verification.get("kind", "-"))
 
 
 @contextmanager
@@ -191,6 +214,15 @@ def wide_console(stderr_output: bool = False) -> Console:
     """
     console = Console(stderr=stderr_output)
     return console if console.is_terminal else Console(stderr=stderr_output, width=100_000)
+
+
+def titled_table(title: str) -> Table:
+    """A result table at least as wide as its title: a title naming a file or folder is not cut.
+
+    Rich wraps a title to its table's width; a narrow table (detect's two columns) cut the model's path in
+    two even on a pipe, where :func:`wide_console` gives tables all the width they ask for.
+    """
+    return Table(title=title, min_width=len(title))
 
 
 def json_option(what: str) -> Callable[[F], F]:

@@ -17,6 +17,8 @@ from retinaface_export.cli.common import (
     size_option,
     size_token,
     step_progress,
+    titled_table,
+    verification_cell,
     wide_console,
 )
 from retinaface_export.errors import UsageError
@@ -38,18 +40,18 @@ def _check(artifact: ArtifactRecord) -> str:
         return f"kept original: {conversion['reason']}"
     if verification.get("photos") == "validation":  # INT8: judged on photos calibration never saw
         check = f"F1 {verification['f1']:.3f} on {verification['samples']} held-out views"
+        if verification.get("passed") is False:
+            check += " (misses --max-f1-drop, kept)"
         in_float = conversion.get("int8", {}).get("accuracy", {}).get("float_layers", [])
         return check + (f", {len(in_float)} layer{'s' if len(in_float) > 1 else ''} in float" if in_float else "")
-    if verification.get("kind") == "detections":  # an nms artifact: faces against its source's
-        return f"F1 {verification['f1']:.3f} ({verification['reference_faces']} faces)"
-    check = f"max |Δ| {max(verification['max_abs_error'].values()):.1e}"
+    check = verification_cell(verification)  # tensors: max |Δ|; an nms artifact: F1 against its source's faces
     if conversion.get("simplified"):
         check += f", {conversion['nodes_before']} → {conversion['nodes_after']} nodes"
     return check
 
 
 def _summary(result: RunResult) -> Table:
-    table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
+    table = titled_table(f"{len(result.added)} artifacts in {result.output_dir}")
     for column in ("artifact", "precision", "input", "check", "MB"):
         table.add_column(column, justify="right" if column == "MB" else "left")
     for artifact in result.added:

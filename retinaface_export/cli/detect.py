@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from retinaface_export.anchors import load_anchors
 from retinaface_export.cli.common import (
@@ -14,6 +13,7 @@ from retinaface_export.cli.common import (
     handle_errors,
     json_option,
     json_to_stdout,
+    titled_table,
     wide_console,
     write_json,
 )
@@ -140,7 +140,7 @@ def main(
         click.echo(f"{COMMAND}: error: {message}", err=True)
     failures = len(folder_errors)
     report = []
-    table = Table(title=f"faces ({detector.backend.name}, {detector.backend.source})")
+    table = titled_table(f"faces ({detector.backend.name}, {detector.backend.source})")
     table.add_column("image")
     table.add_column("faces", justify="right")
     for path, png_name in zip(paths, png_names, strict=True):

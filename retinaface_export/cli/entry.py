@@ -9,6 +9,13 @@ This module imports only the standard library, so the handlers are in place with
 A second signal while the first one's cleanup runs (worker threads finish their artifact first) exits at
 once: what it leaves (a staging folder, a commit cut short) belongs to a dead process, which the next run
 into that folder removes or undoes (:func:`retinaface_export.safety.atomic.clean_stale_staging`).
+
+The handlers act in the process that installed them only: a process forked from it (OpenVINO's telemetry
+sender, a multiprocessing worker) inherits them, and there a stop signal takes its default action (the
+child ends, silently) instead of printing our message or a traceback.
+
+No command reaches the network: :func:`no_telemetry` turns OpenVINO's and NNCF's usage telemetry off
+before either library loads (``import openvino`` alone starts a telemetry session), see ``docs/privacy.md``.
 """
 
 from __future__ import annotations
@@ -52,11 +59,41 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# Environment read by the libraries when they load or start a telemetry session. openvino_telemetry
+# declines consent when CI is "true" for tools created with disable_in_ci=True, which OpenVINO's converter
+# (``import openvino`` and ``convert_model``) and NNCF both are; NNCF swaps its telemetry for a no-op stub
+# when NNCF_CI is set (nncf/telemetry/wrapper.py, read at import).
+NO_TELEMETRY_ENV = {"CI": "true", "NNCF_CI": "1"}
+# Set to 1 to leave telemetry to the libraries' own consent (``opt_in_out --opt_in`` / ``--opt_out``).
+ALLOW_TELEMETRY_ENV = "RETINAFACE_EXPORT_ALLOW_TELEMETRY"
+
+
+def no_telemetry() -> bool:
+    """Turn OpenVINO's and NNCF's usage telemetry off for this process and the processes it starts.
+
+    Every command calls it first. Library users call it before importing ``openvino`` or ``nncf`` (the
+    decision is read when they load); a no-op when ``RETINAFACE_EXPORT_ALLOW_TELEMETRY=1`` is set.
+
+    Returns:
+        Whether telemetry was turned off (False: the user allowed it).
+    """
+    if os.environ.get(ALLOW_TELEMETRY_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    os.environ.update(NO_TELEMETRY_ENV)
+    return True
+
+
 _received: list[int] = []
 _command = ["retinaface-export"]
+# The process that installed the handlers; children forked from it inherit them but must not act on them.
+_installer_pid = [0]
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
+    if os.getpid() != _installer_pid[0]:  # a forked child (a library's worker): the signal's default action
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _received:  # a second signal while the first one's cleanup runs: stop now
         _write_line(f"{_command[0]}: interrupted again; stopped at once (the next run cleans up after it)")
         os._exit(128 + signum)
@@ -75,6 +112,7 @@ def _write_line(line: str) -> None:
 def install_signal_handlers(command: str) -> None:
     """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``command`` for messages)."""
     _command[0] = command
+    _installer_pid[0] = os.getpid()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupted)
 
@@ -88,7 +126,8 @@ def exit_interrupted(command: str, exc: KeyboardInterrupt) -> NoReturn:
 
 
 def run(command: str) -> NoReturn:
-    """Install the handlers, then import ``command``'s module and run its click ``main``."""
+    """Turn telemetry off, install the handlers, then import ``command``'s module and run its click ``main``."""
+    no_telemetry()
     install_signal_handlers(command)
     try:
         main = importlib.import_module(COMMANDS[command]).main
@@ -121,6 +160,7 @@ def module_main() -> NoReturn:
 
     Each command's module is imported only when that command runs or its help is shown.
     """
+    no_telemetry()
     import click
 
     class Commands(click.Group):

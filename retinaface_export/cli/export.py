@@ -21,6 +21,8 @@ from retinaface_export.cli.common import (
     size_option,
     stderr,
     step_progress,
+    titled_table,
+    verification_cell,
     wide_console,
 )
 from retinaface_export.converters.onnx.format import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -49,17 +51,16 @@ def _announce_synthetic(checkpoint: LoadedCheckpoint) -> None:
 
 
 def _summary(result: RunResult) -> Table:
-    table = Table(title=f"{len(result.added)} artifacts in {result.output_dir}")
-    for column in ("artifact", "format", "size", "anchors", "max |Δ| vs PyTorch", "MB"):
+    table = titled_table(f"{len(result.added)} artifacts in {result.output_dir}")
+    for column in ("artifact", "format", "size", "anchors", "check vs PyTorch", "MB"):
         table.add_column(column, justify="right" if column in ("anchors", "MB") else "left")
     for artifact in result.added:
-        error = max(artifact.verification["max_abs_error"].values())
         table.add_row(
             artifact.path,
             artifact.format,
             artifact.size_label,
             str(artifact.num_anchors or "-"),
-            f"{error:.1e}",
+            verification_cell(artifact.verification),  # tensors: max |Δ|; nms detections: F1
             f"{artifact.bytes / 1e6:.1f}",
         )
     return table

@@ -16,6 +16,7 @@ from retinaface_export.cli.common import (
     json_to_stdout,
     not_an_option,
     reported_progress,
+    titled_table,
     wide_console,
     write_json,
 )
@@ -28,7 +29,7 @@ SHORT = {"face_rpn_bbox_pred": "bbox", "face_rpn_cls_prob": "cls", "face_rpn_lan
 
 
 def _table(report: ParityReport) -> Table:
-    table = Table(title=f"parity of {report.export_dir} against {report.golden}")
+    table = titled_table(f"parity of {report.export_dir} against {report.golden}")
     for column in ("artifact", "precision", "input", *SHORT.values(), "detections", ""):
         table.add_column(column)
     for a in report.artifacts:
