@@ -17,8 +17,13 @@ import pytest
 
 from conftest import photo_input
 from retinaface_export.checkpoint import load_checkpoint
-from retinaface_export.converters.openvino.precision import executed_precision, interpolate_as_v4
-from retinaface_export.converters.openvino.runtime import compile_model, openvino_core, openvino_module
+from retinaface_export.converters.openvino.precision import interpolate_as_v4
+from retinaface_export.converters.openvino.runtime import (
+    compile_model,
+    executed_precision,
+    openvino_core,
+    openvino_module,
+)
 from retinaface_export.pipeline.convert import ConvertOptions, convert_export
 from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import InputSize

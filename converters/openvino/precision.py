@@ -20,7 +20,6 @@ outputs equal the f32-hint compile exactly (0.0 difference, measured on the same
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,23 +88,3 @@ def mark_precise(xml_path: Path) -> int:
             marked += 1
     tree.write(xml_path, encoding="utf-8", xml_declaration=True)
     return marked
-
-
-def executed_precision(compiled: Any) -> dict[str, Any]:
-    """What a compiled model executes in: bf16 or not, and the runtime precision of its nodes (constants left out).
-
-    ``executed`` is ``bf16+f32`` when any node runs in bf16, else ``f32``. The CPU plugin reports a
-    convolution with FP16 weights as ``f16`` whatever the inference precision (its weights are decompressed
-    in the kernel), so an FP16 IR's ``f16`` nodes are counted but do not make it a bf16 run.
-    """
-    counts: Counter[str] = Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if "runtimePrecision" in info and info["layerType"].astype(str) != "Const":
-            counts[info["runtimePrecision"].astype(str)] += 1
-    return {
-        "device": "CPU",
-        "executed": "bf16+f32" if counts["bf16"] else "f32",
-        "inference_precision_hint": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-        "runtime_precisions": dict(sorted(counts.items())),
-    }
