@@ -234,6 +234,11 @@ class ArtifactFormat:
         """``(provenance, runner)`` of the artifact; formats that can read both in one load override it."""
         return self.read_provenance(path), self.open_runner(path, threads=threads, optimize=optimize)
 
+    def describe_conversion(self, conversion: dict[str, Any]) -> str:
+        """The conversion record in a few words for summary tables ("" when there is nothing to say)."""
+        in_float = conversion.get("int8", {}).get("accuracy", {}).get("float_layers", [])
+        return f"{len(in_float)} layer{'s' if len(in_float) > 1 else ''} in float" if in_float else ""
+
     def read_provenance(self, path: Path) -> dict[str, Any]:
         """Every provenance entry inside the artifact; {} when there is none."""
         raise NotImplementedError

@@ -24,6 +24,7 @@ from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import INPUT_FORMATS
 from retinaface_export.provenance import TOOL_NAME, library_versions
+from retinaface_export.records import Verification
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "manifest.schema.json"
@@ -239,6 +240,11 @@ class ArtifactRecord:
             "postprocess": self.postprocess,
         }
 
+    @property
+    def checked(self) -> Verification:
+        """The verification record, typed."""
+        return Verification.from_record(self.verification)
+
     @classmethod
     def parse(cls, data: Any, manifest: Path, where: str) -> ArtifactRecord:
         """Validated from JSON.
@@ -288,7 +294,7 @@ class ArtifactRecord:
                 FileRef.parse(c, manifest, f"{fields.where} companions") for c in fields.get("companions", list)[:8]
             ),
             source=FileRef.parse(source, manifest, f"{fields.where} source") if source is not None else None,
-            verification=fields.get("verification", dict),
+            verification=_verification(fields),
             conversion=fields.get("conversion", dict),
             postprocess=_postprocess(fields),
         )
@@ -371,6 +377,15 @@ def _postprocess(fields: _Fields) -> dict[str, Any]:
         return PostprocessSpec.from_record(fields.get("postprocess", dict)).record()
     except UsageError as exc:
         raise fields.fail("postprocess", f"is not a post-processing record ({exc})") from exc
+
+
+def _verification(fields: _Fields) -> dict[str, Any]:
+    record = fields.get("verification", dict)
+    try:
+        Verification.from_record(record)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise fields.fail("verification", f"is not a verification record ({exc})") from exc
+    return record
 
 
 def _refuse_constant(name: str) -> None:

@@ -78,6 +78,12 @@ class OnnxSimFormat(ArtifactFormat):
             "nodes_after": sum(after.values()),
         }
 
+    def describe_conversion(self, conversion: dict[str, Any]) -> str:
+        """Nodes before and after, or why the original graph was kept."""
+        if not conversion.get("simplified"):
+            return f"kept the original graph: {conversion.get('reason')}"
+        return f"{conversion['nodes_before']} → {conversion['nodes_after']} nodes"
+
     def read_provenance(self, path: Path) -> dict[str, Any]:
         return read_onnx_provenance(path)
 

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -149,24 +149,6 @@ def handle_errors(command_name: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def verification_cell(verification: Mapping[str, Any]) -> str:
-    """An artifact's verification record in a few words, for summary tables, whatever its kind.
-
-    Tensor records (raw and decoded outputs) hold ``max_abs_error`` per output; detection records (nms
-    artifacts, INT8 accuracy) hold ``f1`` and, against a reference's faces, ``reference_faces``; an artifact
-    built with verification off has a ``skipped`` record.
-    """
-    if "max_abs_error" in verification:
-        errors = list(verification["max_abs_error"].values())
-        return f"max |Δ| {max(errors):.1e}" if errors else "max |Δ| -"
-    if "f1" in verification:
-        faces = verification.get("reference_faces")
-        return f"F1 {verification['f1']:.3f}" + (f" ({faces} faces)" if faces is not None else "")
-    if verification.get("kind") == "skipped":
-        return "not verified"
-    return str(verification.get("kind", "-"))
 
 
 @contextmanager

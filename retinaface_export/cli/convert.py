@@ -18,7 +18,6 @@ from retinaface_export.cli.common import (
     size_token,
     step_progress,
     titled_table,
-    verification_cell,
     wide_console,
 )
 from retinaface_export.errors import UsageError
@@ -35,19 +34,9 @@ COMMAND = "retinaface-convert"
 
 
 def _check(artifact: ArtifactRecord) -> str:
-    verification, conversion = artifact.verification, artifact.conversion
-    if conversion.get("simplified") is False:
-        return f"kept original: {conversion['reason']}"
-    if verification.get("photos") == "validation":  # INT8: judged on photos calibration never saw
-        check = f"F1 {verification['f1']:.3f} on {verification['samples']} held-out views"
-        if verification.get("passed") is False:
-            check += " (misses --max-f1-drop, kept)"
-        in_float = conversion.get("int8", {}).get("accuracy", {}).get("float_layers", [])
-        return check + (f", {len(in_float)} layer{'s' if len(in_float) > 1 else ''} in float" if in_float else "")
-    check = verification_cell(verification)  # tensors: max |Δ|; an nms artifact: F1 against its source's faces
-    if conversion.get("simplified"):
-        check += f", {conversion['nodes_before']} → {conversion['nodes_after']} nodes"
-    return check
+    """How it was verified (tensors: max |Δ|; detections: F1), then what its format says of the conversion."""
+    said = FORMATS[artifact.format].describe_conversion(artifact.conversion)
+    return artifact.checked.summary() + (f", {said}" if said else "")
 
 
 def _summary(result: RunResult) -> Table:

@@ -22,7 +22,6 @@ from retinaface_export.cli.common import (
     stderr,
     step_progress,
     titled_table,
-    verification_cell,
     wide_console,
 )
 from retinaface_export.converters.onnx.format import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -60,7 +59,7 @@ def _summary(result: RunResult) -> Table:
             artifact.format,
             artifact.size_label,
             str(artifact.num_anchors or "-"),
-            verification_cell(artifact.verification),  # tensors: max |Δ|; nms detections: F1
+            artifact.checked.summary(),  # tensors: max |Δ|; nms detections: F1
             f"{artifact.bytes / 1e6:.1f}",
         )
     return table

@@ -28,6 +28,7 @@ from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, FileRef, M
 from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, synthetic_photos
 from retinaface_export.provenance import TOOL_NAME, library_versions
+from retinaface_export.records import Built, Verification
 from retinaface_export.safety.atomic import commit_run, output_lock, staging_dir
 from retinaface_export.sizes import InputSize
 from retinaface_export.version import tool_version
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 # Batch of the extra verification run of a dynamic artifact (checks the batch axis really is dynamic).
 DYNAMIC_CHECK_BATCH = 2
-# (verification record, conversion record) of one artifact built in staging
-Made = tuple[dict[str, Any], dict[str, Any]]
 
 
 @dataclass
@@ -60,10 +59,6 @@ class Reference(Protocol):
         ...
 
 
-# The verification record of an artifact built with verification turned off (benchmarks of the build alone).
-NOT_VERIFIED = {"kind": "skipped", "reference": "none: built with verify=False", "passed": False}
-
-
 def verification_photos(size: InputSize, batch: int) -> np.ndarray:
     """The deterministic photo-like batch every artifact of ``size`` is verified on."""
     return synthetic_photos(batch, size.height, size.width, seed=size.height * 7 + size.width)
@@ -74,7 +69,7 @@ def verification_batches(job: Job) -> tuple[int, ...]:
     return (job.batch,) if not job.dynamic else tuple(dict.fromkeys((job.batch, DYNAMIC_CHECK_BATCH)))
 
 
-def verify_tensors(job: Job, staged: Path, reference: Reference) -> dict[str, Any]:
+def verify_tensors(job: Job, staged: Path, reference: Reference) -> Verification:
     """Run the staged artifact at every size and batch it claims and judge it against ``reference``.
 
     ``reference`` gives outputs of the artifact's own kind (raw, decoded, or NMS'd detections); raw and
@@ -98,7 +93,7 @@ def verify_tensors(job: Job, staged: Path, reference: Reference) -> dict[str, An
     if not verdict.passed:
         raise ExportError(f"{job.file_name}: differs from {reference.name}: {'; '.join(verdict.failures)}")
     record = verdict.record() | {"reference": reference.name, "sizes": [s.as_list() for s in job.verify_sizes]}
-    return record | execution_record(job, staged)
+    return Verification.from_record(record | execution_record(job, staged))
 
 
 def execution_record(job: Job, staged: Path) -> dict[str, Any]:
@@ -160,7 +155,7 @@ def _tensor_specs(job: Job, anchors: int | None) -> tuple[tuple[TensorSpec, ...]
     return (data,), outputs
 
 
-def _record(job: Job, staging: Path, checkpoint: dict[str, Any], made: Made) -> ArtifactRecord:
+def _record(job: Job, staging: Path, checkpoint: dict[str, Any], built: Built) -> ArtifactRecord:
     main = staging / job.file_name
     companions = tuple(FileRef(p.name, sha256_file(p)) for p in job.fmt.companions(main))
     anchors = num_anchors(checkpoint, job.size)
@@ -183,8 +178,8 @@ def _record(job: Job, staging: Path, checkpoint: dict[str, Any], made: Made) -> 
         outputs=outputs,
         companions=companions,
         source=FileRef(job.source.path, job.source.sha256) if job.source else None,
-        verification=made[0],
-        conversion=made[1],
+        verification=built.verification.record(),
+        conversion=built.conversion,
         postprocess=job.postprocess.record(),
     )
 
@@ -193,7 +188,7 @@ def run_builds(
     output_dir: str | Path,
     checkpoint: dict[str, Any],
     jobs: list[Job],
-    make: Callable[[Job, Path], Made],
+    make: Callable[[Job, Path], Built],
     workers: int = 1,
     on_step: Callable[[Job, int, int], None] | None = None,
     prepare: Callable[[], None] | None = None,
@@ -229,7 +224,7 @@ def _run_locked(
     output_dir: Path,
     checkpoint: dict[str, Any],
     jobs: list[Job],
-    make: Callable[[Job, Path], Made],
+    make: Callable[[Job, Path], Built],
     workers: int,
     on_step: Callable[[Job, int, int], None] | None,
     prepare: Callable[[], None] | None,

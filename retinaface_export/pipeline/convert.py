@@ -28,8 +28,6 @@ from retinaface_export.format_api import ConvertInputs, Job, Runner
 from retinaface_export.formats import FORMATS, convert_targets
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
 from retinaface_export.pipeline.builds import (
-    NOT_VERIFIED,
-    Made,
     RunResult,
     artifact_provenance,
     execution_record,
@@ -42,6 +40,7 @@ from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
 from retinaface_export.progress import report_progress
+from retinaface_export.records import NOT_VERIFIED, Built, Verification
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
 
@@ -214,7 +213,7 @@ def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], optio
     )
 
 
-def accuracy_check(job: Job, staged: Path, source: Runner, request: Int8Request) -> dict[str, Any]:
+def accuracy_check(job: Job, staged: Path, source: Runner, request: Int8Request) -> Verification:
     """Strict detection F1 of the written INT8 artifact against its source on the validation photos.
 
     At every size and batch the artifact claims (a dynamic one: its verified sizes, batches 1 and 2), the
@@ -265,7 +264,7 @@ def accuracy_check(job: Job, staged: Path, source: Runner, request: Int8Request)
         if not request.allow_accuracy_drop:
             raise AccuracyDropError(summary, record, job.file_name)
         log.warning("%s: %s; kept (--allow-accuracy-drop)", job.file_name, summary)
-    return record
+    return Verification.from_record(record)
 
 
 def convert_export(
@@ -307,7 +306,7 @@ def convert_export(
     jobs = plan(sources, options)
     shared = OnceCache()
 
-    def make(job: Job, staging: Path) -> Made:
+    def make(job: Job, staging: Path) -> Built:
         assert job.source is not None
         source_path = export_dir / job.source.path
         reference = SourceReference(export_dir, job.source, shared)
@@ -328,10 +327,10 @@ def convert_export(
         except AccuracyDropError as error:
             raise error.naming(job.file_name) from None
         if not options.verify:
-            return NOT_VERIFIED, conversion
+            return Built(NOT_VERIFIED, conversion)
         if request is not None:
-            return accuracy_check(job, staging / job.file_name, reference.runner(), request), conversion
-        return verify_tensors(job, staging / job.file_name, reference), conversion
+            return Built(accuracy_check(job, staging / job.file_name, reference.runner(), request), conversion)
+        return Built(verify_tensors(job, staging / job.file_name, reference), conversion)
 
     def recheck_sources() -> None:
         # under the output folder's lock: a run that replaced a source since it was read is caught here

@@ -22,8 +22,6 @@ from retinaface_export.errors import ExportError, UsageError
 from retinaface_export.format_api import Exporter, Job
 from retinaface_export.formats import FORMATS, export_formats
 from retinaface_export.pipeline.builds import (
-    NOT_VERIFIED,
-    Made,
     RunResult,
     artifact_provenance,
     run_builds,
@@ -32,6 +30,7 @@ from retinaface_export.pipeline.builds import (
 )
 from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, to_network_input
+from retinaface_export.records import NOT_VERIFIED, Built
 from retinaface_export.sizes import InputSize
 from retinaface_export.workers import OnceCache
 
@@ -160,11 +159,11 @@ def export_checkpoint(
         for job in jobs:
             exporter(job)
 
-    def make(job: Job, staging: Path) -> Made:
+    def make(job: Job, staging: Path) -> Built:
         data = exporter(job).artifact(job, checkpoint.variant.anchors, artifact_provenance(record, job))
         (staging / job.file_name).write_bytes(data)
         if not options.verify:
-            return NOT_VERIFIED, {}
-        return verify_tensors(job, staging / job.file_name, reference), {}
+            return Built(NOT_VERIFIED)
+        return Built(verify_tensors(job, staging / job.file_name, reference))
 
     return run_builds(output_dir, record, jobs, make, options.workers, on_step, prepare=trace_each_format_once)
