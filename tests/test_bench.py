@@ -88,10 +88,15 @@ def test_rows_for_both_modes_with_consistent_statistics(export_320, tmp_path):
     faces = {r["faces"] for r in rows if r["mode"] == "latency"}
     assert len(faces) == 1 and faces.pop() > 0
     assert next(r for r in rows if r["backend"] == "openvino")["input_format"] == "u8-nhwc"
+    # what ran: OpenVINO says (on a bf16 CPU the u8 IR's fused mean subtraction outputs bf16, exact for
+    # integer pixels: tests/test_openvino_precision.py); the other runtimes run the file's precision
+    assert {r["backend"]: r["executed"] for r in rows}["openvino"] in ("f32", "bf16+f32")
+    assert all(r["executed"] is None for r in rows if r["backend"] != "openvino")
     assert {"torch", "onnxruntime", "openvino"} <= report["versions"].keys()
     assert report["machine"]["int8"] and report["machine"]["cores"] >= 1
     markdown = (tmp_path / "b.md").read_text()
     assert "*latency*" in markdown and "*throughput*" in markdown
+    assert "fp32 (ran " in markdown
     assert markdown.count("\n| ") == len(rows) + 2  # a header per table
 
 

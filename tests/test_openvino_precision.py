@@ -39,6 +39,7 @@ def converted(tmp_path_factory, real_weights):
         load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",)), out
     )
     convert_export(out, ConvertOptions("openvino", precisions=("fp32", "fp16")))
+    convert_export(out, ConvertOptions("openvino", input_format="u8-nhwc"))
     return out
 
 
@@ -64,9 +65,23 @@ def test_a_client_compiling_with_no_options_executes_f32(converted, crowd_photo,
         np.testing.assert_array_equal(got, want)
 
 
+def test_the_drop_in_ir_computes_f32_numbers_for_a_client(converted, crowd_photo):
+    """u8 pixels in, mean inside. On a bf16 CPU the CPU plugin fuses u8→f32 and the mean subtraction into one
+    node of its own (which drops the precision mark) and stores its output in bf16: pixel minus an integer
+    mean is an integer in [-123, 151], which bf16 holds exactly, so the outputs still equal the f32 compile's."""
+    from retinaface_export.detection.letterbox import Letterbox
+
+    path = converted / f"{STEM}_fp32_u8.xml"
+    box = Letterbox.fit(crowd_photo.shape[0], crowd_photo.shape[1], 320, 320)
+    pixels = box.apply(crowd_photo)[None]
+    client = _as_a_client(path)
+    for got, want in zip(_run(client, pixels), _run(compile_model(path, precision="f32"), pixels), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_the_manifest_records_what_executed(converted):
     manifest = json.loads((converted / "manifest.json").read_text())
-    rows = [a for a in manifest["artifacts"] if a["format"] == "openvino"]
+    rows = [a for a in manifest["artifacts"] if a["format"] == "openvino" and a["input_format"] != "u8-nhwc"]
     assert {row["precision"] for row in rows} == {"fp32", "fp16"}
     for row in rows:
         executed = row["verification"]["executed"]

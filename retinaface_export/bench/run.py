@@ -110,6 +110,9 @@ class BenchRow:
     overhead_pct: float | None = None
     # faces the whole pipeline finds on the image (score > 0.5): the same at every row of one size
     faces: int | None = None
+    # what the runtime executed where it decides (OpenVINO: "f32", or "bf16+f32" on a bf16 CPU); None for
+    # runtimes that execute the file's own precision
+    executed: str | None = None
 
 
 @dataclass
@@ -159,6 +162,8 @@ class _Model:
     throughput: Callable[[int, int | None], tuple[int, ThroughputRunner]]
     # opened as deployed (the runtime's optimisations, the bench's threads), with the size fixed to the row's
     backend: Backend
+    # what the runtime executes it in, where the runtime decides (see BenchRow.executed)
+    executed: str | None
     # batches of its throughput rows
     batches: tuple[int, ...]
 
@@ -230,6 +235,7 @@ def _artifact_model(export_dir: Path, artifact: ArtifactRecord, size: InputSize,
         input_format=artifact.input_format,
         throughput=lambda threads, streams: runtime.throughput(path, threads, streams),
         backend=replace(backend, input_size=size, batch=batch),
+        executed=runtime.execution(path).get("executed"),
         batches=batches,
     )
 
@@ -243,6 +249,7 @@ def _eager_model(checkpoint: LoadedCheckpoint, size: InputSize, settings: BenchS
         # torch's parallelism is inside each request (torch.set_num_threads, once for the whole bench)
         throughput=lambda threads, streams: (1, sequential_throughput(eager_runner(checkpoint.model))),
         backend=replace(eager_backend(checkpoint, size), batch=1),
+        executed=None,
         batches=settings.batches,
     )
 
@@ -275,6 +282,7 @@ def _row(model: _Model, size: InputSize, mode: str, batch: int, streams: int, st
         latency_ms_p90=stats.p90,
         spread=stats.spread,
         unstable=stats.unstable,
+        executed=model.executed,
         **extra,
     )
 

@@ -70,7 +70,8 @@ def _spread(row: BenchRow) -> str:
 
 
 def _cells(row: BenchRow) -> list[str]:
-    head = [row.artifact, row.backend, row.precision, row.input_format, f"{row.size[0]}x{row.size[1]}", str(row.batch)]
+    precision = row.precision + (f" (ran {row.executed})" if row.executed else "")
+    head = [row.artifact, row.backend, precision, row.input_format, f"{row.size[0]}x{row.size[1]}", str(row.batch)]
     if row.mode == "latency":
         return [
             *head,
