@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import CROWD_PHOTO, SMALL_ANCHORS_WEIGHTS, require
 from retinaface_export.anchors import load_anchors
-from retinaface_export.bench.run import eager_checkpoint
+from retinaface_export.pipeline.convert import eager_checkpoint
 from retinaface_export.bench.stats import MIN_RUNS, Budget, Stats
 from retinaface_export.bench.system import int8_capability
 from retinaface_export.checkpoint import load_checkpoint
