@@ -168,6 +168,10 @@ class ConvertInputs:
     source_cases: Callable[[], list[tuple[np.ndarray, list[np.ndarray]]]]
     # for INT8: calibration and validation photos, the model's shape and the accuracy target; else None
     int8: Int8Request | None = None
+    # the export's PyTorch network (eval mode) rebuilt from the manifest's checkpoint, sha256-checked, loaded
+    # once per run on the first call; for formats whose converter needs the model rather than the source
+    # file (LiteRT's litert-torch runs torch.export). None where no checkpoint record is at hand.
+    checkpoint_model: Callable[[], torch.nn.Module] | None = None
 
 
 class ArtifactFormat:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinaface_export.converters import mnn, onnx, onnxsim, openvino, torchscript
+from retinaface_export.converters import litert, mnn, onnx, onnxsim, openvino, torchscript
 from retinaface_export.format_api import ArtifactFormat, Runtime
 
 FORMATS: dict[str, ArtifactFormat] = {
@@ -20,6 +20,7 @@ FORMATS: dict[str, ArtifactFormat] = {
         onnxsim.FORMAT,
         openvino.FORMAT,
         mnn.FORMAT,
+        litert.FORMAT,
     )
 }
 

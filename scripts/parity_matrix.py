@@ -38,6 +38,9 @@ CONVERSIONS = (
     # (scores 6.9% of range) and NOT_JUDGED cannot exempt one format; mobilenet0.25 FP16 is in tests/test_mnn.py.
     # No INT8: MNN's quantiser misses the target (docs/targets/mnn.md).
     ["--to", "mnn", "--precision", "fp32", "--size", "320", "640"],
+    # LiteRT on the same sample (litert-torch takes ~15-60 s per size and backbone); fixed sizes only: LiteRT
+    # refuses dynamic sources (converters/litert/format.py DYNAMIC_REFUSAL)
+    ["--to", "litert", "--precision", "fp32", "fp16", "--size", "320", "640"],
 )
 # Post-processing inside the graph: one more export of the trained checkpoint per mode (fixed size with a
 # batch of 2, and dynamic), converted to OpenVINO; parity judges their faces against the golden faces.

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from conftest import CROWD_PHOTO, SMALL_ANCHORS_WEIGHTS, require
 from retinaface_export.anchors import load_anchors
-from retinaface_export.bench.run import eager_checkpoint
 from retinaface_export.bench.stats import MIN_RUNS, Budget, Stats
 from retinaface_export.bench.system import int8_capability
 from retinaface_export.checkpoint import load_checkpoint
@@ -20,7 +19,7 @@ from retinaface_export.errors import UsageError
 from retinaface_export.inference.backends import eager_backend
 from retinaface_export.inference.detector import Detector
 from retinaface_export.manifest import Manifest
-from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.pipeline.convert import ConvertOptions, convert_export, eager_checkpoint
 from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.sizes import InputSize
 

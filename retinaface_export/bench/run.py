@@ -20,25 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from retinaface_export.anchors import AnchorConfig
 from retinaface_export.bench.stats import UNSTABLE_RULE, UNSTABLE_SPREAD, Budget, Stats, interleaved
 from retinaface_export.bench.system import machine_record, runtime_versions
-from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
+from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.modes import image_faces
 from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.eager import eager_runner
-from retinaface_export.errors import CheckpointError, ManifestError, UsageError
+from retinaface_export.errors import ManifestError, UsageError
 from retinaface_export.format_api import ThroughputRunner, sequential_throughput
 from retinaface_export.formats import FORMATS
-from retinaface_export.hashing import sha256_file
 from retinaface_export.inference.backends import Backend, artifact_backend, eager_backend
 from retinaface_export.inference.detector import Detector
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
+from retinaface_export.pipeline.convert import eager_checkpoint
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.sizes import InputSize
-from retinaface_export.synthetic import synthetic_checkpoint
-from retinaface_export.variants import get_variant
 
 log = logging.getLogger(__name__)
 
@@ -166,36 +163,6 @@ class _Model:
     executed: str | None
     # batches of its throughput rows
     batches: tuple[int, ...]
-
-
-def eager_checkpoint(manifest: Manifest) -> tuple[LoadedCheckpoint | None, str | None]:
-    """The export's own model for eager rows: its checkpoint, sha256-checked, with the export's anchors.
-
-    Returns:
-        The checkpoint, or None and the reason eager is skipped (the checkpoint file is gone, or the
-        synthetic generator no longer makes the exported weights).
-
-    Raises:
-        CheckpointError: the checkpoint file is there but is not the one exported (sha256 differs), or
-            fails to load.
-    """
-    record = manifest.checkpoint
-    variant = get_variant(record["variant"])
-    if record.get("anchors"):
-        variant = variant.with_anchors(AnchorConfig.from_mapping(record["anchors"]))
-    if record.get("synthetic"):
-        checkpoint = synthetic_checkpoint(variant)
-        if record.get("state_dict_sha256") not in (None, checkpoint.state_dict_sha256):
-            return None, "eager skipped: this version's synthetic weights differ from the exported ones"
-        return checkpoint, None
-    path = Path(record["path"])
-    if not path.is_file():
-        return None, f"eager skipped: checkpoint {path} not found (moved?)"
-    if record.get("sha256") and sha256_file(path) != record["sha256"]:
-        raise CheckpointError(
-            path, "sha256 differs from the export's manifest: not the checkpoint these artifacts were made from"
-        )
-    return load_checkpoint(path, backbone=variant.name, anchors=variant.anchors), None
 
 
 def _plan(export_dir: Path, manifest: Manifest, settings: BenchSettings) -> dict[InputSize, list[ArtifactRecord]]:

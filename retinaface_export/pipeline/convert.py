@@ -23,9 +23,11 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.calibration import PhotoSplit, split_photos
-from retinaface_export.errors import AccuracyDropError, ManifestError, UsageError
+from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
+from retinaface_export.errors import AccuracyDropError, CheckpointError, ManifestError, UsageError
 from retinaface_export.format_api import ConvertInputs, Job, Runner
 from retinaface_export.formats import FORMATS, convert_targets
+from retinaface_export.hashing import sha256_file
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
 from retinaface_export.pipeline.builds import (
     RunResult,
@@ -42,9 +44,13 @@ from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to
 from retinaface_export.progress import report_progress
 from retinaface_export.records import NOT_VERIFIED, Built, Verification
 from retinaface_export.sizes import InputSize
+from retinaface_export.synthetic import synthetic_checkpoint
+from retinaface_export.variants import get_variant
 from retinaface_export.workers import OnceCache
 
 if TYPE_CHECKING:
+    import torch
+
     from retinaface_export.quantize import Int8Request
 
 log = logging.getLogger(__name__)
@@ -185,6 +191,61 @@ class SourceReference:
         return self.cache.get(("case", self.source.path, size, batch), make)
 
 
+def eager_checkpoint(manifest: Manifest) -> tuple[LoadedCheckpoint | None, str | None]:
+    """The export's own model: its checkpoint, sha256-checked, with the export's anchors.
+
+    Bench times it in eager rows; conversions from the PyTorch model (LiteRT) rebuild the network from it
+    (:func:`checkpoint_model`).
+
+    Returns:
+        The checkpoint, or None and the reason eager is skipped (the checkpoint file is gone, or the
+        synthetic generator no longer makes the exported weights).
+
+    Raises:
+        CheckpointError: the checkpoint file is there but is not the one exported (sha256 differs), or
+            fails to load.
+    """
+    record = manifest.checkpoint
+    variant = get_variant(record["variant"])
+    if record.get("anchors"):
+        variant = variant.with_anchors(AnchorConfig.from_mapping(record["anchors"]))
+    if record.get("synthetic"):
+        checkpoint = synthetic_checkpoint(variant)
+        if record.get("state_dict_sha256") not in (None, checkpoint.state_dict_sha256):
+            return None, "eager skipped: this version's synthetic weights differ from the exported ones"
+        return checkpoint, None
+    path = Path(record["path"])
+    if not path.is_file():
+        return None, f"eager skipped: checkpoint {path} not found (moved?)"
+    if record.get("sha256") and sha256_file(path) != record["sha256"]:
+        raise CheckpointError(
+            path, "sha256 differs from the export's manifest: not the checkpoint these artifacts were made from"
+        )
+    return load_checkpoint(path, backbone=variant.name, anchors=variant.anchors), None
+
+
+def checkpoint_model(manifest: Manifest, cache: OnceCache) -> Callable[[], torch.nn.Module]:
+    """The export's eager network (in eval mode), rebuilt from its checkpoint once per run when first asked.
+
+    For formats converted from the PyTorch model rather than from the source file (LiteRT: torch.export
+    cannot start from TorchScript); the pipeline still verifies the result against the source artifact.
+
+    Raises (when called):
+        CheckpointError: the checkpoint is gone, replaced (sha256), or the synthetic generator no longer
+            makes the exported weights (state_dict sha256).
+    """
+
+    def load() -> torch.nn.Module:
+        checkpoint, note = eager_checkpoint(manifest)
+        if checkpoint is None:
+            path = manifest.checkpoint.get("path") or f"synthetic {manifest.checkpoint.get('variant')}"
+            reason = (note or "").removeprefix("eager skipped: ")
+            raise CheckpointError(path, f"the conversion rebuilds the model from the checkpoint: {reason}")
+        return checkpoint.model.eval()
+
+    return lambda: cache.get(("checkpoint-model",), load)
+
+
 def _int8_progress(file_name: str, samples: int) -> Callable[[str, int], None]:
     """Calibration progress of one artifact for ``report_progress``: one bar per pass NNCF makes."""
 
@@ -320,7 +381,12 @@ def convert_export(
             assert photos is not None  # ConvertOptions requires a calibration folder for INT8
             request = int8_request(job, photos, manifest.checkpoint, options)
         inputs = ConvertInputs(
-            source_path, artifact_provenance(manifest.checkpoint, job), shared, source_cases, request
+            source_path,
+            artifact_provenance(manifest.checkpoint, job),
+            shared,
+            source_cases,
+            request,
+            checkpoint_model=checkpoint_model(manifest, shared),
         )
         try:
             conversion = job.fmt.convert(job, inputs, staging)
