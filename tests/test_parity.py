@@ -220,7 +220,7 @@ def test_missing_runtime_fails(tmp_path, real_weights, golden_sets, monkeypatch)
     export_checkpoint(load_checkpoint(real_weights), ExportOptions(sizes=SIZES[2:], formats=("onnx",)), tmp_path)
 
     class NoRuntime(type(formats.FORMATS["onnx"])):
-        def open_runner(self, path, threads=None, optimize=False):
+        def load(self, path, threads=None, optimize=False):  # what artifact_backend opens an artifact with
             raise ImportError("No module named 'onnxruntime'")
 
     monkeypatch.setitem(formats.FORMATS, "onnx", NoRuntime())

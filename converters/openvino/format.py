@@ -20,7 +20,7 @@ from retinaface_export.converters.onnx.trust import check_onnx_file
 from retinaface_export.converters.openvino.int8 import INT8
 from retinaface_export.converters.openvino.postprocess import match_reference_nms
 from retinaface_export.converters.openvino.precision import interpolate_as_v4, mark_precise
-from retinaface_export.converters.openvino.runtime import RUNTIME, openvino_core, openvino_module
+from retinaface_export.converters.openvino.runtime import RUNTIME, openvino_core, openvino_module, openvino_submodule
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
 from retinaface_export.quantize import Int8Request, quantize_detector
@@ -38,7 +38,7 @@ INPUT_TAGS = {DEFAULT_INPUT_FORMAT: "", RAW_FLOAT_INPUT: "_mean", RAW_U8_INPUT: 
 
 def _embed_preprocessing(model, input_format: str):
     ov = openvino_module()
-    from openvino.preprocess import PrePostProcessor
+    PrePostProcessor = openvino_submodule("preprocess").PrePostProcessor
 
     ppp = PrePostProcessor(model)
     data = ppp.input(INPUT_NAME)
@@ -71,15 +71,15 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
         AccuracyDropError: INT8 that misses its accuracy target (and the request does not allow it).
     """
     openvino_module()
-    from openvino.passes import ConstantFolding, Manager
+    passes = openvino_submodule("passes")
 
     shape = [-1, 3, -1, -1] if job.size is None else [job.batch, 3, job.size.height, job.size.width]
     model = base.clone()
     model.reshape({INPUT_NAME: shape})
     # At a fixed size the shape arithmetic (ShapeOf → Resize sizes) is constant: fold it before NNCF sees
     # the graph, as a per-size export would have it.
-    folding = Manager()
-    folding.register_pass(ConstantFolding())
+    folding = passes.Manager()
+    folding.register_pass(passes.ConstantFolding())
     folding.run_passes(model)
     interpolate_as_v4(model)  # the CPU plugin takes it as it is, keeping its precision mark (precision.py)
     conversion: dict[str, Any] = {}

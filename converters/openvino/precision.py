@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from retinaface_export.converters.openvino.runtime import openvino_module
+from retinaface_export.converters.openvino.runtime import openvino_module, openvino_submodule
 
 # The name and version OpenVINO serialises ov::disable_fp16_compression under (RTTI "precise", "0").
 PRECISE = {"name": "precise", "version": "0"}
@@ -37,7 +37,7 @@ def interpolate_as_v4(model: Any) -> int:
     The two compute the same thing for these attributes (``sizes`` over all four axes, scales unused).
     """
     ov = openvino_module()
-    import openvino.opset10 as opset10  # the factory of Interpolate-4 (v4 is unchanged through opset 10)
+    opset10 = openvino_submodule("opset10")  # the factory of Interpolate-4 (v4 is unchanged through opset 10)
 
     replaced = 0
     for node in model.get_ordered_ops():

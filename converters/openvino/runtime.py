@@ -43,6 +43,14 @@ def openvino_module():
         return _openvino[0]
 
 
+def openvino_submodule(name: str):
+    """``openvino.<name>`` (``passes``, ``preprocess``, ``opset10``), imported after the numpy bridge is ready."""
+    openvino_module()
+    import importlib
+
+    return importlib.import_module(f"openvino.{name}")
+
+
 def openvino_core():
     """The process's one ``openvino.Core`` (see ``_core``); compiling models through it is thread-safe."""
     ov = openvino_module()

@@ -81,8 +81,8 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
             raise FileError(companion, f"missing: {path.name} needs it beside it")
     try:
         provenance, run = fmt.load(path, threads=threads, optimize=optimize)  # one trust check, one load
-    except RetinaFaceExportError:
-        raise  # refused by the trust checks: their message names the file and the reason
+    except (RetinaFaceExportError, ImportError):
+        raise  # refused by the trust checks (their message names the file and the reason), or no runtime
     except Exception as exc:  # each runtime's loader fails in its own types on a damaged file
         raise FileError(path, f"cannot read {fmt.name} artifact ({type(exc).__name__}: {exc})") from exc
     missing = {"anchors", "input_size", "batch"} - provenance.keys()
