@@ -34,6 +34,8 @@ CONVERSIONS = (
     ["--to", "openvino", "--embed-mean", "--input", "u8-nhwc"],
     # ONNX FP16/INT8 on a sample of sizes (CI time): the smallest and the largest
     ["--to", "onnx", "--precision", "fp16", "int8", "--calibration", str(SHARED / "images"), "--size", "320", "640"],
+    # ncnn (pnnx from the TorchScript) FP32/FP16 on the same sample of sizes
+    ["--to", "ncnn", "--precision", "fp32", "fp16", "--size", "320", "640"],
 )
 # Post-processing inside the graph: one more export of the trained checkpoint per mode (fixed size with a
 # batch of 2, and dynamic), converted to OpenVINO; parity judges their faces against the golden faces.
