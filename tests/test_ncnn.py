@@ -1,4 +1,4 @@
-"""ncnn artifacts (``retinaface-convert --to ncnn``): pnnx from the TorchScript, verified, trusted, used by every command.
+"""ncnn artifacts (``retinaface-convert --to ncnn``): pnnx from TorchScript, verified, trusted, used by every command.
 
 The fast tier converts the trained mobilenet0.25 at 320 (FP32 and FP16) once; the slow tier adds 640, a
 dynamic export (verified at two sizes and batch 2) and the synthetic Resnet50.
@@ -28,6 +28,7 @@ from retinaface_export.converters.ncnn import runtime as ncnn_runtime
 from retinaface_export.converters.ncnn.trust import TAG_FP16, TAG_FP32, check_ncnn_artifact, parse_param
 from retinaface_export.converters.onnx.runtime import onnxruntime_runner
 from retinaface_export.errors import MissingExtraError, UntrustedArtifactError, UsageError
+from retinaface_export.format_api import Job
 from retinaface_export.formats import FORMATS
 from retinaface_export.images import read_image
 from retinaface_export.manifest import Manifest
@@ -77,9 +78,7 @@ def _rows(folder: Path) -> dict[str, dict]:
 
 def _errors(reference: list[np.ndarray], candidate: list[np.ndarray]) -> list[tuple[float, float]]:
     """(max abs error, output range) per output."""
-    return [
-        (float(np.max(np.abs(r - c))), float(r.max() - r.min())) for r, c in zip(reference, candidate, strict=True)
-    ]
+    return [(float(np.max(np.abs(r - c))), float(r.max() - r.min())) for r, c in zip(reference, candidate, strict=True)]
 
 
 # --- conversion and verification -------------------------------------------------------------------------
@@ -186,14 +185,18 @@ def test_detect_finds_the_onnx_faces(converted, tmp_path):
     assert len(faces[FP32]) == len(faces[f"{STEM}.onnx"]) > 0
 
 
-def test_bench_times_ncnn_artifacts(converted):
+def test_bench_times_ncnn_artifacts(copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["format"] == "ncnn"]  # time ncnn rows only
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     report = bench_export(
-        converted,
+        copy,
         read_image(require(CROWD_PHOTO)),
         BenchSettings(budget=Budget(seconds=None, runs=3, warmup=0), batches=(1,), eager=False),
     )
     rows = [row for row in report.rows if row.backend == "ncnn"]
-    assert {(row.artifact, row.mode) for row in rows} == {(n, m) for n in (FP32, FP16) for m in ("latency", "throughput")}
+    modes = ("latency", "throughput")
+    assert {(row.artifact, row.mode) for row in rows} == {(name, mode) for name in (FP32, FP16) for mode in modes}
     assert all(row.latency_ms_median > 0 for row in rows)
     assert all(row.faces > 0 for row in rows if row.mode == "latency")
 
@@ -283,7 +286,18 @@ def test_a_converter_crash_is_one_line_and_writes_nothing(source_export, tmp_pat
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
-def test_post_processing_inside_is_refused_with_the_reason(source_export, tmp_path):
+def test_post_processing_inside_is_refused_before_pnnx_runs(monkeypatch, tmp_path):
+    monkeypatch.setattr(ncnn_format, "run_pnnx", lambda *a: pytest.fail("pnnx was run"))
+    size = InputSize(320, 320)
+    for mode in ("decode", "nms"):
+        job = Job(FORMATS["ncnn"], "x_fp32.ncnn.param", size, 1, (size,), postprocess=PostprocessSpec(mode))
+        with pytest.raises(UsageError, match=f"pnnx does not convert the scripted post-processing.*{mode}"):
+            FORMATS["ncnn"].convert(job, None, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_post_processing_export_is_refused_and_nothing_written(tmp_path):
     folder = tmp_path / "export"
     export_checkpoint(
         load_checkpoint(require(SHARED / "weights" / "mobilenet0.25_Final.pth")),
@@ -291,8 +305,8 @@ def test_post_processing_inside_is_refused_with_the_reason(source_export, tmp_pa
         folder,
     )
     before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(UsageError, match="pnnx does not convert the scripted post-processing"):
-        convert_export(folder, ConvertOptions("ncnn"))
+    result = CliRunner().invoke(convert_main, [str(folder), "--to", "ncnn", "-q"])
+    assert result.exit_code != 0 and "pnnx does not convert" in result.output
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
