@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinaface_export.converters import litert, mnn, onnx, onnxsim, openvino, torchscript
+from retinaface_export.converters import litert, mnn, ncnn, onnx, onnxsim, openvino, torchscript
 from retinaface_export.format_api import ArtifactFormat, Runtime
 
 FORMATS: dict[str, ArtifactFormat] = {
@@ -19,6 +19,7 @@ FORMATS: dict[str, ArtifactFormat] = {
         onnx.FORMAT,
         onnxsim.FORMAT,
         openvino.FORMAT,
+        ncnn.FORMAT,
         mnn.FORMAT,
         litert.FORMAT,
     )

@@ -41,6 +41,8 @@ CONVERSIONS = (
     # LiteRT on the same sample (litert-torch takes ~15-60 s per size and backbone); fixed sizes only: LiteRT
     # refuses dynamic sources (converters/litert/format.py DYNAMIC_REFUSAL)
     ["--to", "litert", "--precision", "fp32", "fp16", "--size", "320", "640"],
+    # ncnn (pnnx from the TorchScript) FP32/FP16 on the same sample of sizes
+    ["--to", "ncnn", "--precision", "fp32", "fp16", "--size", "320", "640"],
 )
 # Post-processing inside the graph: one more export of the trained checkpoint per mode (fixed size with a
 # batch of 2, and dynamic), converted to OpenVINO; parity judges their faces against the golden faces.
