@@ -103,8 +103,11 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
 def model_info(job: Job) -> dict[str, str]:
     """``rt_info/model_info``: what OpenVINO Model API-style readers configure their preprocessing from.
 
-    ``mean_values`` is what the client must subtract (none when the IR subtracts it itself); BGR in, so no
-    channel reversal; letterboxed like ``retinaface-detect`` (aspect kept, padded bottom/right).
+    ``mean_values`` is what the client must subtract (``0 0 0`` when the IR subtracts it itself); BGR in, so no
+    channel reversal; ``resize_type standard``: the whole image stretched to the input, as ``retinaface-detect``
+    does (``detection/resize.py``). That is the one resize whose boxes OMZ's ``RetinaFacePyTorch`` wrapper maps
+    back right: its post-processing divides by the two stretch ratios and undoes no padding, so a
+    ``fit_to_window*`` letterbox of any kind puts its boxes in the wrong place (``tests/test_omz_client.py``).
     """
     embedded = job.input_format != DEFAULT_INPUT_FORMAT
     return {
@@ -112,7 +115,7 @@ def model_info(job: Job) -> dict[str, str]:
         "mean_values": "0 0 0" if embedded else " ".join(f"{m:g}" for m in MEAN_BGR),
         "scale_values": "1 1 1",
         "reverse_input_channels": "False",
-        "resize_type": "fit_to_window_letterbox",
+        "resize_type": "standard",
         "layout": f"{INPUT_NAME}:{'NHWC' if job.input_format == RAW_U8_INPUT else 'NCHW'}",
         "postprocess": job.postprocess.mode,
     }
