@@ -161,6 +161,28 @@ class OpenVinoFormat(ArtifactFormat):
     def read_provenance(self, path: Path) -> dict[str, Any]:
         return self.provenance_blocks(path).get(RT_SECTION, {})
 
+    def input_notices(self, path: Path, provenance: dict[str, Any]) -> list[str]:
+        """An IR whose ``model_info`` says the client subtracts the mean, when its provenance does not say so too.
+
+        Our commands feed an IR as its provenance's ``input_format`` says (no such entry: the mean subtracted, as
+        for a plain IR); OMZ clients feed it as ``model_info`` says. A plain IR of ours agrees with itself and
+        gets no notice: this is for IRs whose provenance lacks the entry or contradicts ``model_info``.
+        """
+        mean = str(self.provenance_blocks(path).get("model_info", {}).get("mean_values", "")).split()
+        try:
+            values = [float(v) for v in mean]
+        except ValueError:
+            values = []
+        if not values or not any(values):
+            return []  # nothing said, or the mean is inside
+        stated = " ".join(mean)
+        recorded = provenance.get("input_format")
+        if recorded is None:
+            return [f"model_info says the client subtracts {stated}; no input format in its provenance: subtracting it"]
+        if recorded != DEFAULT_INPUT_FORMAT:
+            return [f"model_info says the client subtracts {stated}; its provenance: the mean is inside ({recorded})"]
+        return []
+
     def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
         """Every rt_info section that holds key/value entries (OpenVINO's own version strings left out)."""
         model = openvino_core().read_model(str(path))
