@@ -54,7 +54,7 @@ def _detector(artifact: str | None, weights: str | None, anchors: str | None, or
     fixed = detector.backend.input_size
     if origin_size and fixed is not None:
         raise UsageError(
-            f"--origin-size: {artifact} has a fixed {fixed} input (each image would be letterboxed to it); "
+            f"--origin-size: {artifact} has a fixed {fixed} input (each image would be resized to it); "
             "use an artifact exported with --dynamic, or --weights"
         )
     return detector
@@ -106,7 +106,7 @@ def _run_model(
     "--origin-size",
     is_flag=True,
     help="Run at each image's own size (the default for --weights and dynamic artifacts; "
-    "refused for fixed-size artifacts, which letterbox).",
+    "refused for fixed-size artifacts, which resize).",
 )
 @click.option("--long-side", type=click.IntRange(min=32), help="Resize so the long side is N pixels first.")
 @click.option("--save-predictions", type=click.Path(file_okay=False, path_type=Path), help="Write prediction files.")
