@@ -1,6 +1,8 @@
 """``retinaface-eval``: WIDER FACE validation AP of a prediction folder, or of a model run over the images.
 
-Scoring a prediction folder imports no model runtime (nor OpenCV): those are imported only with --images.
+Scoring a prediction folder imports no model runtime (nor OpenCV): those are imported only
+with --images. ``--cache-dir`` keeps the parsed ground truth (keyed by the .mat files' sha256) in a folder
+the user names; without it nothing is written but the --json and --save-predictions outputs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from retinaface_export.cli.common import (
 )
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.evaluation import evaluate
-from retinaface_export.widerface import SETTINGS, GroundTruth, load_ground_truth, prediction_text, read_predictions
+from retinaface_export.widerface import (
+    SETTINGS,
+    GroundTruth,
+    ground_truth_key,
+    ground_truth_npz,
+    load_ground_truth,
+    prediction_text,
+    read_ground_truth_npz,
+    read_predictions,
+)
 
 if TYPE_CHECKING:
     from retinaface_export.detection import Detector
@@ -90,6 +101,33 @@ def _run_model(
     return predictions
 
 
+def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
+    """The ground truth, through ``cache_dir``'s copy of it when there is one (a bad copy is rebuilt)."""
+    if cache_dir is None:
+        return load_ground_truth(gt_dir)
+    import logging
+
+    key = ground_truth_key(gt_dir)
+    cached = cache_dir / f"wider_val_ground_truth-{key}.npz"
+    if cached.exists():
+        try:
+            return read_ground_truth_npz(cached, key)
+        except FileError as exc:
+            logging.getLogger(__name__).warning("%s; rebuilding it", exc)
+    truth = load_ground_truth(gt_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise FileError(cache_dir, "--cache-dir is not a folder")
+    if not cache_dir.parent.is_dir():
+        raise FileError(cache_dir, "--cache-dir: its parent folder does not exist")
+    from retinaface_export.atomic import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(cached, ground_truth_npz(truth, key))
+    except OSError as exc:
+        raise FileError(cached, f"cannot write the ground-truth cache ({exc.strerror or type(exc).__name__})") from None
+    return truth
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--predictions", type=click.Path(path_type=Path), help="Folder of WIDER-format prediction files.")
 @click.option(
@@ -116,6 +154,12 @@ def _run_model(
     required=True,
     help="Folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat.",
 )
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the parsed ground truth in this folder (one .npz named by the .mat files' sha256): later runs "
+    "skip scipy. Nothing is cached without it.",
+)
 @json_option("the APs (schema: retinaface_export/eval.schema.json)")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (the AP table is still shown).")
 @click.version_option(package_name="retinaface-export", prog_name=COMMAND)
@@ -130,6 +174,7 @@ def main(
     long_side: int | None,
     save_predictions: Path | None,
     gt_dir: Path,
+    cache_dir: Path | None,
     json_path: Path | None,
     quiet: bool,
 ) -> None:
@@ -142,7 +187,7 @@ def main(
         raise UsageError("give exactly one of --predictions DIR or --images WIDER_VAL_IMAGES")
     if origin_size and long_side:
         raise UsageError("--origin-size and --long-side exclude each other")
-    truth = load_ground_truth(gt_dir)
+    truth = _ground_truth(gt_dir, cache_dir)
     if predictions is not None:
         preds = read_predictions(predictions, truth)
     else:
