@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from omz_accuracy_checker import retinaface_resnet50_map
 from reference_evaluation import read_pred_file, reference_evaluate
 from scipy.io import savemat
 
@@ -273,6 +274,13 @@ def test_model_over_a_wider_layout_tree(tmp_path, real_weights):
         main, ["--predictions", str(out), "--ground-truth", str(gt), "--json", str(tmp_path / "ap2.json"), "-q"]
     )
     assert again.exit_code == 0 and json.loads((tmp_path / "ap2.json").read_text()) == pytest.approx(aps, abs=1e-4)
+    # a real detector's predictions, scored as the OMZ accuracy checker scores them
+    omz = CliRunner().invoke(
+        main, ["--predictions", str(out), "--ground-truth", str(gt), "--protocol", "omz", "--json", "-", "-q"]
+    )
+    assert omz.exit_code == 0, omz.output
+    small = load_ground_truth(gt)
+    assert json.loads(omz.stdout)["map"] == retinaface_resnet50_map(small, read_predictions(out, small))
 
 
 # --- prediction files: the one-pass parser against the reference's reader ----------------------------------
@@ -423,3 +431,18 @@ def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatc
     squeezed = "".join(third.stderr.split())  # the log handler wraps long lines
     assert f"{cached.name}:notaground-truthcachefile" in squeezed and "rebuildingit" in squeezed
     assert read_ground_truth_npz(cached, ground_truth_key(GT_DIR)).images == truth.images
+
+
+def test_json_outputs_follow_the_schema(tmp_path, truth):
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+
+    import retinaface_export
+
+    schema = json.loads((Path(retinaface_export.__file__).parent / "eval.schema.json").read_text())
+    write_folder(tmp_path / "preds", truth, random_predictions(truth, 6))
+    for protocol in ("official", "omz"):
+        args = ["--predictions", str(tmp_path / "preds"), "--ground-truth", str(GT_DIR), "--protocol", protocol]
+        result = CliRunner().invoke(main, [*args, "-q", "--json", "-"])
+        assert result.exit_code == 0, result.output
+        jsonschema.validate(json.loads(result.stdout), schema)
