@@ -321,30 +321,49 @@ _PLAIN_BYTES = b"0123456789.- \n"
 # splitlines() breaks lines at these too (\r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029): a header with any
 # of them is read by the line-by-line path
 _LINE_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
-# longest field the vectorised conversion takes (sign and dot included): its 16-byte window holds it, and
-# every mantissa is an exact double (< 2**53), so dividing it by a power of ten gives float()'s correctly
-# rounded value
-_FIELD_CHARS = 15
-_WINDOW = 16
-_POW10 = 10.0 ** np.arange(23)
-_POW10_INT = np.array([10**i for i in range(20)], dtype=np.uint64)
-# a byte's place counted from the window's right end (0 for the last byte)
-_PLACE = np.arange(_WINDOW - 1, -1, -1, dtype=np.uint8)
-_ONES = np.uint64(0x0101010101010101)
+# Fields are read eight bytes at a time as little-endian uint64 words (SWAR): the word that ends a field
+# and, for a field of 9 to 16 bytes, the word before it. Longer fields, and mantissas past 2**53 (which
+# would not convert exactly), are given to float().
+_WORD = 8
+_LONGEST = 2 * _WORD
+_EXACT = np.uint64(2**53)
+_POW10 = 10.0 ** np.arange(_LONGEST + 1)
+_POW10_INT = np.array([10**i for i in range(_LONGEST + 1)], dtype=np.uint64)
+_LOW_BITS = np.uint64(0x0101010101010101)
+_ZEROS = np.uint64(0x3030303030303030)
+# _FIELD_MASK[k]: the last k bytes of a word (a field's own bytes when it is k bytes long)
+_FIELD_MASK = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (_WORD - k)) for k in range(1, _WORD + 1)], np.uint64)
+# _FIRST_BYTE[k]: the low bit of the first of those k bytes (where a '-' may stand)
+_FIRST_BYTE = np.array([0] + [1 << (8 * (_WORD - k)) for k in range(1, _WORD + 1)], np.uint64)
 
 
-def _byte_sums(pairs: np.ndarray) -> np.ndarray:
-    """Per row of N×16 small bytes (viewed as two uint64 words), their sum (which must stay below 256)."""
-    words = pairs.view("<u8")
-    return ((words[:, 0] * _ONES) >> np.uint64(56)) + ((words[:, 1] * _ONES) >> np.uint64(56))
+def _byte_count(flags: np.ndarray) -> np.ndarray:
+    """How many bytes of each word have their low bit set (the word holds only 0/1 bytes)."""
+    return ((flags * _LOW_BITS) >> np.uint64(56)).astype(np.int64)
 
 
 def _eight_digits(words: np.ndarray) -> np.ndarray:
     """The values of eight ASCII digits packed in little-endian uint64 words (first byte most significant)."""
-    v = words - np.uint64(0x3030303030303030)
+    v = words - _ZEROS
     v = (v * np.uint64(10) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
     v = (v * np.uint64(100) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
     return (v * np.uint64(10000) + (v >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+
+
+def _read_word(words: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(value of its digits, '.' flags, '-' flags, first-byte flag) of the last ``size`` bytes of each word.
+
+    The bytes are digits, '.' or '-' (the caller checked): a digit has bit 4 set ('0'-'9' are 0x30-0x39),
+    '.' and '-' (0x2e, 0x2d) do not and differ in bit 0. Every other byte reads as '0'.
+    """
+    mask = _FIELD_MASK[size]
+    low = mask & _LOW_BITS
+    digit = ((words >> np.uint64(4)) & low) * np.uint64(0xFF)
+    other = low & ~((words >> np.uint64(4)) & low)
+    minus = other & words
+    dot = other & ~words
+    value = _eight_digits((words & digit) | (_ZEROS & ~digit))
+    return value, dot, minus, _FIRST_BYTE[size]
 
 
 def _plain_body(data: bytes) -> tuple[str, bytes] | None:
@@ -382,11 +401,13 @@ def _parse_plain(blob: bytes, lines_per_file: np.ndarray) -> tuple[np.ndarray, n
     """(rows, files to read line by line) of bodies checked by :func:`_plain_body`, joined in ``blob``.
 
     One pass of NumPy over the bytes: fields are found from the separators, checked (a '-' only first, at
-    most one '.', a digit), and converted as an exact integer mantissa divided by a power of ten, which
-    is the correctly rounded value ``float()`` gives. A file with a field this cannot take is flagged.
+    most one '.', a digit) and converted, eight bytes at a time, to an exact integer mantissa divided by a
+    power of ten: the correctly rounded value ``float()`` gives. A field past 16 bytes or 2**53 is given to
+    ``float()`` itself. A file with a field that is not a number is flagged (its rows are read line by line).
     """
-    chars = np.frombuffer(b" " * _WINDOW + blob, np.uint8)
-    ends = np.flatnonzero((chars == 32) | (chars == 10))[_WINDOW:]
+    padded = b" " * _LONGEST + blob
+    chars = np.frombuffer(padded, np.uint8)
+    ends = np.flatnonzero((chars == 32) | (chars == 10))[_LONGEST:]
     rows = len(ends) // 5
     bad_file = np.zeros(len(lines_per_file), bool)
     file_of_row = np.repeat(np.arange(len(lines_per_file)), lines_per_file)
@@ -394,30 +415,40 @@ def _parse_plain(blob: bytes, lines_per_file: np.ndarray) -> tuple[np.ndarray, n
         return np.zeros((0, 5)), ~bad_file
     layout = chars[ends].reshape(rows, 5)
     bad_row = (layout[:, :4] != 32).any(axis=1) | (layout[:, 4] != 10)
-    lengths = np.diff(ends, prepend=_WINDOW - 1) - 1
-    # each field's right-aligned 16-byte window, as read and with every non-digit as '0'
-    windows = np.lib.stride_tricks.sliding_window_view(chars, _WINDOW)[ends - _WINDOW]
-    inside = np.arange(_WINDOW, dtype=np.uint8) >= np.maximum(_WINDOW - lengths, 0).astype(np.uint8)[:, None]
-    dots = ((windows == 46) & inside).view(np.uint8)
-    minus = ((windows == 45) & inside).view(np.uint8)
-    dot_count = _byte_sums(dots).astype(np.int64)
-    minus_count = _byte_sums(minus).astype(np.int64)
-    # the only '-' a field may have is its first byte, at place length - 1
-    minus_place = _byte_sums(minus * _PLACE).astype(np.int64)
-    negative = minus_count == 1
-    bad_field = (dot_count > 1) | (minus_count > 1) | (negative & (minus_place != lengths - 1))
-    bad_field |= (lengths - minus_count - dot_count < 1) | (lengths > _FIELD_CHARS)
-    fraction = np.where(dot_count == 1, _byte_sums(dots * _PLACE).astype(np.int64), 0)
-    # every byte that is not a digit ('.', '-', a separator) reads as '0': they are all below it
-    words = np.maximum(windows, np.uint8(48)).view("<u8")
-    whole = _eight_digits(words[:, 0]) * np.uint64(10**8) + _eight_digits(words[:, 1])
-    whole %= _POW10_INT[np.minimum(lengths, _FIELD_CHARS)]  # the field's own places only
-    # a dot's place read as a digit: the integer part stands one place too high
-    tail = whole % _POW10_INT[fraction]
-    mantissa = np.where(dot_count == 1, (whole - tail) // np.uint64(10) + tail, whole)
+    lengths = np.diff(ends, prepend=_LONGEST - 1) - 1
+    # every (unaligned) eight bytes of the text as a little-endian word
+    words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    low_size = np.minimum(lengths, _WORD)
+    value, dots, minus, first = _read_word(words[ends - _WORD], low_size)
+    dot_count, minus_count = _byte_count(dots), _byte_count(minus)
+    fraction = np.zeros(len(ends), np.int64)
+    has_dot = dots != 0
+    # the bytes after the dot: the dot's flag is 1 << 8·i for the i-th byte of the word
+    fraction[has_dot] = _WORD - 1 - (np.log2(dots[has_dot].astype(float)).astype(np.int64) >> 3)
+    minus_ok = (minus == 0) | ((minus == first) & (lengths <= _WORD))
+    two = np.flatnonzero((lengths > _WORD) & (lengths <= _LONGEST))
+    if len(two):  # fields of 9 to 16 bytes: the word before
+        high, high_dots, high_minus, high_first = _read_word(words[ends[two] - _LONGEST], lengths[two] - _WORD)
+        value[two] += high * np.uint64(10**_WORD)
+        dot_count[two] += _byte_count(high_dots)
+        minus_count[two] += _byte_count(high_minus)
+        in_high = high_dots != 0
+        fraction[two[in_high]] = _LONGEST - 1 - (np.log2(high_dots[in_high].astype(float)).astype(np.int64) >> 3)
+        minus_ok[two] = (minus[two] == 0) & ((high_minus == 0) | (high_minus == high_first))
+    bad_field = (dot_count > 1) | (minus_count > 1) | ~minus_ok | (lengths - minus_count - dot_count < 1)
+    # a dot read as a '0': the integer part stands one place too high
+    tail = value % _POW10_INT[fraction]
+    mantissa = np.where(dot_count == 1, (value - tail) // np.uint64(10) + tail, value)
     values = mantissa.astype(float) / _POW10[fraction]
-    values[negative] = -values[negative]
-    values[bad_field] = 0.0
+    values[minus_count == 1] *= -1.0
+    long = np.flatnonzero((lengths > _LONGEST) | (mantissa >= _EXACT))
+    if len(long):  # float() itself, as the reference reads them
+        spans = zip(long.tolist(), (ends[long] - lengths[long]).tolist(), ends[long].tolist(), strict=True)
+        for field, start, end in spans:
+            try:
+                values[field], bad_field[field] = float(padded[start:end]), False
+            except ValueError:
+                bad_field[field] = True
     bad_row |= bad_field.reshape(rows, 5).any(axis=1)
     values = values.reshape(rows, 5)
     bad_file[file_of_row[bad_row]] = True

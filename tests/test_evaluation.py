@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from omz_accuracy_checker import retinaface_resnet50_map
-from reference_evaluation import read_pred_file, reference_evaluate
+from reference_evaluation import read_pred_file, reference_evaluate, vectorised_overlaps
 from scipy.io import savemat
 
 from conftest import SHARED, require
@@ -143,7 +143,9 @@ def test_awkward_boxes_and_thresholds_equal_reference(truth, iou):
     odd = [29, 75, 829, 855, 1060, 1828, 1885, 2501, 3086, 3114]
     small = pick(truth, odd + [int(i) for i in np.argsort([-len(b) for b in truth.boxes])[300:303]])
     preds = awkward_predictions(small, int(iou * 100))
-    assert evaluate(preds, small, iou) == reference_evaluate(preds, small.boxes, small.keep, iou_thresh=iou)
+    # the kernel's arithmetic broadcast (crowded images make the element-by-element one slow)
+    slow = reference_evaluate(preds, small.boxes, small.keep, iou_thresh=iou, overlaps_fn=vectorised_overlaps)
+    assert evaluate(preds, small, iou) == slow
 
 
 def test_bad_prediction_arrays_are_refused(truth):
@@ -349,6 +351,43 @@ def test_parser_odd_layouts_match_reference_reader(tmp_path, truth):
         assert rows.shape == expected.shape and np.array_equal(rows.view(np.int64), expected.view(np.int64)), name
 
 
+def random_field(rng):
+    """A number as writers write them (signs, bare dots, 1 to 19 digits, up to 12 decimals), or digit soup."""
+    if rng.random() < 0.96:
+        digits = "".join(rng.choice(list("0123456789"), int(rng.integers(1, 20))))
+        decimals = "".join(rng.choice(list("0123456789"), int(rng.integers(0, 13))))
+        return rng.choice(["", "-"]) + digits + rng.choice(["", ".", "." + decimals])
+    return "".join(rng.choice(list("0123456789.-"), int(rng.integers(1, 21))))
+
+
+def test_parser_fuzz_matches_reference_reader(tmp_path, truth):
+    # files of random fields: each one read alone (package error <=> the reference's reader fails) and the
+    # readable ones together, bit for bit against the reference's reader
+    rng = np.random.default_rng(23)
+    small = subset(truth, 400)
+    readable = []
+    for i, (_, name) in enumerate(small.images):
+        lines = [" ".join(random_field(rng) for _ in range(5)) + rng.choice(["", " "]) for _ in range(3)]
+        path = tmp_path / f"{i}.txt"
+        path.write_text(f"{name}\n3\n" + "\n".join(lines) + "\n")
+        try:
+            expected = read_pred_file(str(path))[1]
+        except ValueError:
+            with pytest.raises(FileError, match=r"line \d: not 'x y w h score' numbers"):
+                widerface.read_prediction_file(path)
+            continue
+        rows = widerface.read_prediction_file(path)[1]
+        assert np.array_equal(rows.view(np.int64), expected.view(np.int64)), path.read_text()
+        readable.append((small.images[i], path, expected))
+    assert 100 < len(readable) < 350  # both kinds
+    for (event, name), path, _ in readable:
+        (tmp_path / "all" / event).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "all" / event / f"{name}.txt")
+    together = dict(zip(small.images, read_predictions(tmp_path / "all", small), strict=True))
+    for image, _, expected in readable:
+        assert np.array_equal(together[image].view(np.int64), expected.view(np.int64))
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -358,6 +397,7 @@ def test_parser_odd_layouts_match_reference_reader(tmp_path, truth):
         ("1 2 3 4 nan\n", r"line 3: NaN or infinite value"),
         ("1 2 - 4 0.5\n", r"line 3: not 'x y w h score' numbers"),
         ("1 2 3 4 0.5-\n", r"line 3: not 'x y w h score' numbers"),
+        ("1  2 3 4 0.5\n", r"line 3: not 'x y w h score' numbers"),  # an empty field, as split(" ") sees it
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, truth, body, message):
@@ -372,6 +412,18 @@ def test_malformed_rows_name_file_and_line(tmp_path, truth, body, message):
     result = CliRunner().invoke(main, ["--predictions", str(tmp_path), "--ground-truth", str(GT_DIR)])
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert f"{tmp_path / event / (name + '.txt')}: line" in result.stderr
+
+
+def test_a_line_break_inside_the_name_line_shifts_the_rows_as_for_the_reference(tmp_path, truth):
+    # a lone CR ends a line for the reference's text-mode reader too: the count line becomes the first row
+    event, name = truth.images[0]
+    (tmp_path / event).mkdir()
+    path = tmp_path / event / f"{name}.txt"
+    path.write_bytes(f"{name}\rjunk\n1\n1 2 3 4 0.5\n".encode())
+    with pytest.raises(IndexError):
+        read_pred_file(str(path))
+    with pytest.raises(FileError, match="line 3: 1 numbers where 'x y w h score' needs 5"):
+        read_predictions(tmp_path, truth)
 
 
 def test_empty_prediction_file_is_named(tmp_path, truth):
