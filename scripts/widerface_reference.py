@@ -264,5 +264,5 @@ if __name__ == "__main__":
     result = evaluation(args.pred, args.gt, overlaps_fn=bbox_overlaps if args.element_overlaps else vectorised_overlaps)
     print("==================== Results ====================")
     for setting in ("easy", "medium", "hard"):
-        print(f"{setting.capitalize()} Val AP: {result[setting]!r}")
+        print(f"{setting.capitalize()} Val AP: {float(result[setting])!r}")
     print("=================================================")
