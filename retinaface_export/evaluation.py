@@ -5,10 +5,12 @@ the numbers are compared with published ones: scores normalised over the whole s
 (min starts at 1, max at 0); predictions taken in file order, not re-sorted; IoU with the ``+1`` pixel
 convention of its Cython ``bbox_overlaps``; 1,000 thresholds ``1 - (t+1)/1000``; a prediction whose best
 ground truth is outside the setting's keep list is no proposal; VOC AP over the precision envelope (NaN from
-0/0 precision propagates as it does there). What is vectorised: the overlaps (every prediction against its
-image's ground truth, for many images at once); the threshold sweep, as each prediction's first counted
-threshold (an exact searchsorted, then a suffix minimum per image) so that every image's curve adds up in
-one weighted bincount; and recall, as the first hit of each kept face over the whole set.
+0/0 precision propagates as it does there). What is vectorised: the overlaps, for the whole set at once but
+only between a prediction and the faces whose x1 lies where IoU >= the threshold is possible
+(:func:`candidate_ranges`; the others cannot be a hit, and a prediction's best face matters only when it
+is one); the threshold sweep, as each prediction's first counted threshold (an exact searchsorted, then a
+suffix minimum per image) so that every image's curve adds up in one weighted bincount; and recall, as the
+first hit of each kept face over the whole set. The APs are the reference's to the last digit.
 """
 
 from __future__ import annotations

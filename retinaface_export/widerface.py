@@ -316,8 +316,6 @@ def _read_file_bytes(path: str) -> bytes:
     return read_regular_bytes(Path(path), "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
 
 
-# What the one-pass parser takes: digits, '.', '-' in fields; single spaces and newlines between them.
-_PLAIN_BYTES = b"0123456789.- \n"
 # splitlines() breaks lines at these too (\r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029): a header with any
 # of them is read by the line-by-line path
 _LINE_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
@@ -370,8 +368,8 @@ def _plain_body(data: bytes) -> tuple[str, bytes] | None:
     """(image key, body ending in a newline) of a file the one-pass parser reads as the reference does, or None.
 
     None for a file the reference's line-by-line reading could see differently: another line break, not
-    four spaces a line (an optional trailing space apart, as biubug6's writer leaves). :func:`_plain_text`
-    checks the bytes of the body (of all the files at once) and :func:`_parse_plain` each line and field.
+    four spaces a line (an optional trailing space apart, as biubug6's writer leaves). :func:`_parse_plain`
+    checks each line, field and byte of the body.
     """
     first = data.find(b"\n")
     second = data.find(b"\n", first + 1) if first >= 0 else -1
@@ -390,24 +388,19 @@ def _plain_body(data: bytes) -> tuple[str, bytes] | None:
     return _image_key(name), body
 
 
-def _plain_text(body: bytes) -> bool:
-    """Only digits, '.', '-', single spaces and newlines, no blank line, no space at a line's ends."""
-    return not (
-        body.translate(None, _PLAIN_BYTES) or b"  " in body or b"\n\n" in body or b"\n " in body or b" \n" in body
-    )
-
-
 def _parse_plain(blob: bytes, lines_per_file: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, files to read line by line) of bodies checked by :func:`_plain_body`, joined in ``blob``.
 
-    One pass of NumPy over the bytes: fields are found from the separators, checked (a '-' only first, at
-    most one '.', a digit) and converted, eight bytes at a time, to an exact integer mantissa divided by a
-    power of ten: the correctly rounded value ``float()`` gives. A field past 16 bytes or 2**53 is given to
-    ``float()`` itself. A file with a field that is not a number is flagged (its rows are read line by line).
+    One pass of NumPy over the bytes: fields are found from the separators (single spaces and newlines,
+    five fields a line), checked (digits, '.' and '-' only, a '-' only first, at most one '.', a digit)
+    and converted, eight bytes at a time, to an exact integer mantissa divided by a power of ten: the
+    correctly rounded value ``float()`` gives. A field past 16 bytes or 2**53 is given to ``float()``
+    itself. A file with anything else is flagged (its rows are then read line by line).
     """
     padded = b" " * _LONGEST + blob
     chars = np.frombuffer(padded, np.uint8)
-    ends = np.flatnonzero((chars == 32) | (chars == 10))[_LONGEST:]
+    separator = (chars == 32) | (chars == 10)
+    ends = np.flatnonzero(separator)[_LONGEST:]
     rows = len(ends) // 5
     bad_file = np.zeros(len(lines_per_file), bool)
     file_of_row = np.repeat(np.arange(len(lines_per_file)), lines_per_file)
@@ -415,6 +408,9 @@ def _parse_plain(blob: bytes, lines_per_file: np.ndarray) -> tuple[np.ndarray, n
         return np.zeros((0, 5)), ~bad_file
     layout = chars[ends].reshape(rows, 5)
     bad_row = (layout[:, :4] != 32).any(axis=1) | (layout[:, 4] != 10)
+    # a byte that is not a digit, '.', '-' (45 to 57, but '/') or a separator spoils its row
+    odd = np.flatnonzero(((chars - np.uint8(45) > 12) | (chars == 47)) & ~separator)
+    bad_row[np.searchsorted(ends, odd) // 5] = True
     lengths = np.diff(ends, prepend=_LONGEST - 1) - 1
     # every (unaligned) eight bytes of the text as a little-endian word
     words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=padded, strides=(1,))
@@ -469,9 +465,6 @@ def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.nd
         if checked is not None:
             plain.append((index, *checked))
     blob = b"".join(body for _, _, body in plain)
-    if not _plain_text(blob):  # rare: find the files that are not
-        plain = [item for item in plain if _plain_text(item[2])]
-        blob = b"".join(body for _, _, body in plain)
     if plain:
         lines = np.array([body.count(b"\n") for _, _, body in plain], dtype=np.int64)
         values, bad = _parse_plain(blob, lines)
