@@ -485,6 +485,23 @@ def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatc
     assert read_ground_truth_npz(cached, ground_truth_key(GT_DIR)).images == truth.images
 
 
+def test_cli_cache_dir_problems(tmp_path, truth, monkeypatch):
+    write_folder(tmp_path / "preds", truth, random_predictions(truth, 8))
+    args = ["--predictions", str(tmp_path / "preds"), "--ground-truth", str(GT_DIR), "--json", "-"]
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "a-file" / "cache")])
+    assert result.exit_code == 1 and "its parent folder does not exist" in result.stderr
+    assert not (tmp_path / "a-file" / "cache").exists()
+
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("retinaface_export.atomic.atomic_write_bytes", refuse)
+    result = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0 and "cannotwritetheground-truthcache" in "".join(result.stderr.split())
+    assert json.loads(result.stdout) == evaluate(read_predictions(tmp_path / "preds", truth), truth)
+
+
 def test_json_outputs_follow_the_schema(tmp_path, truth):
     jsonschema = pytest.importorskip("jsonschema")
     from pathlib import Path

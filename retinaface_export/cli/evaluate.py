@@ -125,8 +125,11 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
 
     try:
         atomic_write_bytes(cached, ground_truth_npz(truth, key))
-    except OSError as exc:
-        raise FileError(cached, f"cannot write the ground-truth cache ({exc.strerror or type(exc).__name__})") from None
+    except OSError as exc:  # a cache only saves time: say so and go on
+        reason = exc.strerror or type(exc).__name__
+        logging.getLogger(__name__).warning(
+            "%s: cannot write the ground-truth cache (%s); going on without it", cached, reason
+        )
     return truth
 
 
