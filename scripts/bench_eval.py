@@ -9,8 +9,9 @@ folder, then runs, each in its own process:
 - ``widerface_reference.py -p DIR -g GT``: the original's ``evaluation.py`` transcribed (its reader, its
   loadmat, its loops), with a vectorised kernel standing in for its Cython ``bbox_overlaps``.
 
-Prints the median of each and the ratios, and fails (exit 1) unless every AP equals the original's to the
-last digit. ``--style ours`` writes the files as ``--save-predictions`` does (four decimals) instead.
+Runs are interleaved (the load of a shared machine falls on all alike). Prints the median wall and CPU
+time of each and the ratios, and fails (exit 1) unless every AP equals the original's to the last digit.
+``--style ours`` writes the files as ``--save-predictions`` does (four decimals) instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -88,14 +90,20 @@ def eval_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from retinaface_export.cli.entry import evaluate; sys.exit(evaluate())"]
 
 
-def timed(command: list[str]) -> tuple[float, str]:
-    """(wall seconds, standard output) of one run of ``command``; exits if it fails."""
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, standard output) of one run of ``command``; exits if it fails.
+
+    CPU time (user + system of the child) is the steadier figure on a shared machine.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
-    return elapsed, done.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, done.stdout
 
 
 def original_aps(stdout: str) -> dict[str, float]:
@@ -121,23 +129,26 @@ def main() -> int:
         cached = [*ours, "--cache-dir", str(cache)]
         timed(ours)  # page cache warm for everyone, as for the later runs
         timed(cached)  # fills the cache
-        results: dict[str, list[float]] = {"ours": [], "ours_cached": [], "original": []}
+        wall: dict[str, list[float]] = {"ours": [], "ours_cached": [], "original": []}
+        cpu: dict[str, list[float]] = {"ours": [], "ours_cached": [], "original": []}
         aps: dict[str, dict[str, float]] = {}
-        for _ in range(args.runs):
-            for key, command in (("ours", ours), ("ours_cached", cached)):
-                elapsed, stdout = timed(command)
-                results[key].append(elapsed)
-                aps[key] = json.loads(stdout)
-        for _ in range(args.original_runs):
-            elapsed, stdout = timed([sys.executable, str(REFERENCE), "-p", str(preds), "-g", str(args.ground_truth)])
-            results["original"].append(elapsed)
-            aps["original"] = original_aps(stdout)
-    median = {key: statistics.median(times) for key, times in results.items()}
+        original = [sys.executable, str(REFERENCE), "-p", str(preds), "-g", str(args.ground_truth)]
+        for run in range(max(args.runs, args.original_runs)):
+            plan = [("ours", ours), ("ours_cached", cached)] if run < args.runs else []
+            plan += [("original", original)] if run < args.original_runs else []
+            for key, command in plan:
+                elapsed, used, stdout = timed(command)
+                wall[key].append(elapsed)
+                cpu[key].append(used)
+                aps[key] = original_aps(stdout) if key == "original" else json.loads(stdout)
     print(f"{len(truth.images)} files ({args.style} layout), {rows} predictions; medians, one process per run")
-    print(f"original evaluator (transcribed, vectorised overlaps): {median['original']:.2f} s of {args.original_runs}")
-    for key, label in (("ours", "retinaface-eval"), ("ours_cached", "retinaface-eval --cache-dir (warm)")):
-        runs = ", ".join(f"{t:.2f}" for t in results[key])
-        print(f"{label}: {median[key]:.3f} s of {args.runs} ({runs}): {median['original'] / median[key]:.0f}x")
+    for name, times in (("wall", wall), ("CPU", cpu)):
+        median = {key: statistics.median(values) for key, values in times.items()}
+        print(f"{name} time, original evaluator (transcribed): {median['original']:.2f} s of {args.original_runs}")
+        for key, label in (("ours", "retinaface-eval"), ("ours_cached", "retinaface-eval --cache-dir (warm)")):
+            runs = ", ".join(f"{t:.2f}" for t in times[key])
+            ratio = median["original"] / median[key]
+            print(f"{name} time, {label}: {median[key]:.3f} s of {args.runs} ({runs}): {ratio:.0f}x")
     same = all(aps[key] == aps["original"] for key in ("ours", "ours_cached"))
     print(f"APs {'identical to the last digit' if same else 'DIFFER'}: {aps['original']}")
     if not same:
