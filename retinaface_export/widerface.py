@@ -170,6 +170,72 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
 
 
 def _parse_mats(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth:
+    """Ground truth from the four files' bytes: with :mod:`retinaface_export.mat5`, else with scipy.
+
+    Importing scipy.io takes longer than the rest of an evaluation; the small reader decodes the official
+    files, and anything it does not (a damaged file, another layout) is read by scipy as before.
+    """
+    truth = _ground_truth_mat5(folder, files)
+    return truth if truth is not None else _ground_truth_scipy(folder, files)
+
+
+def _ground_truth_mat5(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth | None:
+    """The ground truth read by :mod:`retinaface_export.mat5`, or None where it cannot read the files."""
+    import struct
+    import zlib
+
+    from retinaface_export.mat5 import Cell, UnsupportedMatFile, read_variables
+
+    def column(value: object, length: int | None = None) -> list[object]:
+        if not isinstance(value, Cell) or len(value.dims) != 2 or value.dims[1] != 1:
+            raise UnsupportedMatFile("not a column of cells")
+        if length is not None and value.dims[0] != length:
+            raise UnsupportedMatFile("columns of different lengths")
+        return value.items
+
+    try:
+        found = {key: read_variables(data, set(_MAT_VARIABLES[key])) for key, (_, data) in files.items()}
+        event_list = column(found["all"]["event_list"])
+        file_list = column(found["all"]["file_list"], len(event_list))
+        box_list = column(found["all"]["face_bbx_list"], len(event_list))
+        kept_lists = {s: column(found[s]["gt_list"], len(event_list)) for s in SETTINGS}
+        per_event = []
+        for e, event in enumerate(event_list):
+            names = column(file_list[e])
+            per_event.append(
+                (
+                    event,
+                    names,
+                    column(box_list[e], len(names)),
+                    {s: column(kept_lists[s][e], len(names)) for s in SETTINGS},
+                )
+            )
+        if not all(isinstance(x, str) for event, names, _, _ in per_event for x in [event, *names]):
+            raise UnsupportedMatFile("names that are not strings")
+        matrices = [b for _, _, boxes, keeps in per_event for lists in (boxes, *keeps.values()) for b in lists]
+        if not all(isinstance(b, np.ndarray) for b in matrices):
+            raise UnsupportedMatFile("boxes or keep lists that are not matrices")
+    except (UnsupportedMatFile, zlib.error, struct.error):
+        return None
+    try:
+        events, images, boxes = [], [], []
+        keep: dict[str, list[np.ndarray]] = {s: [] for s in SETTINGS}
+        for event, names, event_boxes, event_keeps in per_event:
+            events.append(check_plain_name(event))
+            for j, name in enumerate(names):
+                images.append((event, check_plain_name(name)))
+                boxes.append(np.asarray(event_boxes[j], dtype=float).reshape(-1, 4))
+                for setting in SETTINGS:
+                    keep[setting].append(np.asarray(event_keeps[setting][j]).reshape(-1).astype(np.int64))
+        _check_ground_truth(images, boxes, keep)
+    except ValueError as exc:
+        raise FileError(
+            folder / _MAT_FILES["all"], f"not WIDER FACE validation ground truth ({type(exc).__name__}: {exc})"
+        ) from None
+    return GroundTruth(tuple(events), tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+
+
+def _ground_truth_scipy(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth:
     import io
 
     from scipy.io import loadmat

@@ -437,6 +437,68 @@ def test_empty_prediction_file_is_named(tmp_path, truth):
 # --- ground truth: parsed once per process, cached only where the user says ----------------------------------
 
 
+def same_ground_truth(a, b):
+    assert a.events == b.events and a.images == b.images
+    for x, y in zip(a.boxes, b.boxes, strict=True):
+        assert x.dtype == y.dtype == np.float64 and np.array_equal(x, y)
+    for setting in ("easy", "medium", "hard"):
+        for x, y in zip(a.keep[setting], b.keep[setting], strict=True):
+            assert x.dtype == y.dtype == np.int64 and np.array_equal(x, y)
+
+
+def mat_files(folder):
+    return {key: (folder / name, (folder / name).read_bytes()) for key, name in widerface._MAT_FILES.items()}
+
+
+def test_small_mat_reader_equals_scipy_on_the_official_files(truth):
+    files = mat_files(GT_DIR)
+    fast = widerface._ground_truth_mat5(GT_DIR, files)
+    assert fast is not None  # the official files are read without scipy
+    same_ground_truth(fast, widerface._ground_truth_scipy(GT_DIR, files))
+
+
+def test_official_ground_truth_loads_without_scipy(truth):
+    import subprocess
+    import sys
+
+    code = "import sys; from retinaface_export.widerface import load_ground_truth as f; f(sys.argv[1]); "
+    code += "print('scipy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code, str(GT_DIR)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # importing scipy.io costs more than a whole evaluation
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_small_mat_reader_equals_scipy_on_files_scipy_writes(tmp_path, compress):
+    rng = np.random.default_rng(3)
+    names = [["a_1", "b_2"], ["c_3"], []]
+    boxes = [[rng.integers(0, 900, (3, 4)).astype(np.uint16), np.zeros((0, 4))], [rng.uniform(0, 9, (1, 4))], []]
+    keep = [[np.array([[1], [3]], np.uint8), np.zeros((0, 1))], [np.array([[1.0]])], []]
+    events = _cell([np.array([e]) for e in ("0--A", "1--B", "2--C")])
+    files = _cell([_cell([np.array([n]) for n in event]) for event in names])
+    face_boxes = _cell([_cell(event) for event in boxes])
+    gt = _cell([_cell(event) for event in keep])
+    savemat(
+        tmp_path / "wider_face_val.mat",
+        {"event_list": events, "file_list": files, "face_bbx_list": face_boxes},
+        do_compression=compress,
+    )
+    for setting in ("easy", "medium", "hard"):
+        savemat(tmp_path / f"wider_{setting}_val.mat", {"gt_list": gt}, do_compression=compress)
+    files = mat_files(tmp_path)
+    fast = widerface._ground_truth_mat5(tmp_path, files)
+    assert fast is not None and len(fast.images) == 3
+    same_ground_truth(fast, widerface._ground_truth_scipy(tmp_path, files))
+
+
+def test_damaged_mat_file_is_still_named(tmp_path):
+    for name in widerface._MAT_FILES.values():
+        shutil.copy(GT_DIR / name, tmp_path / name)
+    data = (tmp_path / "wider_hard_val.mat").read_bytes()
+    (tmp_path / "wider_hard_val.mat").write_bytes(data[:200])  # cut short
+    with pytest.raises(FileError, match=r"wider_hard_val\.mat: not a MATLAB file scipy can read"):
+        load_ground_truth(tmp_path)
+
+
 def test_ground_truth_is_parsed_once_per_process(truth):
     assert load_ground_truth(GT_DIR) is load_ground_truth(GT_DIR)
 
