@@ -172,7 +172,7 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the parsed ground truth in this folder (one .npz named by the .mat files' sha256): later runs "
-    "skip scipy. Nothing is cached without it.",
+    "read it instead of the .mat files. Nothing is cached without it.",
 )
 @json_option("the APs (schema: retinaface_export/eval.schema.json)")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (the AP table is still shown).")
