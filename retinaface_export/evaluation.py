@@ -5,10 +5,12 @@ the numbers are compared with published ones: scores normalised over the whole s
 (min starts at 1, max at 0); predictions taken in file order, not re-sorted; IoU with the ``+1`` pixel
 convention of its Cython ``bbox_overlaps``; 1,000 thresholds ``1 - (t+1)/1000``; a prediction whose best
 ground truth is outside the setting's keep list is no proposal; VOC AP over the precision envelope (NaN from
-0/0 precision propagates as it does there). What is vectorised: the overlaps (every prediction against its
-image's ground truth, for many images at once); the threshold sweep, as each prediction's first counted
-threshold (an exact searchsorted, then a suffix minimum per image) so that every image's curve adds up in
-one weighted bincount; and recall, as the first hit of each kept face over the whole set.
+0/0 precision propagates as it does there). What is vectorised: the overlaps, for the whole set at once but
+only between a prediction and the faces whose x1 lies where IoU >= the threshold is possible
+(:func:`candidate_ranges`; the others cannot be a hit, and a prediction's best face matters only when it
+is one); the threshold sweep, as each prediction's first counted threshold (an exact searchsorted, then a
+suffix minimum per image) so that every image's curve adds up in one weighted bincount; and recall, as the
+first hit of each kept face over the whole set. The APs are the reference's to the last digit.
 """
 
 from __future__ import annotations
@@ -85,55 +87,103 @@ def _pair_overlaps(pred: np.ndarray, gt: np.ndarray, pred_index: np.ndarray, gt_
     return iou
 
 
-def _best_ground_truth(
-    pred: np.ndarray, gt_first: np.ndarray, gt_count: np.ndarray, gt: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each prediction (x1 y1 x2 y2), its best ground truth among ``gt[first : first + count]`` and that IoU.
+def candidate_ranges(
+    pred: np.ndarray,
+    image: np.ndarray,
+    gt: np.ndarray,
+    gt_offsets: np.ndarray,
+    iou_threshold: float,
+    boundary: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ground truth sorted by image then x1, and per prediction the range of it that can reach ``iou_threshold``.
 
-    Every (prediction, ground truth) pair of the chunk at once; ties go to the first ground truth, as
-    ``argmax`` over a row of :func:`bbox_overlaps` decides. Inputs are finite, so no IoU is NaN.
+    Boxes are x1 y1 x2 y2; ``image`` is each prediction's image, ``gt_offsets`` where each image's ground
+    truth starts. With widths ``W = x2 - x1 + boundary`` of proper boxes (W, H > 0), IoU >= t needs the x
+    overlap ``iw >= t·Wp`` and ``Wg <= Wp / t``, hence ``x1p + Wp·(t - 1/t) <= x1g <= x2p + boundary - t·Wp``;
+    the bounds are widened (t taken 1% lower, a pixel more each side) so rounding can never leave a pair
+    that reaches t out. A prediction that is not a proper box (or has a coordinate past ±1e5), one in an
+    image with a ground-truth box that is not, and every prediction when t <= 0, gets all of its image's
+    ground truth.
+
+    Returns:
+        (order: sorted position -> ground-truth id, first, last + 1) with first/last positions in ``order``.
     """
-    starts = np.cumsum(gt_count) - gt_count
-    owner = np.repeat(np.arange(len(pred)), gt_count)
-    gt_index = gt_first[owner] + np.arange(len(owner)) - starts[owner]
+    gt_image = np.repeat(np.arange(len(gt_offsets) - 1), np.diff(gt_offsets))
+    # a sort key that keeps images apart: coordinates clipped far outside any photo, images 1e7 apart
+    gt_key = gt_image * 1e7 + np.clip(gt[:, 0], -1e6, 1e6)
+    order = np.argsort(gt_key, kind="stable")
+    sorted_key = gt_key[order]
+    first_all, last_all = gt_offsets[image], gt_offsets[image + 1]
+    if iou_threshold <= 0 or not len(gt):
+        return order, first_all, last_all
+    t = iou_threshold * 0.99
+    width = pred[:, 2] - pred[:, 0] + boundary
+    low = pred[:, 0] + width * (t - 1 / t) - 1
+    high = pred[:, 2] + boundary - t * width + 1
+    first = np.searchsorted(sorted_key, image * 1e7 + np.clip(low, -1e6, 1e6), side="left")
+    last = np.searchsorted(sorted_key, image * 1e7 + np.clip(high, -1e6, 1e6), side="right")
+    gt_proper = (gt[:, 2] - gt[:, 0] + boundary > 0) & (gt[:, 3] - gt[:, 1] + boundary > 0)
+    gt_proper &= (np.abs(gt) < 1e5).all(axis=1)
+    improper_images = np.unique(gt_image[~gt_proper])
+    proper = (width > 0) & (pred[:, 3] - pred[:, 1] + boundary > 0) & (np.abs(pred[:, :4]) < 1e5).all(axis=1)
+    proper &= ~np.isin(image, improper_images)
+    first = np.where(proper, np.clip(first, first_all, last_all), first_all)
+    last = np.where(proper, np.clip(last, first, last_all), last_all)
+    return order, first, last
+
+
+def _best_ground_truth(
+    pred: np.ndarray, first: np.ndarray, last: np.ndarray, order: np.ndarray, gt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each prediction (x1 y1 x2 y2), its best ground truth among ``order[first:last]`` and that IoU.
+
+    Ties go to the lowest ground-truth id, as ``argmax`` over a row of :func:`bbox_overlaps` decides.
+    A prediction without candidates gets IoU 0 (and id -1). Inputs are finite, so no IoU is NaN.
+    """
+    count = last - first
+    best_gt, best_iou = np.full(len(pred), -1, np.int64), np.zeros(len(pred))
+    some = np.flatnonzero(count > 0)
+    if not len(some):
+        return best_gt, best_iou
+    count = count[some]
+    starts = np.cumsum(count) - count
+    owner = np.repeat(some, count)
+    gt_index = order[first[owner] + np.arange(len(owner)) - np.repeat(starts, count)]
     iou = _pair_overlaps(pred, gt, owner, gt_index)
     best = np.maximum.reduceat(iou, starts)
-    first = np.flatnonzero(iou == best[owner])
-    return gt_index[first[np.searchsorted(first, starts)]], best
+    tied = np.where(iou == np.repeat(best, count), gt_index, np.iinfo(np.int64).max)
+    best_gt[some], best_iou[some] = np.minimum.reduceat(tied, starts), best
+    return best_gt, best_iou
 
 
 def _matches(
-    predictions: list[np.ndarray], truth: GroundTruth, gt_offsets: np.ndarray, iou_threshold: float
+    boxes: np.ndarray, counts: np.ndarray, truth: GroundTruth, iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Over the predictions of images that have ground truth: best global ground-truth id, hit, first t.
 
-    Images are taken in chunks of at most ``_PAIRS_PER_CHUNK`` (prediction, ground truth) pairs, so the
-    overlaps of a whole chunk are computed at once without holding the whole set's.
+    ``boxes`` holds every image's rows (x y w h normalised score) one after the other, ``counts`` how many
+    each has. Only the ground truth that can reach the threshold is compared (:func:`candidate_ranges`),
+    in chunks of at most ``_PAIRS_PER_CHUNK`` (prediction, ground truth) pairs.
     """
-    counts = np.array([len(boxes) for boxes in predictions], dtype=np.int64)
-    gt_counts = np.diff(gt_offsets)
-    active = np.flatnonzero((counts > 0) & (gt_counts > 0))  # the reference skips the others
-    if not len(active):
+    gt_offsets = truth.offsets
+    image = np.repeat(np.arange(len(counts)), counts)
+    rows = np.flatnonzero(np.diff(gt_offsets)[image] > 0)  # the reference skips images without ground truth
+    if not len(rows):
         return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64)
-    boxes = np.concatenate([predictions[i] for i in active])
-    image = np.repeat(active, counts[active])
+    boxes, image = boxes[rows], image[rows]
     pred = boxes[:, :4].copy()
     pred[:, 2:] += pred[:, :2]
-    gt = np.concatenate(truth.boxes).astype(float)
-    gt[:, 2:] += gt[:, :2]
-    pairs = np.cumsum(counts[active] * gt_counts[active])
-    bounds = np.concatenate(([0], np.cumsum(counts[active])))
+    gt = truth.corners
+    order, first, last = candidate_ranges(pred, image, gt, gt_offsets, iou_threshold)
+    pairs = np.cumsum(last - first)
     best_gt, best_iou = np.zeros(len(pred), np.int64), np.zeros(len(pred))
-    first_image = 0
-    while first_image < len(active):
-        done = pairs[first_image - 1] if first_image else 0
-        last = max(first_image + 1, int(np.searchsorted(pairs, done + _PAIRS_PER_CHUNK, side="right")))
-        rows = slice(bounds[first_image], bounds[last])
-        chunk_images = image[rows]
-        best_gt[rows], best_iou[rows] = _best_ground_truth(
-            pred[rows], gt_offsets[chunk_images], gt_counts[chunk_images], gt
-        )
-        first_image = last
+    start = 0
+    while start < len(pred):
+        done = pairs[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(pairs, done + _PAIRS_PER_CHUNK, side="right")))
+        chunk = slice(start, stop)
+        best_gt[chunk], best_iou[chunk] = _best_ground_truth(pred[chunk], first[chunk], last[chunk], order, gt)
+        start = stop
     return best_gt, best_iou >= iou_threshold, _first_counted_threshold(boxes[:, 4], image)
 
 
@@ -150,29 +200,51 @@ def _curve(first_t: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.cumsum(np.bincount(first_t, weights=weights, minlength=THRESHOLDS + 1))[:THRESHOLDS]
 
 
+def _stacked(predictions: list[np.ndarray], truth: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
+    """(every image's rows one after the other, rows per image), checked to be N×5 finite numbers.
+
+    Raises:
+        EvaluationError: naming the first image whose predictions are not.
+    """
+    if len(predictions) != len(truth.images):
+        raise EvaluationError(f"{len(predictions)} prediction arrays for {len(truth.images)} ground-truth images")
+    for (event, name), boxes in zip(truth.images, predictions, strict=True):
+        if not isinstance(boxes, np.ndarray) or boxes.ndim != 2 or boxes.shape[1] != 5:
+            raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
+    counts = np.array([len(boxes) for boxes in predictions], dtype=np.int64)
+    stacked = np.concatenate(predictions).astype(float) if len(predictions) else np.zeros((0, 5))
+    finite = np.isfinite(stacked).all(axis=1)
+    if not finite.all():
+        event, name = truth.images[int(np.searchsorted(np.cumsum(counts), np.flatnonzero(~finite)[0], side="right"))]
+        raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
+    return stacked, counts
+
+
 def evaluate(
     predictions: list[np.ndarray], truth: GroundTruth, iou_threshold: float = IOU_THRESHOLD
 ) -> dict[str, float]:
     """AP per setting for predictions (N×5 ``x y w h score`` per ground-truth image, in its order).
 
+    Args:
+        predictions: one N×5 array per ground-truth image (``truth.images`` order), rows in file order.
+        truth: the validation ground truth (:func:`retinaface_export.widerface.load_ground_truth`).
+        iou_threshold: the overlap that makes a hit.
+
+    Returns:
+        {"easy": AP, "medium": AP, "hard": AP}, equal to the reference evaluator's to the last digit.
+
     Raises:
         EvaluationError: predictions that are not N×5 finite numbers, or not one array per image.
     """
-    if len(predictions) != len(truth.images):
-        raise EvaluationError(f"{len(predictions)} prediction arrays for {len(truth.images)} ground-truth images")
-    for (event, name), boxes in zip(truth.images, predictions, strict=True):
-        if boxes.ndim != 2 or boxes.shape[1] != 5 or not np.isfinite(boxes).all():
-            raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
-    predictions = normalise_scores(predictions)
-    gt_offsets = np.concatenate(([0], np.cumsum([len(b) for b in truth.boxes]))).astype(np.int64)
-    best, hit, first = _matches(predictions, truth, gt_offsets, iou_threshold)
+    boxes, counts = _stacked(predictions, truth)
+    scores = boxes[:, 4]
+    max_score = max(float(scores.max()), 0.0) if len(scores) else 0.0
+    min_score = min(float(scores.min()), 1.0) if len(scores) else 1.0
+    boxes[:, 4] = (scores - min_score) / (max_score - min_score)  # the reference's norm_score (a copy)
+    best, hit, first = _matches(boxes, counts, truth, iou_threshold)
     aps = {}
     for setting in SETTINGS:
-        counted = np.zeros(gt_offsets[-1], dtype=bool)
-        keeps = [k - 1 + gt_offsets[i] for i, k in enumerate(truth.keep[setting]) if len(k)]
-        if keeps:
-            counted[np.concatenate(keeps)] = True
-        count_face = sum(len(k) for k in truth.keep[setting])
+        counted, count_face = truth.counted[setting], truth.kept_total[setting]
         proposal = ~(hit & ~counted[best])  # a hit on an ignored face is no proposal
         kept_hits = np.flatnonzero(hit & counted[best])
         first_hit = np.zeros(len(best))

@@ -6,22 +6,20 @@ one ``x y w h score`` row per face.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from retinaface_export.errors import FileError, InputFileError
-from retinaface_export.safety.safe_paths import (
-    check_plain_name,
-    open_regular,
-    read_regular_bytes,
-    resolve_inside,
-    shown,
-)
+from retinaface_export.safety.safe_paths import check_plain_name, read_regular_bytes, resolve_inside, shown
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +52,36 @@ class GroundTruth:
     boxes: tuple[np.ndarray, ...]
     keep: dict[str, tuple[np.ndarray, ...]]
 
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """Where each image's boxes start among all boxes (one more entry: the total)."""
+        return np.concatenate(([0], np.cumsum([len(b) for b in self.boxes]))).astype(np.int64)
+
+    @cached_property
+    def corners(self) -> np.ndarray:
+        """All boxes, image after image, as float x1 y1 x2 y2 (x2 = x + w, y2 = y + h)."""
+        boxes = np.concatenate(self.boxes).astype(float) if self.boxes else np.zeros((0, 4))
+        boxes[:, 2:] += boxes[:, :2]
+        return boxes
+
+    @cached_property
+    def counted(self) -> dict[str, np.ndarray]:
+        """Per setting, whether each box (in :attr:`corners`' order) is in its image's keep list."""
+        masks = {}
+        for setting in SETTINGS:
+            mask = np.zeros(self.offsets[-1], dtype=bool)
+            kept = self.keep[setting]
+            if sum(len(k) for k in kept):
+                owner = np.repeat(self.offsets[:-1], [len(k) for k in kept])
+                mask[np.concatenate(kept).astype(np.int64) - 1 + owner] = True
+            masks[setting] = mask
+        return masks
+
+    @cached_property
+    def kept_total(self) -> dict[str, int]:
+        """Per setting, the faces that count (the reference's count_face: the keep lists' lengths summed)."""
+        return {setting: sum(len(k) for k in self.keep[setting]) for setting in SETTINGS}
+
 
 def _check_ground_truth(
     images: list[tuple[str, str]], boxes: list[np.ndarray], keep: dict[str, list[np.ndarray]]
@@ -79,34 +107,145 @@ def _check_ground_truth(
             raise ValueError(f"{setting}: image {shown(images[image][1])} keeps boxes it does not have")
 
 
-def load_ground_truth(folder: str | Path) -> GroundTruth:
-    """Read the four official ``wider_*_val.mat`` files with scipy.
+# parsed ground truth by the sha256 of its four files: a process that loads it twice parses it once
+_LOADED: dict[str, GroundTruth] = {}
+# what a ground-truth cache file holds (see ground_truth_npz), and its format's version
+_CACHE_FORMAT = 1
 
-    Event and image names are input: each must be a plain name (no separator, no ``..``), as they become
-    paths under ``--images`` and ``--save-predictions``.
+
+def _read_mats(folder: Path) -> dict[str, tuple[Path, bytes]]:
+    """The bytes of the four .mat files, by key ("all", "easy", ...).
 
     Raises:
-        FileError: a file is missing or not the expected MATLAB structure, or a name is not plain.
+        FileError: a file is missing or not a readable regular file.
     """
-    from scipy.io import loadmat
-
-    folder = Path(folder)
     mats = {}
     for key, name in _MAT_FILES.items():
         path = folder / name
         try:
-            handle = open_regular(path, "a MATLAB file")
+            mats[key] = (path, read_regular_bytes(path, "a MATLAB file"))
         except InputFileError as exc:
             if exc.reason != "no such file":
                 raise
             raise FileError(
                 path, "missing: WIDER FACE ground truth needs wider_face_val.mat and the easy/medium/hard files"
             ) from None
-        with handle:
-            try:  # only the variables used: the files hold six more label lists, as large
-                mats[key] = loadmat(handle, variable_names=_MAT_VARIABLES[key])
-            except Exception as exc:  # scipy raises several types on a damaged file
-                raise FileError(path, f"not a MATLAB file scipy can read ({type(exc).__name__})") from None
+    return mats
+
+
+def _digest(mats: dict[str, tuple[Path, bytes]]) -> str:
+    digest = hashlib.sha256()
+    for key in _MAT_FILES:
+        data = mats[key][1]
+        digest.update(f"{key}:{len(data)}:".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def ground_truth_key(folder: str | Path) -> str:
+    """The sha256 of the four ``wider_*_val.mat`` files in ``folder`` (names a cache of their parsed content).
+
+    Raises:
+        FileError: a file is missing or not a readable regular file.
+    """
+    return _digest(_read_mats(Path(folder)))
+
+
+def load_ground_truth(folder: str | Path) -> GroundTruth:
+    """Read the four official ``wider_*_val.mat`` files with scipy (once per process for the same files).
+
+    Event and image names are input: each must be a plain name (no separator, no ``..``), as they become
+    paths under ``--images`` and ``--save-predictions``. Files already parsed in this process (same
+    sha256) are not parsed again.
+
+    Raises:
+        FileError: a file is missing or not the expected MATLAB structure, or a name is not plain.
+    """
+    folder = Path(folder)
+    mats = _read_mats(folder)
+    key = _digest(mats)
+    if key not in _LOADED:
+        _LOADED[key] = _parse_mats(folder, mats)
+    return _LOADED[key]
+
+
+def _parse_mats(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth:
+    """Ground truth from the four files' bytes: with :mod:`retinaface_export.mat5`, else with scipy.
+
+    Importing scipy.io takes longer than the rest of an evaluation; the small reader decodes the official
+    files, and anything it does not (a damaged file, another layout) is read by scipy as before.
+    """
+    truth = _ground_truth_mat5(folder, files)
+    return truth if truth is not None else _ground_truth_scipy(folder, files)
+
+
+def _ground_truth_mat5(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth | None:
+    """The ground truth read by :mod:`retinaface_export.mat5`, or None where it cannot read the files."""
+    import struct
+    import zlib
+
+    from retinaface_export.mat5 import Cell, UnsupportedMatFile, read_variables
+
+    def column(value: object, length: int | None = None) -> list[object]:
+        if not isinstance(value, Cell) or len(value.dims) != 2 or value.dims[1] != 1:
+            raise UnsupportedMatFile("not a column of cells")
+        if length is not None and value.dims[0] != length:
+            raise UnsupportedMatFile("columns of different lengths")
+        return value.items
+
+    try:
+        found = {key: read_variables(data, set(_MAT_VARIABLES[key])) for key, (_, data) in files.items()}
+        event_list = column(found["all"]["event_list"])
+        file_list = column(found["all"]["file_list"], len(event_list))
+        box_list = column(found["all"]["face_bbx_list"], len(event_list))
+        kept_lists = {s: column(found[s]["gt_list"], len(event_list)) for s in SETTINGS}
+        per_event = []
+        for e, event in enumerate(event_list):
+            names = column(file_list[e])
+            per_event.append(
+                (
+                    event,
+                    names,
+                    column(box_list[e], len(names)),
+                    {s: column(kept_lists[s][e], len(names)) for s in SETTINGS},
+                )
+            )
+        if not all(isinstance(x, str) for event, names, _, _ in per_event for x in [event, *names]):
+            raise UnsupportedMatFile("names that are not strings")
+        matrices = [b for _, _, boxes, keeps in per_event for lists in (boxes, *keeps.values()) for b in lists]
+        if not all(isinstance(b, np.ndarray) for b in matrices):
+            raise UnsupportedMatFile("boxes or keep lists that are not matrices")
+    except (UnsupportedMatFile, zlib.error, struct.error):
+        return None
+    try:
+        events, images, boxes = [], [], []
+        keep: dict[str, list[np.ndarray]] = {s: [] for s in SETTINGS}
+        for event, names, event_boxes, event_keeps in per_event:
+            events.append(check_plain_name(event))
+            for j, name in enumerate(names):
+                images.append((event, check_plain_name(name)))
+                boxes.append(np.asarray(event_boxes[j], dtype=float).reshape(-1, 4))
+                for setting in SETTINGS:
+                    keep[setting].append(np.asarray(event_keeps[setting][j]).reshape(-1).astype(np.int64))
+        _check_ground_truth(images, boxes, keep)
+    except ValueError as exc:
+        raise FileError(
+            folder / _MAT_FILES["all"], f"not WIDER FACE validation ground truth ({type(exc).__name__}: {exc})"
+        ) from None
+    return GroundTruth(tuple(events), tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+
+
+def _ground_truth_scipy(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth:
+    import io
+
+    from scipy.io import loadmat
+
+    mats = {}
+    for key, (path, data) in files.items():
+        try:  # only the variables used: the files hold six more label lists, as large
+            mats[key] = loadmat(io.BytesIO(data), variable_names=_MAT_VARIABLES[key])
+        except Exception as exc:  # scipy raises several types on a damaged file
+            raise FileError(path, f"not a MATLAB file scipy can read ({type(exc).__name__})") from None
     try:
         event_list, file_list, box_list = (mats["all"][k] for k in _MAT_VARIABLES["all"])
         kept_lists = {setting: mats[setting]["gt_list"] for setting in SETTINGS}
@@ -128,14 +267,87 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
     return GroundTruth(tuple(events), tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
 
 
+def ground_truth_npz(truth: GroundTruth, key: str) -> bytes:
+    """``truth`` as the bytes of a NumPy ``.npz`` (no pickles), tagged with the .mat files' sha256 ``key``.
+
+    :func:`read_ground_truth_npz` reads it back without scipy, in milliseconds.
+    """
+    import io
+
+    event_index = {event: i for i, event in enumerate(truth.events)}
+    arrays = {
+        "format": np.array([_CACHE_FORMAT]),
+        "key": np.array([key]),
+        "events": np.array(truth.events, dtype=str),
+        "image_events": np.array([event_index[event] for event, _ in truth.images], dtype=np.int64),
+        "image_names": np.array([name for _, name in truth.images], dtype=str),
+        "box_counts": np.array([len(b) for b in truth.boxes], dtype=np.int64),
+        "boxes": np.concatenate(truth.boxes).astype(float) if truth.boxes else np.zeros((0, 4)),
+    }
+    for setting in SETTINGS:
+        kept = truth.keep[setting]
+        arrays[f"keep_counts_{setting}"] = np.array([len(k) for k in kept], dtype=np.int64)
+        arrays[f"keep_{setting}"] = np.concatenate(kept).astype(np.int64) if kept else np.zeros(0, np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _pieces(flat: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """``flat`` cut into consecutive pieces of ``counts`` rows (views; np.split is slower for many)."""
+    bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
+    if bounds[-1] != len(flat) or (np.asarray(counts) < 0).any():
+        raise ValueError("counts that do not add up to the rows")
+    return [flat[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+
+def read_ground_truth_npz(path: str | Path, key: str) -> GroundTruth:
+    """Ground truth from a file :func:`ground_truth_npz` wrote for the .mat files whose sha256 is ``key``.
+
+    The file is input like any other: names are checked to be plain, indices to be in range.
+
+    Raises:
+        FileError: not such a file, or one written for other .mat files.
+    """
+    import io
+    import zipfile
+
+    path = Path(path)
+    data = read_regular_bytes(path, "a ground-truth cache file")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        if int(arrays["format"][0]) != _CACHE_FORMAT or str(arrays["key"][0]) != key:
+            raise ValueError("written for other .mat files or by another version")
+        events = tuple(check_plain_name(str(e)) for e in arrays["events"])
+        names = [check_plain_name(str(n)) for n in arrays["image_names"]]
+        images = [(events[int(e)], n) for e, n in zip(arrays["image_events"], names, strict=True)]
+        boxes = _pieces(arrays["boxes"].astype(float).reshape(-1, 4), arrays["box_counts"])
+        keep = {s: _pieces(arrays[f"keep_{s}"].astype(np.int64), arrays[f"keep_counts_{s}"]) for s in SETTINGS}
+        if not (len(boxes) == len(images) and all(len(keep[s]) == len(images) for s in SETTINGS)):
+            raise ValueError("its lists differ in length")
+        _check_ground_truth(images, boxes, keep)
+    except (KeyError, IndexError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise FileError(path, f"not a ground-truth cache file for these .mat files ({type(exc).__name__})") from None
+    return GroundTruth(events, tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+
+
 def _read_lines(path: Path) -> tuple[str, list[str]]:
     """(image key, the ``x y w h score`` lines) of one prediction file."""
-    data = read_regular_bytes(path, "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
+    return _split_lines(path, read_regular_bytes(path, "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES))
+
+
+def _split_lines(path: Path, data: bytes) -> tuple[str, list[str]]:
+    """(image key, the lines after the count line) of a prediction file's bytes, as the reference reads them."""
     lines = data.decode("utf-8", errors="replace").splitlines()
     if not lines:
         raise FileError(path, "empty prediction file (needs the image name, the count, then x y w h score rows)")
     # the reference keys predictions by the first line's base name with ".jpg" characters stripped
-    return lines[0].rstrip("\r\n").split("/")[-1].rstrip(".jpg"), lines[2:]
+    return _image_key(lines[0]), lines[2:]
+
+
+def _image_key(first_line: str) -> str:
+    return first_line.rstrip("\r\n").split("/")[-1].rstrip(".jpg")
 
 
 def read_prediction_file(path: Path) -> tuple[str, np.ndarray]:
@@ -146,43 +358,197 @@ def read_prediction_file(path: Path) -> tuple[str, np.ndarray]:
     Raises:
         FileError: not a regular file, empty, a row that is not five numbers, or a NaN/inf value.
     """
-    key, lines = _read_lines(path)
-    return key, _parse_files([(path, lines)])[0]
+    path = Path(path)
+    data = read_regular_bytes(path, "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
+    return _parse_files([(path, data)])[0]
 
 
-def _parse_files(files: list[tuple[Path, list[str]]]) -> list[np.ndarray]:
-    """N×5 rows of each file's ``x y w h score`` lines, read as the reference reads them.
+def _read_file_bytes(path: str) -> bytes:
+    """A prediction file's bytes: :func:`read_regular_bytes`' checks on the open descriptor, with less overhead.
 
-    Lines of exactly five fields separated by single spaces, as every writer produces them, are converted
-    by NumPy in one call for all the files; a file with any other line (extra fields, a blank line, a bad
-    or infinite number) is read line by line by :func:`_parse_rows_slowly`, which says what is wrong.
+    Anything unusual (not a regular file, too large, an error) is left to :func:`read_regular_bytes`, which
+    raises the error that names it.
     """
-    tokens: list[str] = []
-    counts = []
-    for _, lines in files:
-        plain = all(line.count(" ") == 4 for line in lines)
-        if plain and lines:
-            tokens += " ".join(lines).split(" ")
-        counts.append(len(lines) if plain else -1)
     try:
-        values = np.array(tokens, dtype=float).reshape(-1, 5)
-    except ValueError:  # some file has a bad number: each is converted on its own to find it
-        values = None
-    rows: list[np.ndarray] = []
-    start = 0
-    for (path, lines), count in zip(files, counts, strict=True):
-        if count < 0:
-            rows.append(_parse_rows_slowly(path, lines))
-            continue
-        mine = values[start : start + count] if values is not None else None
-        start += count
-        if mine is None and lines:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return read_regular_bytes(Path(path), "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_PREDICTION_FILE_BYTES:
+            os.set_blocking(fd, True)
+            chunks = [os.read(fd, info.st_size + 1)]
+            while chunks[-1] and sum(map(len, chunks)) <= MAX_PREDICTION_FILE_BYTES:
+                chunks.append(os.read(fd, 1 << 16))
+            data = b"".join(chunks)
+            if len(data) <= MAX_PREDICTION_FILE_BYTES:
+                return data
+    finally:
+        os.close(fd)
+    return read_regular_bytes(Path(path), "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
+
+
+# splitlines() breaks lines at these too (\r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029): a header with any
+# of them is read by the line-by-line path
+_LINE_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+# Fields are read eight bytes at a time as little-endian uint64 words (SWAR): the word that ends a field
+# and, for a field of 9 to 16 bytes, the word before it. Longer fields, and mantissas past 2**53 (which
+# would not convert exactly), are given to float().
+_WORD = 8
+_LONGEST = 2 * _WORD
+_EXACT = np.uint64(2**53)
+_POW10 = 10.0 ** np.arange(_LONGEST + 1)
+_POW10_INT = np.array([10**i for i in range(_LONGEST + 1)], dtype=np.uint64)
+_LOW_BITS = np.uint64(0x0101010101010101)
+_ZEROS = np.uint64(0x3030303030303030)
+# _FIELD_MASK[k]: the last k bytes of a word (a field's own bytes when it is k bytes long)
+_FIELD_MASK = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (_WORD - k)) for k in range(1, _WORD + 1)], np.uint64)
+# _FIRST_BYTE[k]: the low bit of the first of those k bytes (where a '-' may stand)
+_FIRST_BYTE = np.array([0] + [1 << (8 * (_WORD - k)) for k in range(1, _WORD + 1)], np.uint64)
+
+
+def _byte_count(flags: np.ndarray) -> np.ndarray:
+    """How many bytes of each word have their low bit set (the word holds only 0/1 bytes)."""
+    return ((flags * _LOW_BITS) >> np.uint64(56)).astype(np.int64)
+
+
+def _eight_digits(words: np.ndarray) -> np.ndarray:
+    """The values of eight ASCII digits packed in little-endian uint64 words (first byte most significant)."""
+    v = words - _ZEROS
+    v = (v * np.uint64(10) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    v = (v * np.uint64(100) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    return (v * np.uint64(10000) + (v >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+
+
+def _read_word(words: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(value of its digits, '.' flags, '-' flags, first-byte flag) of the last ``size`` bytes of each word.
+
+    The bytes are digits, '.' or '-' (the caller checked): a digit has bit 4 set ('0'-'9' are 0x30-0x39),
+    '.' and '-' (0x2e, 0x2d) do not and differ in bit 0. Every other byte reads as '0'.
+    """
+    mask = _FIELD_MASK[size]
+    low = mask & _LOW_BITS
+    digit = ((words >> np.uint64(4)) & low) * np.uint64(0xFF)
+    other = low & ~((words >> np.uint64(4)) & low)
+    minus = other & words
+    dot = other & ~words
+    value = _eight_digits((words & digit) | (_ZEROS & ~digit))
+    return value, dot, minus, _FIRST_BYTE[size]
+
+
+def _plain_body(data: bytes) -> tuple[str, bytes] | None:
+    """(image key, body ending in a newline) of a file the one-pass parser reads as the reference does, or None.
+
+    None for a file the reference's line-by-line reading could see differently: another line break, not
+    four spaces a line (an optional trailing space apart, as biubug6's writer leaves). :func:`_parse_plain`
+    checks each line, field and byte of the body.
+    """
+    first = data.find(b"\n")
+    second = data.find(b"\n", first + 1) if first >= 0 else -1
+    if second < 0:
+        return None
+    header = data[: second + 1].decode("utf-8", errors="replace")
+    if any(mark in header for mark in _LINE_BREAKS):
+        return None
+    name = data[:first].decode("utf-8", errors="replace")
+    body = data[second + 1 :]
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    body = body.replace(b" \n", b"\n")
+    if body.startswith((b" ", b"\n")) or body.count(b" ") != 4 * body.count(b"\n"):
+        return None
+    return _image_key(name), body
+
+
+def _parse_plain(blob: bytes, lines_per_file: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, files to read line by line) of bodies checked by :func:`_plain_body`, joined in ``blob``.
+
+    One pass of NumPy over the bytes: fields are found from the separators (single spaces and newlines,
+    five fields a line), checked (digits, '.' and '-' only, a '-' only first, at most one '.', a digit)
+    and converted, eight bytes at a time, to an exact integer mantissa divided by a power of ten: the
+    correctly rounded value ``float()`` gives. A field past 16 bytes or 2**53 is given to ``float()``
+    itself. A file with anything else is flagged (its rows are then read line by line).
+    """
+    padded = b" " * _LONGEST + blob
+    chars = np.frombuffer(padded, np.uint8)
+    separator = (chars == 32) | (chars == 10)
+    ends = np.flatnonzero(separator)[_LONGEST:]
+    rows = len(ends) // 5
+    bad_file = np.zeros(len(lines_per_file), bool)
+    file_of_row = np.repeat(np.arange(len(lines_per_file)), lines_per_file)
+    if len(ends) != 5 * rows or rows != len(file_of_row):  # cannot happen after _plain_body; be safe
+        return np.zeros((0, 5)), ~bad_file
+    layout = chars[ends].reshape(rows, 5)
+    bad_row = (layout[:, :4] != 32).any(axis=1) | (layout[:, 4] != 10)
+    # a byte that is not a digit, '.', '-' (45 to 57, but '/') or a separator spoils its row
+    odd = np.flatnonzero(((chars - np.uint8(45) > 12) | (chars == 47)) & ~separator)
+    bad_row[np.searchsorted(ends, odd) // 5] = True
+    lengths = np.diff(ends, prepend=_LONGEST - 1) - 1
+    # every (unaligned) eight bytes of the text as a little-endian word
+    words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    low_size = np.minimum(lengths, _WORD)
+    value, dots, minus, first = _read_word(words[ends - _WORD], low_size)
+    dot_count, minus_count = _byte_count(dots), _byte_count(minus)
+    fraction = np.zeros(len(ends), np.int64)
+    has_dot = dots != 0
+    # the bytes after the dot: the dot's flag is 1 << 8·i for the i-th byte of the word
+    fraction[has_dot] = _WORD - 1 - (np.log2(dots[has_dot].astype(float)).astype(np.int64) >> 3)
+    minus_ok = (minus == 0) | ((minus == first) & (lengths <= _WORD))
+    two = np.flatnonzero((lengths > _WORD) & (lengths <= _LONGEST))
+    if len(two):  # fields of 9 to 16 bytes: the word before
+        high, high_dots, high_minus, high_first = _read_word(words[ends[two] - _LONGEST], lengths[two] - _WORD)
+        value[two] += high * np.uint64(10**_WORD)
+        dot_count[two] += _byte_count(high_dots)
+        minus_count[two] += _byte_count(high_minus)
+        in_high = high_dots != 0
+        fraction[two[in_high]] = _LONGEST - 1 - (np.log2(high_dots[in_high].astype(float)).astype(np.int64) >> 3)
+        minus_ok[two] = (minus[two] == 0) & ((high_minus == 0) | (high_minus == high_first))
+    bad_field = (dot_count > 1) | (minus_count > 1) | ~minus_ok | (lengths - minus_count - dot_count < 1)
+    # a dot read as a '0': the integer part stands one place too high
+    tail = value % _POW10_INT[fraction]
+    mantissa = np.where(dot_count == 1, (value - tail) // np.uint64(10) + tail, value)
+    values = mantissa.astype(float) / _POW10[fraction]
+    values[minus_count == 1] *= -1.0
+    long = np.flatnonzero((lengths > _LONGEST) | (mantissa >= _EXACT))
+    if len(long):  # float() itself, as the reference reads them
+        spans = zip(long.tolist(), (ends[long] - lengths[long]).tolist(), ends[long].tolist(), strict=True)
+        for field, start, end in spans:
             try:
-                mine = np.array(" ".join(lines).split(" "), dtype=float).reshape(-1, 5)
+                values[field], bad_field[field] = float(padded[start:end]), False
             except ValueError:
-                mine = None
-        rows.append(mine if mine is not None and np.isfinite(mine).all() else _parse_rows_slowly(path, lines))
-    return rows
+                bad_field[field] = True
+    bad_row |= bad_field.reshape(rows, 5).any(axis=1)
+    values = values.reshape(rows, 5)
+    bad_file[file_of_row[bad_row]] = True
+    return values, bad_file
+
+
+def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.ndarray]]:
+    """(image key, N×5 rows) of each prediction file's bytes, read as the reference reads them.
+
+    Files in the plain layout every writer produces (five numbers a line, single spaces) are parsed all
+    at once by :func:`_parse_plain`; any other file is read line by line by :func:`_parse_rows_slowly`,
+    which also says what is wrong with a bad one.
+    """
+    plain: list[tuple[int, str, bytes]] = []
+    results: list[tuple[str, np.ndarray] | None] = [None] * len(files)
+    for index, (_, data) in enumerate(files):
+        checked = _plain_body(data)
+        if checked is not None:
+            plain.append((index, *checked))
+    blob = b"".join(body for _, _, body in plain)
+    if plain:
+        lines = np.array([body.count(b"\n") for _, _, body in plain], dtype=np.int64)
+        values, bad = _parse_plain(blob, lines)
+        bounds = np.concatenate(([0], np.cumsum(lines)))
+        for (index, key, _), start, stop, flagged in zip(plain, bounds[:-1], bounds[1:], bad, strict=True):
+            if not flagged:
+                results[index] = (key, values[start:stop])
+    for index, (path, data) in enumerate(files):
+        if results[index] is None:
+            key, lines_read = _split_lines(Path(path), data)
+            results[index] = (key, _parse_rows_slowly(Path(path), lines_read))
+    return results  # type: ignore[return-value]
 
 
 def _parse_rows_slowly(path: Path, lines: list[str]) -> np.ndarray:
@@ -229,17 +595,19 @@ def read_predictions(folder: str | Path, truth: GroundTruth) -> list[np.ndarray]
         raise FileError(folder, "no such predictions folder")
     known = set(truth.images)
     extra = 0
-    files: list[tuple[tuple[str, str], Path, list[str]]] = []
+    events: list[str] = []
+    paths: list[str] = []
     for event_entry in _entries(folder, folder):
         if not event_entry.is_dir():
             continue
-        event_dir = folder / event_entry.name
-        for entry in _entries(event_dir, folder):
+        for entry in _entries(folder / event_entry.name, folder):
             if not entry.is_dir():
-                key, lines = _read_lines(event_dir / entry.name)
-                files.append(((event_entry.name, key), event_dir / entry.name, lines))
+                events.append(event_entry.name)
+                paths.append(entry.path)
+    parsed = _parse_files([(path, _read_file_bytes(path)) for path in paths])
     found: dict[tuple[str, str], np.ndarray] = {}
-    for (image, path, _), boxes in zip(files, _parse_files([(path, lines) for _, path, lines in files]), strict=True):
+    for event, path, (key, boxes) in zip(events, paths, parsed, strict=True):
+        image = (event, key)
         if image not in known:
             extra += 1
             shown_key = shown("/".join(image))[1:-1]  # escaped and cut, without the quotes

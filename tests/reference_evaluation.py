@@ -11,3 +11,6 @@ _spec.loader.exec_module(_module)
 
 reference_evaluate = _module.reference_evaluate
 bbox_overlaps = _module.bbox_overlaps
+vectorised_overlaps = _module.vectorised_overlaps
+read_pred_file = _module.read_pred_file
+evaluation = _module.evaluation

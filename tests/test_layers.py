@@ -47,3 +47,17 @@ def test_the_check_fails_on_a_broken_layer(tmp_path, case):
         handle.write(LOCAL_IMPORT.format(statement=statement))
     code, output = lint_imports.check(layout, capture=True)
     assert code == 1 and named in output, output
+
+
+def test_every_module_has_a_layer():
+    """A module the layers contract does not name is checked by nothing: each top-level one must be named."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in config if c["type"] == "layers"]
+    named = {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
+    package = root / "retinaface_export"
+    top = {p.stem for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    top |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()} | {"converters"}
+    assert {f"retinaface_export.{name}" for name in top} - named == set()

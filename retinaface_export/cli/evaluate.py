@@ -1,6 +1,10 @@
 """``retinaface-eval``: WIDER FACE validation AP of a prediction folder, or of a model run over the images.
 
-Scoring a prediction folder imports no model runtime (nor OpenCV): those are imported only with --images.
+Two protocols: ``official`` (easy/medium/hard, the WIDER FACE evaluation code) and ``omz`` (the Open Model
+Zoo accuracy checker's single mAP over the whole set, as retinaface-resnet50-pytorch's accuracy-check.yml
+configures it). Scoring a prediction folder imports no model runtime (nor OpenCV): those are imported only
+with --images. ``--cache-dir`` keeps the parsed ground truth (keyed by the .mat files' sha256) in a folder
+the user names; without it nothing is written but the --json and --save-predictions outputs.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ from retinaface_export.cli.common import (
 )
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.evaluation import evaluate
-from retinaface_export.widerface import SETTINGS, GroundTruth, load_ground_truth, prediction_text, read_predictions
+from retinaface_export.widerface import (
+    GroundTruth,
+    ground_truth_key,
+    ground_truth_npz,
+    load_ground_truth,
+    prediction_text,
+    read_ground_truth_npz,
+    read_predictions,
+)
 
 if TYPE_CHECKING:
     from retinaface_export.inference.detector import Detector
 
 COMMAND = "retinaface-eval"
+PROTOCOLS = ("official", "omz")
 # biubug6 test_widerface.py: keep nearly everything, the AP sweep sets the operating point
 EVAL_DETECTION = {"score_threshold": 0.02, "nms_threshold": 0.4, "top_k": 5000, "keep_top_k": 750}
 
@@ -91,6 +104,36 @@ def _run_model(
     return predictions
 
 
+def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
+    """The ground truth, through ``cache_dir``'s copy of it when there is one (a bad copy is rebuilt)."""
+    if cache_dir is None:
+        return load_ground_truth(gt_dir)
+    import logging
+
+    key = ground_truth_key(gt_dir)
+    cached = cache_dir / f"wider_val_ground_truth-{key}.npz"
+    if cached.exists():
+        try:
+            return read_ground_truth_npz(cached, key)
+        except FileError as exc:
+            logging.getLogger(__name__).warning("%s; rebuilding it", exc)
+    truth = load_ground_truth(gt_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise FileError(cache_dir, "--cache-dir is not a folder")
+    if not cache_dir.parent.is_dir():
+        raise FileError(cache_dir, "--cache-dir: its parent folder does not exist")
+    from retinaface_export.safety.atomic import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(cached, ground_truth_npz(truth, key))
+    except OSError as exc:  # a cache only saves time: say so and go on
+        reason = exc.strerror or type(exc).__name__
+        logging.getLogger(__name__).warning(
+            "%s: cannot write the ground-truth cache (%s); going on without it", cached, reason
+        )
+    return truth
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--predictions", type=click.Path(path_type=Path), help="Folder of WIDER-format prediction files.")
 @click.option(
@@ -117,6 +160,21 @@ def _run_model(
     required=True,
     help="Folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat.",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default="official",
+    show_default=True,
+    help="official: AP per easy/medium/hard setting (WIDER FACE's evaluation code); omz: the Open Model Zoo "
+    "accuracy checker's mAP over the whole set, faces 64-1024 px high (retinaface-resnet50-pytorch's "
+    "accuracy-check.yml; reference 0.9178).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the parsed ground truth in this folder (one .npz named by the .mat files' sha256): later runs "
+    "read it instead of the .mat files. Nothing is cached without it.",
+)
 @json_option("the APs (schema: retinaface_export/eval.schema.json)")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (the AP table is still shown).")
 @click.version_option(package_name="retinaface-export", prog_name=COMMAND)
@@ -131,19 +189,23 @@ def main(
     long_side: int | None,
     save_predictions: Path | None,
     gt_dir: Path,
+    protocol: str,
+    cache_dir: Path | None,
     json_path: Path | None,
     quiet: bool,
 ) -> None:
     """WIDER FACE validation AP (easy, medium, hard) of --predictions, or of --model/--weights over --images.
 
     Example: retinaface-eval --predictions preds/ --ground-truth wider_face_split/ --json -
+
+    With --protocol omz: the Open Model Zoo accuracy checker's mAP over the whole set instead.
     """
     configure_logging(quiet)
     if (predictions is None) == (images_root is None):
         raise UsageError("give exactly one of --predictions DIR or --images WIDER_VAL_IMAGES")
     if origin_size and long_side:
         raise UsageError("--origin-size and --long-side exclude each other")
-    truth = load_ground_truth(gt_dir)
+    truth = _ground_truth(gt_dir, cache_dir)
     if predictions is not None:
         preds = read_predictions(predictions, truth)
     else:
@@ -154,11 +216,19 @@ def main(
             raise FileError(images_root, "no such images folder")
         detector = _detector(artifact, weights, anchors, origin_size)
         preds = _run_model(detector, images_root, truth, long_side, save_predictions, quiet)
-    aps = evaluate(preds, truth)
+    if protocol == "omz":
+        from retinaface_export.omz_protocol import evaluate_omz
+
+        result: dict[str, float | str] = {"protocol": "omz", "map": evaluate_omz(preds, truth)}
+        columns = {"mAP (OMZ accuracy checker)": float(result["map"])}
+    else:
+        aps = evaluate(preds, truth)
+        result, columns = dict(aps), aps
     if json_path:
-        write_json(json_path, aps, indent=None)
-    table = Table(title=f"WIDER FACE val AP ({len(truth.images)} images)")
-    for setting in SETTINGS:
-        table.add_column(setting, justify="right")
-    table.add_row(*(f"{aps[s]:.4f}" for s in SETTINGS))
+        write_json(json_path, result, indent=None)
+    title = "WIDER FACE val AP" if protocol == "official" else "WIDER FACE val, OMZ protocol"
+    table = Table(title=f"{title} ({len(truth.images)} images)")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{value:.4f}" for value in columns.values()))
     wide_console(stderr_output=json_to_stdout(json_path)).print(table)
