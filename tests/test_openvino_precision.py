@@ -117,3 +117,24 @@ def test_interpolate_as_v4_computes_the_same(converted, crowd_photo):
     after = _run(compile_model(model), photo_input(crowd_photo, 320, 320))
     for got, want in zip(after, before, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_resnet50_too_executes_f32_for_a_client(tmp_path, crowd_photo):
+    """Resnet50's stem max pool (MaxPool-8, rebuilt by the CPU plugin) ran bf16 before it was written as MaxPool-1."""
+    from retinaface_export.synthetic import synthetic_checkpoint
+    from retinaface_export.variants import get_variant
+
+    export_checkpoint(
+        synthetic_checkpoint(get_variant("resnet50")),
+        ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",)),
+        tmp_path,
+    )
+    convert_export(tmp_path, ConvertOptions("openvino"))
+    path = tmp_path / "retinaface_resnet50_320x320_fp32.xml"
+    assert 'type="MaxPool" version="opset1"' in path.read_text()
+    client = _as_a_client(path)
+    assert executed_precision(client)["executed"] == "f32"
+    data = photo_input(crowd_photo, 320, 320)
+    for got, want in zip(_run(client, data), _run(compile_model(path, precision="f32"), data), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -19,7 +19,7 @@ from retinaface_export.converters.onnx.format import graph_fingerprint, source_m
 from retinaface_export.converters.onnx.trust import check_onnx_file
 from retinaface_export.converters.openvino.int8 import INT8
 from retinaface_export.converters.openvino.postprocess import match_reference_nms
-from retinaface_export.converters.openvino.precision import interpolate_as_v4, mark_precise
+from retinaface_export.converters.openvino.precision import mark_precise, older_ops_for_cpu
 from retinaface_export.converters.openvino.runtime import RUNTIME, openvino_core, openvino_module, openvino_submodule
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
@@ -81,7 +81,7 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
     folding = passes.Manager()
     folding.register_pass(passes.ConstantFolding())
     folding.run_passes(model)
-    interpolate_as_v4(model)  # the CPU plugin takes it as it is, keeping its precision mark (precision.py)
+    older_ops_for_cpu(model)  # the CPU plugin takes them as they are, keeping their precision marks (precision.py)
     conversion: dict[str, Any] = {}
     if job.precision == "int8":
         if int8 is None:

@@ -11,9 +11,10 @@ What does hold is OpenVINO's per-node "keep this node out of low precision" attr
 ``ov::disable_fp16_compression``). The CPU plugin keeps marked nodes in f32 under a bf16 inference
 precision. It has no Python API, so :func:`mark_precise` writes it into every layer of the saved IR XML.
 Every CPU transformation that rebuilds a node drops the attribute: the CPU plugin rewrites
-``Interpolate-11`` (what the ONNX ``Resize`` of the FPN becomes) into its own op, and those two
-upsamplings stayed bf16. :func:`interpolate_as_v4` therefore writes them as ``Interpolate-4``, which the
-plugin takes as it is. With both, the IR compiled with no options executes every node in f32 and its
+``Interpolate-11`` (what the ONNX ``Resize`` of the FPN becomes) and ``MaxPool-8`` (Resnet50's stem) into
+its own ops, and those stayed bf16 (Resnet50's max pool alone put 6e-2 on every output).
+:func:`older_ops_for_cpu` therefore writes them as ``Interpolate-4`` and ``MaxPool-1``, which the plugin
+takes as they are. With both, the IR compiled with no options executes every node in f32 and its
 outputs equal the f32-hint compile exactly (0.0 difference, measured on the same machine).
 """
 
@@ -29,6 +30,38 @@ from retinaface_export.converters.openvino.runtime import openvino_module, openv
 
 # The name and version OpenVINO serialises ov::disable_fp16_compression under (RTTI "precise", "0").
 PRECISE = {"name": "precise", "version": "0"}
+
+
+def older_ops_for_cpu(model: Any) -> int:
+    """``Interpolate-11`` → ``Interpolate-4`` and ``MaxPool-8`` → ``MaxPool-1`` where they compute the same; count."""
+    return interpolate_as_v4(model) + max_pool_as_v1(model)
+
+
+def max_pool_as_v1(model: Any) -> int:
+    """Replace every ``MaxPool-8`` whose indices are unused and dilations are 1 by the same ``MaxPool-1``; count."""
+    ov = openvino_module()
+    replaced = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "MaxPool" or node.get_type_info().version_id == "opset1":
+            continue
+        attributes = node.get_attributes()
+        if any(d != 1 for d in attributes.get("dilations", [])) or node.output(1).get_target_inputs():
+            continue
+        v1 = ov.opset1.max_pool(
+            node.input_value(0),
+            list(attributes["strides"]),
+            list(attributes["pads_begin"]),
+            list(attributes["pads_end"]),
+            list(attributes["kernel"]),
+            rounding_type=attributes["rounding_type"],
+            auto_pad=attributes["auto_pad"],
+        )
+        v1.set_friendly_name(node.get_friendly_name())
+        node.output(0).replace(v1.output(0))
+        replaced += 1
+    if replaced:
+        model.validate_nodes_and_infer_types()
+    return replaced
 
 
 def interpolate_as_v4(model: Any) -> int:
