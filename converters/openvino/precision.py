@@ -16,6 +16,9 @@ its own ops, and those stayed bf16 (Resnet50's max pool alone put 6e-2 on every 
 :func:`older_ops_for_cpu` therefore writes them as ``Interpolate-4`` and ``MaxPool-1``, which the plugin
 takes as they are. With both, the IR compiled with no options executes every node in f32 and its
 outputs equal the f32-hint compile exactly (0.0 difference, measured on the same machine).
+
+FP32 and FP16 IRs are marked; INT8 IRs are not: under a bf16 inference precision the marks made the INT8
+model lose faces (strict F1 against FP32 at 416: 0.966 marked, 0.970 unmarked, 0.972 compiled in f32).
 """
 
 from __future__ import annotations

@@ -78,6 +78,22 @@ def compile_model(
     return openvino_core().compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
 
 
+def compile_ir(path: Path, threads: int | None = None, hint: str = "LATENCY", **extra: Any):
+    """An IR file compiled the way it asks to be run: the inference precision of its ``rt_info``.
+
+    That is ``runtime_options/INFERENCE_PRECISION_HINT`` (f32 in every IR this package writes); an IR that
+    asks nothing is compiled with no precision option. OpenVINO's CPU plugin ignores that entry when a
+    client compiles the file with no options; FP32 and FP16 IRs still execute f32 for such a client through
+    their per-layer precision marks (``precision.py``), INT8 IRs do not (see
+    :meth:`OpenVinoRuntime.execution`, which records what a client's compile runs).
+    """
+    model = openvino_core().read_model(str(path))
+    asked = None
+    if model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
+        asked = model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str)
+    return compile_model(model, threads, hint, precision=asked, **extra)
+
+
 def compiled_runner(compiled: Any) -> Runner:
     """A compiled model as a runner: one infer request, one inference at a time."""
     request = compiled.create_infer_request()
@@ -107,7 +123,7 @@ def _throughput(path: Path, threads: int, streams: int | None) -> tuple[int, Thr
     """
     ov = openvino_module()
     extra = {"NUM_STREAMS": streams} if streams else {}
-    compiled = compile_model(path, threads, hint="THROUGHPUT", precision=None, **extra)
+    compiled = compile_ir(path, threads, hint="THROUGHPUT", **extra)
     used_streams = int(compiled.get_property("NUM_STREAMS"))
     requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
@@ -174,13 +190,18 @@ class OpenVinoRuntime(Runtime):
     libraries = ("openvino", "nncf")
 
     def open(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
-        """The IR on the CPU plugin as a client compiles it (OpenVINO always compiles with its optimisations)."""
+        """The IR on the CPU plugin as it asks to be run (OpenVINO always compiles with its optimisations)."""
         del optimize
-        return compiled_runner(compile_model(path, threads, precision=None))
+        return compiled_runner(compile_ir(path, threads))
 
     def execution(self, path: Path) -> dict[str, Any]:
-        """The precision the CPU plugin executes the IR in when compiled with no options (see ``precision``)."""
-        return executed_precision(compile_model(path, precision=None))
+        """What :meth:`open` executes the IR in, and what a client compiling it with no options executes.
+
+        The two are the same for FP32 and FP16 IRs (their precision marks); on a CPU with bf16, an INT8 IR's
+        float parts run bf16 for such a client (``client_default``).
+        """
+        client = executed_precision(compile_model(path, precision=None))["executed"]
+        return executed_precision(compile_ir(path)) | {"client_default": client}
 
     def throughput(self, path: Path, threads: int, streams: int | None) -> tuple[int, ThroughputRunner]:
         return _throughput(path, threads, streams)
