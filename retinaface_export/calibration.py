@@ -1,6 +1,6 @@
 """Photo sets for INT8: calibration photos, and validation photos disjoint from them.
 
-Photos are read, checked, augmented when few, and resized like real inputs. :func:`split_photos` makes
+Photos are read, checked, augmented when few, and letterboxed like real inputs. :func:`split_photos` makes
 the two sets INT8 quantisation with accuracy control needs: a ``--validation`` folder, or without one a
 deterministic hold-out of part of the calibration folder (the photos whose content hashes sort first), so
 the accuracy of an INT8 model is judged on photos its calibration never saw.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaface_export.detection.resize import Resize
+from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.errors import FileError
 from retinaface_export.images import IMAGE_SUFFIXES, decode_image, images_in_folder
 from retinaface_export.preprocess import to_network_input
@@ -69,7 +69,7 @@ class CalibrationSet:
     file_sha256: tuple[str, ...] = ()
 
     def samples(self, size: InputSize) -> list[np.ndarray]:
-        """Network inputs (1×3×H×W, mean subtracted) resized to ``size``, augmentations included.
+        """Network inputs (1×3×H×W, mean subtracted) letterboxed to ``size``, augmentations included.
 
         Ordered view by view (every photo as it is, then every photo flipped, ...): NNCF reads the first
         samples only for some steps (its full bias correction, the first fifth), which then span every photo.
@@ -77,12 +77,12 @@ class CalibrationSet:
         return [to_network_input(view) for view in self.views(size)]
 
     def views(self, size: InputSize) -> list[np.ndarray]:
-        """The photos as the network sees them (BGR uint8 H×W×3 resized to ``size``), in ``samples`` order."""
+        """The photos as the network sees them (BGR uint8 H×W×3 letterboxed to ``size``), in ``samples`` order."""
         views = []
         for name in self.augmentations:
             for image in self.images:
                 view = np.ascontiguousarray(AUGMENTATIONS[name](image))
-                box = Resize.fit(view.shape[0], view.shape[1], size.height, size.width)
+                box = Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width)
                 views.append(box.apply(view))
         return views
 

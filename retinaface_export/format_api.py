@@ -247,10 +247,6 @@ class ArtifactFormat:
         """Every provenance entry inside the artifact; {} when there is none."""
         raise NotImplementedError
 
-    def input_notices(self, path: Path, provenance: dict[str, Any]) -> list[str]:
-        """What the artifact tells other clients about its input that its provenance does not back ([] if nothing)."""
-        return []
-
     def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
         """Every block of metadata inside the artifact by name (tests check each describes the artifact)."""
         return {"retinaface_export": self.read_provenance(path)}

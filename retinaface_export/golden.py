@@ -4,7 +4,7 @@ A set is a folder with ``golden.json`` (checkpoint identity, inputs, versions, t
 and ``tensors.npz``. To stay small (a few hundred KB per set) it keeps, per input and size:
 
 - the prepared input's sha256 (the input itself is a recipe: a photo referenced by name and sha256 and
-  resized to the size, or a seeded synthetic photo), so parity can prove it fed the same pixels;
+  letterboxed to the size, or a seeded synthetic photo), so parity can prove it fed the same pixels;
 - a fixed sample of output rows: the highest-scoring anchors, where detections are decided, plus an even
   stride over every pyramid level; and each output's range over all anchors;
 - the decoded faces down to score 0.3 (box, score, landmarks, in network-input pixels, float32).
@@ -33,9 +33,9 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.contract import OUTPUT_NAMES, OUTPUT_WIDTHS
 from retinaface_export.detection.faces import Face, faces_from_arrays
+from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.detection.resize import Resize
 from retinaface_export.eager import eager_runner
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.images import decode_image, images_in_folder
@@ -141,7 +141,7 @@ class GoldenInput:
             raise FileError(self.name, f"golden input photo {exc}") from None
         path, data = find_photo(self.photo, str(self.photo_sha256), image_dirs)
         image = decode_image(path, data)
-        return Resize.fit(image.shape[0], image.shape[1], size.height, size.width).apply(image)
+        return Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width).apply(image)
 
 
 def _sha256(array: np.ndarray) -> str:

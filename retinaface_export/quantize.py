@@ -407,7 +407,7 @@ def quantize_detector(backend: Int8Backend, model: Any, request: Int8Request) ->
     """A RetinaFace model quantised to INT8, judged by strict detection F1 against itself in float.
 
     Calibrates on ``request.photos.calibration`` and validates on ``request.photos.validation`` (both
-    resized to the model's size, augmented as their sets say) with
+    letterboxed to the model's size, augmented as their sets say) with
     :class:`~retinaface_export.detection.metric.DetectionF1` (score > 0.5 on both sides, IoU >= 0.5).
 
     Args:

@@ -135,8 +135,8 @@ def bias_correction_rows(irs: dict, split, anchors, sizes: list[int]) -> list[di
 
 def goal_rows(irs: dict, split, anchors, sizes: list[int], image: np.ndarray, runs: int) -> list[dict]:
     """Table 2: the shipped INT8 against FP32 and against the PERFORMANCE-whole ceiling."""
+    from retinaface_export.detection.letterbox import Letterbox
     from retinaface_export.detection.metric import DetectionF1
-    from retinaface_export.detection.resize import Resize
     from retinaface_export.preprocess import to_network_input
     from retinaface_export.quantize import WHOLE_GRAPH_PERFORMANCE, quantize, quantize_detector
     from retinaface_export.sizes import InputSize
@@ -148,7 +148,7 @@ def goal_rows(irs: dict, split, anchors, sizes: list[int], image: np.ndarray, ru
         shipped, record = quantize_detector(_int8(), irs[size], _request(split, shape, anchors))
         seconds = time.perf_counter() - start
         ceiling = quantize(_int8(), irs[size], split.calibration.samples(shape), WHOLE_GRAPH_PERFORMANCE)
-        data = to_network_input(Resize.fit(*image.shape[:2], size, size).apply(image))
+        data = to_network_input(Letterbox.fit(*image.shape[:2], size, size).apply(image))
         fp32_ms, int8_ms, ceiling_ms = _latencies([irs[size], shipped, ceiling], data, runs)
         accuracy = record["accuracy"]
         rows.append(
@@ -263,7 +263,7 @@ def markdown(bias: list[dict], goals: list[dict], folds: list[dict], split_recor
                 f"{row['ceiling_speedup']:.2f}× | {row['ceiling_f1']:.3f} | {row['speed_ratio']:.2f} "
                 f"({_mark(row['speed_ratio'] >= SPEED_GOAL)}) | {row['seconds']:.0f} |"
             )
-        lines += ["", f"Latency: medians of {runs} runs of each model, timed in turns, crowd photo resized.", ""]
+        lines += ["", f"Latency: medians of {runs} runs of each model, timed in turns, crowd photo letterboxed.", ""]
     if folds:
         lines += [
             "| size | cross-validated F1, all views | F1, photos as they are | samples | layers in float (all folds) |",

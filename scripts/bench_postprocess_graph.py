@@ -1,6 +1,6 @@
 """Time raw outputs + numpy post-processing against an ``nms`` artifact (issue 13), in turns.
 
-mobilenet0.25 at a fixed size on the resized crowd photo, ONNX Runtime (optimisation on) and
+mobilenet0.25 at a fixed size on the letterboxed crowd photo, ONNX Runtime (optimisation on) and
 OpenVINO (CPU, f32, latency hint): per run, the raw model followed by the Detector's numpy decode + NMS
 (priors cached, as the Detector has them), then the ``nms`` artifact, so both see the same machine load.
 Pre-processing is the same for both and not timed. Prints medians in milliseconds and the faces found.
@@ -25,9 +25,9 @@ from retinaface_export.converters.onnx.postprocess import add_postprocess  # noq
 from retinaface_export.converters.onnx.runtime import session  # noqa: E402
 from retinaface_export.converters.openvino.postprocess import match_reference_nms  # noqa: E402
 from retinaface_export.converters.openvino.runtime import compile_model, compiled_runner, openvino_module  # noqa: E402
+from retinaface_export.detection.letterbox import Letterbox  # noqa: E402
 from retinaface_export.detection.postprocess import DetectionConfig, postprocess  # noqa: E402
 from retinaface_export.detection.priors import prior_boxes  # noqa: E402
-from retinaface_export.detection.resize import Resize  # noqa: E402
 from retinaface_export.pipeline.export import ExportOptions, export_checkpoint  # noqa: E402
 from retinaface_export.postprocess.settings import NmsSettings  # noqa: E402
 from retinaface_export.preprocess import to_network_input  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> int:
     anchors = checkpoint.variant.anchors
     size = InputSize(args.size, args.size)
     image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
-    box = Resize.fit(image.shape[0], image.shape[1], size.height, size.width)
+    box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
     data = to_network_input(box.apply(image))
     priors = prior_boxes(anchors, size.height, size.width)
     scale = (size.width, size.height)

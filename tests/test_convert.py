@@ -399,7 +399,7 @@ def test_output_dir_gets_its_own_manifest(small_export, tmp_path):
     assert entry["input_format"] == "u8-nhwc" and entry["path"].endswith("_fp32_u8.xml")
     assert entry["source"]["path"] == "retinaface_mobilenet0.25_320x320.onnx"
     faces = Detector.from_artifact(out / entry["path"]).detect(read_image(require(CROWD_PHOTO)))
-    assert len(faces) >= 5  # the crowd resized to 320: 6 faces above 0.5
+    assert len(faces) >= 5  # the crowd letterboxed to 320: 6 faces above 0.5
 
 
 def test_onnxsim_failure_keeps_the_original_and_says_so(small_export, monkeypatch):

@@ -12,9 +12,9 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.detection.compare import compare_faces, tolerant_f1
 from retinaface_export.detection.faces import Face
+from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.postprocess import DetectionConfig, decode_boxes, decode_landmarks, nms
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.detection.resize import Resize
 from retinaface_export.errors import FileError
 from retinaface_export.inference.backends import eager_backend
 from retinaface_export.inference.detector import Detector
@@ -119,23 +119,23 @@ def test_nms_matches_reference_on_random_boxes(count):
     assert nms(boxes, scores, 0.4).tolist() == expected
 
 
-# --- resize to a fixed input ------------------------------------------------------------------------
+# --- letterbox ------------------------------------------------------------------------------------
 
 
-def test_resize_stretches_the_whole_image_to_the_input():
-    """OMZ's ``standard`` resize: every pixel of the input is image, no padding, each axis its own ratio."""
-    box = Resize.fit(480, 1280, 640, 640)
-    image = np.zeros((480, 1280, 3), np.uint8)
-    image[240:] = 200  # bottom half bright
+def test_letterbox_maps_canvas_back_to_image():
+    box = Letterbox.fit(480, 1280, 640, 640)
+    assert (box.resized_height, box.resized_width) == (240, 640)
+    image = np.full((480, 1280, 3), 200, np.uint8)
     canvas = box.apply(image)
     assert canvas.shape == (640, 640, 3)
-    assert (canvas[:318] == 0).all() and (canvas[322:] == 200).all()  # the bottom half of the input
-    np.testing.assert_allclose(box.to_image(np.array([[64.0, 24.0, 640.0, 640.0]], np.float32)), [[128, 18, 1280, 480]])
+    assert (canvas[:240] == 200).all() and (canvas[240:] == (104, 117, 123)).all()
+    np.testing.assert_allclose(box.to_image(np.array([[64.0, 24.0, 640.0, 240.0]], np.float32)), [[128, 48, 1280, 480]])
 
 
-def test_resize_tall_image():
-    box = Resize.fit(1000, 500, 320, 320)
-    np.testing.assert_allclose(box.to_image(np.array([16.0, 32.0], np.float32)), [25, 100])
+def test_letterbox_tall_image():
+    box = Letterbox.fit(1000, 500, 320, 320)
+    assert (box.resized_height, box.resized_width) == (320, 160)
+    np.testing.assert_allclose(box.to_image(np.array([16.0, 32.0], np.float32)), [50, 100])
 
 
 # --- end to end against the reference pipeline -----------------------------------------------------

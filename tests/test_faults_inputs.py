@@ -646,7 +646,7 @@ def test_drawings_beside_but_not_among_inputs(tmp_path):
 
 
 def test_calibration_image_too_small_is_named(tmp_path):
-    """Before the fix: ZeroDivisionError while resizing the half-size crops of a 1×1 photo."""
+    """Before the fix: ZeroDivisionError while letterboxing the half-size crops of a 1×1 photo."""
     from retinaface_export.calibration import load_calibration_set
     from retinaface_export.errors import FileError
     from retinaface_export.sizes import InputSize
@@ -748,7 +748,7 @@ def test_origin_size_is_refused_for_a_fixed_size_model(tmp_path, fixed_export):
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         f"retinaface-eval: error: --origin-size: {model} has a fixed 320x320 input (each image would be "
-        "resized to it); use an artifact exported with --dynamic, or --weights"
+        "letterboxed to it); use an artifact exported with --dynamic, or --weights"
     )
     assert not (tmp_path / "p").exists()
 

@@ -69,10 +69,10 @@ def test_the_drop_in_ir_computes_f32_numbers_for_a_client(converted, crowd_photo
     """u8 pixels in, mean inside. On a bf16 CPU the CPU plugin fuses u8→f32 and the mean subtraction into one
     node of its own (which drops the precision mark) and stores its output in bf16: pixel minus an integer
     mean is an integer in [-123, 151], which bf16 holds exactly, so the outputs still equal the f32 compile's."""
-    from retinaface_export.detection.resize import Resize
+    from retinaface_export.detection.letterbox import Letterbox
 
     path = converted / f"{STEM}_fp32_u8.xml"
-    box = Resize.fit(crowd_photo.shape[0], crowd_photo.shape[1], 320, 320)
+    box = Letterbox.fit(crowd_photo.shape[0], crowd_photo.shape[1], 320, 320)
     pixels = box.apply(crowd_photo)[None]
     client = _as_a_client(path)
     for got, want in zip(_run(client, pixels), _run(compile_model(path, precision="f32"), pixels), strict=True):

@@ -76,7 +76,7 @@ def test_readme_python_api_snippet_runs(tmp_path):
     assert len(artifacts) == 4 and all(line.endswith(" True") for line in artifacts), artifacts
     assert "parity passed: True" in lines
     crowd = next(line for line in lines if line.startswith("crowd_selfie.jpg "))
-    assert int(crowd.split()[1]) > 50, crowd  # several hundred faces at full size; resized to 640 fewer
+    assert int(crowd.split()[1]) > 50, crowd  # several hundred faces at full size; letterboxed to 640 fewer
     aps = ast.literal_eval(lines[-1])  # the snippet prints the dict of APs last
     assert set(aps) == {"easy", "medium", "hard"} and all(0.3 < v < 1 for v in aps.values()), aps
     assert (work / "out" / "manifest.json").is_file()

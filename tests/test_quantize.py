@@ -16,10 +16,10 @@ import pytest
 from conftest import SHARED, require
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.calibration import load_calibration_set, split_photos
+from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.metric import DetectionF1
 from retinaface_export.detection.modes import mode_outputs
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.detection.resize import Resize
 from retinaface_export.errors import AccuracyDropError, FileError
 from retinaface_export.formats import FORMATS
 from retinaface_export.postprocess.settings import PostprocessSpec
@@ -85,7 +85,7 @@ def test_samples_start_with_every_photo_as_it_is(photos):
     samples = split.calibration.samples(SIZE)
     assert len(samples) == 5 * 6
     for sample, image in zip(samples, split.calibration.images, strict=False):
-        canvas = Resize.fit(image.shape[0], image.shape[1], SIZE.height, SIZE.width).apply(image)
+        canvas = Letterbox.fit(image.shape[0], image.shape[1], SIZE.height, SIZE.width).apply(image)
         np.testing.assert_array_equal(sample, to_network_input(canvas))
 
 

@@ -216,7 +216,7 @@ class NcnnFormat(ArtifactFormat):
                     "mean_bgr": list(MEAN_BGR),
                     "norm": [1.0, 1.0, 1.0],
                     "layout": "C×H×W per image (ncnn.Mat from_pixels with PIXEL_BGR, then substract_mean_normalize)",
-                    "resize": "whole image stretched to the input, bilinear, no padding (as retinaface-detect)",
+                    "resize": "letterbox: aspect kept, padded bottom/right (as retinaface-detect)",
                 },
             }
             | conversion,

@@ -23,9 +23,9 @@ import numpy as np
 from retinaface_export.bench.stats import UNSTABLE_RULE, UNSTABLE_SPREAD, Budget, Stats, interleaved
 from retinaface_export.bench.system import machine_record, runtime_versions
 from retinaface_export.checkpoint import LoadedCheckpoint
+from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.modes import image_faces
 from retinaface_export.detection.postprocess import DetectionConfig
-from retinaface_export.detection.resize import Resize
 from retinaface_export.eager import eager_runner
 from retinaface_export.errors import ManifestError, UsageError
 from retinaface_export.format_api import ThroughputRunner, sequential_throughput
@@ -222,7 +222,7 @@ def _eager_model(checkpoint: LoadedCheckpoint, size: InputSize, settings: BenchS
 
 
 def _batch_of(image: np.ndarray, size: InputSize, batch: int) -> np.ndarray:
-    box = Resize.fit(image.shape[0], image.shape[1], size.height, size.width)
+    box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
     return np.repeat(box.apply(image)[None], batch, axis=0)
 
 
@@ -258,7 +258,7 @@ def measure_latency(model: _Model, image: np.ndarray, size: InputSize, settings:
     """One request at a time: the network, pre-processing, post-processing and the whole pipeline, in turns."""
     backend = model.backend
     batch = backend.batch or 1
-    box = Resize.fit(image.shape[0], image.shape[1], size.height, size.width)
+    box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
     data = backend.prepare(_batch_of(image, size, batch))
     outputs = backend.run(data)
     config = DetectionConfig()
@@ -347,7 +347,7 @@ def bench_export(
 
     Args:
         export_dir: a folder with a ``manifest.json``.
-        image: the BGR photo every row runs on (resized to each size).
+        image: the BGR photo every row runs on (letterboxed into each size).
         settings: modes, budget, threads, batches, streams, sizes, eager; defaults when None.
         on_step: called with a label as each row starts, for progress displays.
 

@@ -14,12 +14,10 @@ from retinaface_export.bench.system import machine
 from retinaface_export.cli.common import (
     MultiValueCommand,
     configure_logging,
-    export_artifacts,
     handle_errors,
     not_an_option,
     stderr,
     titled_table,
-    warn_input_notices,
     wide_console,
 )
 from retinaface_export.errors import UsageError
@@ -237,7 +235,6 @@ def main(
         eager=not no_eager,
     )
     photo = read_image(image) if image else synthetic_photos(1, 720, 1280, seed=1)[0]
-    warn_input_notices("bench", export_artifacts(export_dir))
     with stderr.status("benchmarking", spinner="dots") as status:
         report = bench_export(export_dir, photo, settings, on_step=lambda name: status.update(f"benchmarking {name}"))
     title = (

@@ -116,29 +116,6 @@ def size_option(default: str) -> Callable[[F], F]:
     )
 
 
-def warn_input_notices(command: str, artifacts: Sequence[Path]) -> None:
-    """One warning line per artifact whose client metadata (OpenVINO ``model_info``) its provenance does not back.
-
-    The commands feed an artifact as its provenance says; the warning is for what another client, reading the
-    metadata, would do differently (``docs/commands.md``, the Open Model Zoo section).
-    """
-    from retinaface_export.inference.backends import input_notices
-
-    for artifact in artifacts:
-        for notice in input_notices(artifact):
-            logging.getLogger(f"retinaface_export.cli.{command}").warning("%s: %s", artifact, notice)
-
-
-def export_artifacts(export_dir: Path) -> list[Path]:
-    """The artifact files EXPORT_DIR's manifest lists ([] when it cannot be read: the command reports that)."""
-    from retinaface_export.manifest import Manifest
-
-    try:
-        return [export_dir / record.path for record in Manifest.read(export_dir).artifacts]
-    except Exception:
-        return []
-
-
 def configure_logging(quiet: bool, verbose: bool = False) -> None:
     """Library logs go to stderr through rich; ``--quiet`` keeps warnings and errors only."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO

@@ -135,8 +135,6 @@ def main(
         detector = Detector.from_checkpoint(weights, backbone, load_anchors(anchors) if anchors else None, config)
     else:
         detector = Detector.from_artifact(artifact, config)
-        for notice in detector.backend.notices:
-            log.warning("%s: %s", artifact, notice)
 
     for message in folder_errors:
         click.echo(f"{COMMAND}: error: {message}", err=True)

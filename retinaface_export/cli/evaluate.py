@@ -67,7 +67,7 @@ def _detector(artifact: str | None, weights: str | None, anchors: str | None, or
     fixed = detector.backend.input_size
     if origin_size and fixed is not None:
         raise UsageError(
-            f"--origin-size: {artifact} has a fixed {fixed} input (each image would be resized to it); "
+            f"--origin-size: {artifact} has a fixed {fixed} input (each image would be letterboxed to it); "
             "use an artifact exported with --dynamic, or --weights"
         )
     return detector
@@ -149,7 +149,7 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
     "--origin-size",
     is_flag=True,
     help="Run at each image's own size (the default for --weights and dynamic artifacts; "
-    "refused for fixed-size artifacts, which resize).",
+    "refused for fixed-size artifacts, which letterbox).",
 )
 @click.option("--long-side", type=click.IntRange(min=32), help="Resize so the long side is N pixels first.")
 @click.option("--save-predictions", type=click.Path(file_okay=False, path_type=Path), help="Write prediction files.")

@@ -11,14 +11,12 @@ from rich.table import Table
 from retinaface_export.cli.common import (
     MultiValueCommand,
     configure_logging,
-    export_artifacts,
     handle_errors,
     json_option,
     json_to_stdout,
     not_an_option,
     reported_progress,
     titled_table,
-    warn_input_notices,
     wide_console,
     write_json,
 )
@@ -108,7 +106,6 @@ def main(
     Example: retinaface-parity out --images photos/ --json report.json
     """
     configure_logging(quiet)
-    warn_input_notices("parity", export_artifacts(export_dir))
     with reported_progress(quiet):
         report = run_parity(export_dir, find_golden_sets(golden or packaged_golden_root()), list(image_dirs))
     to_stdout = json_to_stdout(json_path)

@@ -1,1 +1,1 @@
-"""Faces out of network outputs, in numpy: priors, decode, NMS, resizing, matching and F1."""
+"""Faces out of network outputs, in numpy: priors, decode, NMS, letterboxing, matching and F1."""

@@ -10,9 +10,9 @@ import numpy as np
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.detection.faces import Face, faces_from_arrays
+from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.modes import image_faces
 from retinaface_export.detection.postprocess import DetectionConfig
-from retinaface_export.detection.resize import Resize
 from retinaface_export.errors import FileError
 from retinaface_export.inference.backends import Backend, artifact_backend, eager_backend
 
@@ -20,8 +20,7 @@ from retinaface_export.inference.backends import Backend, artifact_backend, eage
 class Detector:
     """RetinaFace post-processing over any backend.
 
-    Fixed-size artifacts get each image resized to their input (stretched, as OMZ's ``standard`` resize) and
-    their boxes mapped back;
+    Fixed-size artifacts get each image letterboxed (aspect kept, padded) and their boxes mapped back;
     eager models and dynamic artifacts run at each image's own resolution, as the reference does.
     """
 
@@ -53,7 +52,7 @@ class Detector:
         """Faces in each image; images are batched as far as the backend allows."""
         if self.backend.input_size is None:
             return self._detect_native(images)
-        return self._detect_resized(images)
+        return self._detect_letterboxed(images)
 
     def _decode(self, outputs: list[np.ndarray], index: int, height: int, width: int):
         backend = self.backend
@@ -74,10 +73,10 @@ class Detector:
                     results[index] = faces_from_arrays(*self._decode(outputs, row, shape[0], shape[1]))
         return results
 
-    def _detect_resized(self, images: list[np.ndarray]) -> list[list[Face]]:
+    def _detect_letterboxed(self, images: list[np.ndarray]) -> list[list[Face]]:
         size = self.backend.input_size
         assert size is not None
-        boxes = [Resize.fit(img.shape[0], img.shape[1], size.height, size.width) for img in images]
+        boxes = [Letterbox.fit(img.shape[0], img.shape[1], size.height, size.width) for img in images]
         results: list[list[Face]] = []
         for chunk in self._chunks(list(range(len(images)))):
             canvases = [boxes[i].apply(images[i]) for i in chunk]

@@ -97,7 +97,7 @@ def split_detections(
     """An ``nms`` artifact's outputs to per-image ``(boxes K×4, scores K, landmarks K×10)``, best first.
 
     The arrays are in input-tensor pixels, as ``detection.postprocess.postprocess`` returns them, so the
-    Detector maps them to the image (resize) the same way. ``min_score`` keeps the faces scoring above
+    Detector maps them to the image (letterbox) the same way. ``min_score`` keeps the faces scoring above
     it (a threshold above the artifact's own; see :func:`covers`).
     """
     if detections.ndim != 3 or detections.shape[2] != DETECTION_WIDTH:
