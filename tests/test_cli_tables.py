@@ -25,6 +25,9 @@ from conftest import CROWD_PHOTO, REPO, SHARED, require
 from retinaface_export.cli import bench, convert, detect, evaluate, export, golden, parity
 from retinaface_export.postprocess.settings import POSTPROCESS_MODES
 
+# every command's table for every mode: make test, not the fast tier
+pytestmark = pytest.mark.slow
+
 IMAGES = SHARED / "images"
 # target -> precisions converted in the fast tier (INT8 needs calibration: slow here, fast in test_no_network)
 FAST_CONVERSIONS = {"onnxsim": ("fp32",), "openvino": ("fp32", "fp16"), "onnx": ("fp16",)}

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from retinaface_export.hashing import sha256_file
 
 
@@ -22,6 +24,7 @@ def _listed(folder) -> dict[str, str]:
     return listed
 
 
+@pytest.mark.slow
 def test_export_and_convert_at_once_keep_every_entry(tmp_path):
     out = tmp_path / "out"
     first = [_script("retinaface-export"), "--size", "256", "--format", "onnx", "--output-dir", str(out), "-q"]

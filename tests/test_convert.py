@@ -285,6 +285,7 @@ def test_validation_photo_used_for_calibration_exits_1_writing_nothing(small_exp
     assert snapshot(small_export) == before
 
 
+@pytest.mark.slow
 def test_unmet_accuracy_target_exits_1_writing_nothing_unless_allowed(small_export, tmp_path):
     """No drop at all allowed on the crowd photo: reverting layers cannot bring every face back."""
     calibration = photo_folder(tmp_path / "calibration", "wider_sample_1.jpg", "wider_sample_3.jpg")
@@ -329,6 +330,7 @@ def test_int8_option_misuse_exits_2(small_export, args, says):
     assert snapshot(small_export) == before
 
 
+@pytest.mark.slow
 def test_int8_of_a_post_processed_export_with_raw_pixel_input(tmp_path, real_weights):
     """An nms export cutting at 0.6, batch 2, to INT8 taking uint8 images: judged at its own threshold."""
     from retinaface_export.cli.export import main as export_main
@@ -352,6 +354,7 @@ def test_int8_of_a_post_processed_export_with_raw_pixel_input(tmp_path, real_wei
     assert row["conversion"]["int8"]["validation"]["images"] == 1
 
 
+@pytest.mark.slow
 def test_int8_of_a_dynamic_export_is_judged_at_its_sizes_and_batches(tmp_path, real_weights):
     from retinaface_export.checkpoint import load_checkpoint
     from retinaface_export.pipeline.export import ExportOptions, export_checkpoint

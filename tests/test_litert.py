@@ -32,6 +32,9 @@ from retinaface_export.precision import PRECISIONS
 from retinaface_export.provenance import provenance_problems
 from retinaface_export.sizes import InputSize
 
+# litert-torch conversions (~15 s each): make test, not the fast tier
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("ai_edge_litert", reason='needs the [litert] extra: pip install "retinaface-export[litert]"')
 
 REPO_GOLDEN = __import__("pathlib").Path(__file__).resolve().parents[1] / "golden"
@@ -81,7 +84,7 @@ def within(precision, outputs, reference):
 
 def test_the_row_is_a_conversion_from_onnx_with_its_own_runtime():
     assert FORMATS["litert"] is FORMAT and FORMAT.source_format == "onnx" and FORMAT.backend == "litert"
-    assert list(FORMATS).index("litert") == list(FORMATS).index("openvino") + 1
+    assert list(FORMATS).index("litert") > list(FORMATS).index("openvino")
 
 
 def test_converted_and_verified_against_its_source(converted):

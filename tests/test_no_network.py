@@ -24,6 +24,9 @@ import pytest
 from conftest import REAL_WEIGHTS, REPO, SHARED, require
 from retinaface_export.cli.entry import ALLOW_TELEMETRY_ENV, NO_TELEMETRY_ENV
 
+# every command traced in a subprocess: make test, not the fast tier
+pytestmark = pytest.mark.slow
+
 IMAGES = SHARED / "images"
 
 AUDIT_HOOK = '''

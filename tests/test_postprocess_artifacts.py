@@ -20,6 +20,9 @@ from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
 
+# builds nms exports at 640 and their conversions, INT8 included (~1 min): make test, not the fast tier
+pytestmark = pytest.mark.slow
+
 SIZE = InputSize(640, 640)
 
 

@@ -243,6 +243,7 @@ def _float_ops(model) -> set[str]:
     }
 
 
+@pytest.mark.slow
 def test_openvino_and_onnx_keep_the_ignored_scope_in_float(synthetic_model, samples):
     onnx_model, ov_model = synthetic_model
     calibration, _ = samples
@@ -265,6 +266,7 @@ def test_openvino_and_onnx_keep_the_ignored_scope_in_float(synthetic_model, samp
 FIRST_STAGE_ONLY = (r".*(stage2|stage3|fpn|ssh|Head).*",)
 
 
+@pytest.mark.slow
 def test_accuracy_control_reports_the_layers_it_reverted(synthetic_model, samples):
     _, model = synthetic_model
     calibration, validation = samples
@@ -291,6 +293,7 @@ def test_accuracy_control_reports_the_layers_it_reverted(synthetic_model, sample
     assert record["int8"] == pytest.approx(metric(reference, OV.run(quantized, validation))[0])
 
 
+@pytest.mark.slow
 def test_unreachable_accuracy_target_raises(synthetic_model, samples):
     onnx_model, _ = synthetic_model
     calibration, validation = samples
