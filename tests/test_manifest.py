@@ -25,6 +25,7 @@ from retinaface_export.sizes import InputSize
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
+# An export with every conversion, INT8 included (~25 s): the tests that read it run in make test, not the fast tier.
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, real_weights):
     """A fixed-size export with every conversion (INT8 included) and a dynamic one, as the commands write them."""
@@ -40,6 +41,7 @@ def folders(tmp_path_factory, real_weights):
     return fixed, dynamic
 
 
+@pytest.mark.slow
 def test_every_written_manifest_validates_against_the_shipped_schema(folders):
     schema = json.loads(schema_path().read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -54,6 +56,7 @@ def test_every_written_manifest_validates_against_the_shipped_schema(folders):
     assert len(kinds) == 7  # torchscript, onnx, onnxsim, IR fp32/fp16/int8, IR u8
 
 
+@pytest.mark.slow
 def test_every_provenance_block_describes_its_artifact(folders):
     checked = 0
     for folder in folders:
@@ -123,6 +126,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_manifest_is_one_clear_error(folders, tmp_path, name):
     mutation, fragment = MALFORMED[name]
@@ -145,6 +149,7 @@ def test_malformed_manifest_is_one_clear_error(folders, tmp_path, name):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, inside or outside
 
 
+@pytest.mark.slow
 def test_nan_in_a_manifest_is_refused(folders, tmp_path):
     folder = tmp_path / "export"
     shutil.copytree(folders[0], folder)
@@ -154,6 +159,7 @@ def test_nan_in_a_manifest_is_refused(folders, tmp_path):
         Manifest.read(folder)
 
 
+@pytest.mark.slow
 def test_a_symlink_that_leaves_the_folder_is_refused(folders, tmp_path):
     folder = tmp_path / "export"
     shutil.copytree(folders[0], folder)
@@ -171,6 +177,7 @@ def test_a_symlink_that_leaves_the_folder_is_refused(folders, tmp_path):
     assert any("resolves outside its export folder" in f for f in row["failures"])
 
 
+@pytest.mark.slow
 def test_every_ir_tells_model_api_readers_how_to_feed_it(folders):
     from retinaface_export.converters.openvino.runtime import openvino_core
 
