@@ -168,6 +168,16 @@ def load_calibration_set(folder: str | Path) -> CalibrationSet:
     return _photo_set(folder, _image_files(folder, "calibration"), augment=None)
 
 
+def load_validation_set(folder: str | Path) -> CalibrationSet:
+    """Every image in ``folder`` (not recursive), augmented as calibration sets are, to judge detections on.
+
+    Raises:
+        FileError: as :func:`load_calibration_set`, naming the folder as the validation folder.
+    """
+    folder = Path(folder)
+    return _photo_set(folder, _image_files(folder, "validation"), augment=None)
+
+
 def split_photos(calibration: str | Path, validation: str | Path | None = None) -> PhotoSplit:
     """Calibration photos and validation photos that share none (compared by content, not name).
 

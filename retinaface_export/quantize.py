@@ -34,7 +34,7 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.calibration import CalibrationSet, PhotoSplit
-from retinaface_export.detection.metric import DetectionF1
+from retinaface_export.detection.metric import DetectionF1, strict_f1
 from retinaface_export.errors import AccuracyDropError, UsageError
 from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
@@ -386,14 +386,8 @@ class Int8Request:
     progress: Progress | None = None
 
     def metric(self, size: InputSize | None = None) -> DetectionF1:
-        """Strict detection F1 (IoU 0.5) of outputs at ``size`` (default: the request's), read as written.
-
-        Both sides are cut at 0.5, or at an ``nms`` model's own threshold when that is higher.
-        """
-        threshold = 0.5
-        if self.postprocess.detections:
-            threshold = max(threshold, self.postprocess.settings.score_threshold)
-        return DetectionF1(self.anchors, size or self.size, threshold=threshold, postprocess=self.postprocess)
+        """Strict detection F1 (IoU 0.5) of outputs at ``size`` (default: the request's), read as written."""
+        return strict_f1(self.anchors, size or self.size, self.postprocess)
 
     def samples(self, photos: CalibrationSet) -> list[np.ndarray]:
         """Network inputs (mean subtracted) of ``photos`` at the model's size; each repeated to its batch."""

@@ -53,7 +53,13 @@ class Verification:
             return "not verified"
         if self.kind is VerificationKind.TENSORS:
             errors = list(self.details.get("max_abs_error", {}).values())
-            return f"max |Δ| {max(errors):.1e}" if errors else "max |Δ| -"
+            text = f"max |Δ| {max(errors):.1e}" if errors else "max |Δ| -"
+            photos = self.details.get("detections")  # bf16: also judged by its faces on photos
+            if photos:
+                text += f", F1 {photos['f1']:.3f} on {photos['samples']} views"
+            if self.details.get("not_checked"):
+                text += " (ran in f32 here)"
+            return text
         text = f"F1 {self.details['f1']:.3f}"
         if self.details.get("photos") == "validation":  # INT8: judged on photos calibration never saw
             text += f" on {self.details['samples']} held-out views"
