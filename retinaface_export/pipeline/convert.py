@@ -75,6 +75,8 @@ class ConvertOptions:
     max_f1_drop: float = 0.03
     # INT8: keep a model that misses the target (its record says so) instead of failing the run
     allow_accuracy_drop: bool = False
+    # INT8: seconds accuracy control may search per artifact before the run fails (None: no limit)
+    int8_budget: float | None = None
     sizes: tuple[InputSize, ...] = ()
     workers: int = 1
     # False only to time the build alone (scripts/bench_toolchain.py): the manifest then says "skipped"
@@ -115,6 +117,8 @@ class ConvertOptions:
             )
         if self.validation is not None and "int8" not in self.precisions and not photo_judged:
             raise UsageError("--validation is for --precision int8 and bf16")
+        if self.int8_budget is not None and not (0 < self.int8_budget < float("inf")):
+            raise UsageError(f"--int8-budget must be a positive number of seconds, got {self.int8_budget}")
         if not 0 <= self.max_f1_drop < 1:
             raise UsageError(f"--max-f1-drop must be at least 0 and below 1, got {self.max_f1_drop}")
 
@@ -254,12 +258,14 @@ def checkpoint_model(manifest: Manifest, cache: OnceCache) -> Callable[[], torch
     return lambda: cache.get(("checkpoint-model",), load)
 
 
-def _int8_progress(file_name: str, samples: int) -> Callable[[str, int], None]:
-    """Calibration progress of one artifact for ``report_progress``: one bar per pass NNCF makes."""
+def _int8_progress(file_name: str, samples: int) -> Callable[[str, int, int | None], None]:
+    """INT8 progress of one artifact for ``report_progress``: a bar per calibration pass, one for accuracy control."""
 
-    def progress(stage: str, count: int) -> None:
-        if stage == "calibration":  # accuracy control's evaluations have no known total: not shown
+    def progress(stage: str, count: int, total: int | None) -> None:
+        if stage == "calibration":
             report_progress(f"{file_name}: INT8 calibration", (count - 1) % samples + 1, samples)
+        elif total is not None:  # the most it can take: the search usually ends well before, then closes the bar
+            report_progress(f"{file_name}: INT8 accuracy control (evaluations of at most)", count, total)
 
     return progress
 
@@ -279,6 +285,7 @@ def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], optio
         allow_accuracy_drop=options.allow_accuracy_drop,
         accuracy_control=not checkpoint.get("synthetic", False),
         progress=_int8_progress(job.file_name, calibration_views),
+        budget_seconds=options.int8_budget,
     )
 
 
