@@ -8,7 +8,10 @@ This module imports only the standard library, so the handlers are in place with
 
 A second signal while the first one's cleanup runs (worker threads finish their artifact first) exits at
 once: what it leaves (a staging folder, a commit cut short) belongs to a dead process, which the next run
-into that folder removes or undoes (:func:`retinaface_export.safety.atomic.clean_stale_staging`).
+into that folder removes or undoes (:func:`retinaface_export.safety.atomic.clean_stale_staging`). The same
+signal again within SAME_STOP_SECONDS is the same stop, not a second one: ``timeout -s TERM`` signals the
+process and then its whole process group, and a shell's ``kill`` of a job can do the same, so one stop
+arrives twice; its cleanup then completes.
 
 The handlers act in the process that installed them only: a process forked from it (OpenVINO's telemetry
 sender, a multiprocessing worker) inherits them, and there a stop signal takes its default action (the
@@ -24,10 +27,14 @@ import importlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+# A repeat of the first stop signal this soon after it is the same stop (``timeout`` sends it to the process,
+# then to its group, microseconds apart); a person pressing Ctrl-C again to stop at once waits longer.
+SAME_STOP_SECONDS = 0.5
 COMMANDS = {
     "retinaface-export": "retinaface_export.cli.export",
     "retinaface-convert": "retinaface_export.cli.convert",
@@ -83,7 +90,7 @@ def no_telemetry() -> bool:
     return True
 
 
-_received: list[int] = []
+_received: list[tuple[int, float]] = []  # the first stop signal and when it arrived (time.monotonic)
 _command = ["retinaface-export"]
 # The process that installed the handlers; children forked from it inherit them but must not act on them.
 _installer_pid = [0]
@@ -94,10 +101,14 @@ def _raise_interrupted(signum: int, frame: object) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    if _received:  # a second signal while the first one's cleanup runs: stop now
+    if _received:
+        first, at = _received[0]
+        if signum == first and time.monotonic() - at < SAME_STOP_SECONDS:
+            return  # the same stop delivered twice (process, then group): let its cleanup finish
+        # a second stop while the first one's cleanup runs: stop now
         _write_line(f"{_command[0]}: interrupted again; stopped at once (the next run cleans up after it)")
         os._exit(128 + signum)
-    _received.append(signum)
+    _received.append((signum, time.monotonic()))
     raise Interrupted(signum)
 
 

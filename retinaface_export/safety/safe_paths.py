@@ -3,8 +3,10 @@
 Every input the tools read (checkpoints, images, golden sets, prediction files) goes through
 :func:`open_regular`: it opens without blocking (a FIFO called ``photo.jpg`` cannot hang a run), then
 checks on the open descriptor that it is a regular file, so the check and the read see the same file.
+A read that fails (EIO from a disk or from ``/proc/self/mem``) is :func:`read_error`, naming the file.
 Names that come from data files (a WIDER event, a golden set's photo) are plain names checked by
-:func:`check_plain_name` and joined with :func:`resolve_inside`, which refuses a symlink leading out.
+:func:`check_plain_name` and joined with :func:`resolve_inside`, which refuses a symlink leading out. The
+same rule keeps a file found in a named folder (a photo of ``--calibration``, a manifest) inside it.
 """
 
 from __future__ import annotations
@@ -53,20 +55,32 @@ def _os_error_reason(path: Path, exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def open_regular(path: str | Path, what: str = "a regular file") -> BinaryIO:
-    """Open ``path`` for binary reading if, once open, it is a regular file (symlinks to one are followed).
+def read_error(path: str | Path, exc: OSError) -> InputFileError:
+    """The error for a read of ``path`` that failed with ``exc`` (EIO, say): one line, the file and the reason."""
+    return InputFileError(path, f"cannot be read ({exc.strerror or type(exc).__name__})")
+
+
+def open_regular(path: str | Path, what: str = "a regular file", follow_symlinks: bool = True) -> BinaryIO:
+    """Open ``path`` for binary reading if, once open, it is a regular file.
 
     Args:
         path: the file.
         what: how a folder given instead is told apart in the message ("is a directory, not <what>").
+        follow_symlinks: False refuses a symbolic link (``O_NOFOLLOW``), for files this tool wrote itself.
 
     Raises:
-        InputFileError: missing, a broken link or a link loop, no permission, a folder, a FIFO, a device.
+        InputFileError: missing, a broken link or a link loop, no permission, a folder, a FIFO, a device; a
+            symbolic link when ``follow_symlinks`` is False.
     """
     path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as exc:
+        if not follow_symlinks and exc.errno == errno.ELOOP and path.is_symlink():
+            raise InputFileError(path, "is a symbolic link; refused") from None
         raise InputFileError(path, _os_error_reason(path, exc)) from None
     try:
         mode = os.fstat(fd).st_mode
@@ -81,17 +95,26 @@ def open_regular(path: str | Path, what: str = "a regular file") -> BinaryIO:
         raise
 
 
-def read_regular_bytes(path: str | Path, what: str = "a regular file", max_bytes: int | None = None) -> bytes:
+def read_regular_bytes(
+    path: str | Path, what: str = "a regular file", max_bytes: int | None = None, follow_symlinks: bool = True
+) -> bytes:
     """The bytes of a regular file (see :func:`open_regular`), refusing files over ``max_bytes``.
 
     Raises:
-        InputFileError: not a readable regular file, or larger than ``max_bytes``.
+        InputFileError: not a readable regular file, larger than ``max_bytes`` (by its size or by what a read
+            returns: a file in ``/proc`` says 0 bytes), or the read failed (EIO).
     """
-    with open_regular(path, what) as handle:
+    with open_regular(path, what, follow_symlinks) as handle:
         size = os.fstat(handle.fileno()).st_size
         if max_bytes is not None and size > max_bytes:
             raise InputFileError(path, f"{size} bytes is more than the {max_bytes} such a file may have")
-        return handle.read()
+        try:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise read_error(path, exc) from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise InputFileError(path, f"more than the {max_bytes} bytes such a file may have")
+        return data
 
 
 def shown(name: str) -> str:
