@@ -57,6 +57,15 @@ def test_every_written_manifest_validates_against_the_shipped_schema(folders):
 
 
 @pytest.mark.slow
+def test_the_int8_row_says_how_long_its_search_took(folders):
+    (row,) = [a for a in json.loads((folders[0] / "manifest.json").read_text())["artifacts"] if a["precision"] == "int8"]
+    search = row["conversion"]["int8_search"]
+    assert search["seconds"] > 0
+    assert 2 <= search["evaluations"] <= search["most"]  # the float and the INT8 model at least
+    assert "int8_search" not in FORMATS["openvino"].read_provenance(folders[0] / row["path"])  # not in the file
+
+
+@pytest.mark.slow
 def test_every_provenance_block_describes_its_artifact(folders):
     checked = 0
     for folder in folders:

@@ -14,6 +14,7 @@ distinct graph once and reshapes it per size).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,16 +259,30 @@ def checkpoint_model(manifest: Manifest, cache: OnceCache) -> Callable[[], torch
     return lambda: cache.get(("checkpoint-model",), load)
 
 
-def _int8_progress(file_name: str, samples: int) -> Callable[[str, int, int | None], None]:
-    """INT8 progress of one artifact for ``report_progress``: a bar per calibration pass, one for accuracy control."""
+class _Int8Progress:
+    """INT8 progress of one artifact, shown and kept.
 
-    def progress(stage: str, count: int, total: int | None) -> None:
+    Shown through ``report_progress``: a bar per calibration pass, one for accuracy control. Kept for the
+    manifest row: how many evaluations the search made and how long the INT8 step took.
+    """
+
+    def __init__(self, file_name: str, samples: int) -> None:
+        self.file_name, self.samples = file_name, samples
+        self.evaluations, self.most = 0, None
+        self.start = time.monotonic()
+
+    def __call__(self, stage: str, count: int, total: int | None) -> None:
         if stage == "calibration":
-            report_progress(f"{file_name}: INT8 calibration", (count - 1) % samples + 1, samples)
+            report_progress(f"{self.file_name}: INT8 calibration", (count - 1) % self.samples + 1, self.samples)
         elif total is not None:  # the most it can take: the search usually ends well before, then closes the bar
-            report_progress(f"{file_name}: INT8 accuracy control (evaluations of at most)", count, total)
+            if count < total or self.most is None:
+                self.evaluations = count
+            self.most = total
+            report_progress(f"{self.file_name}: INT8 accuracy control (evaluations of at most)", count, total)
 
-    return progress
+    def record(self) -> dict[str, Any]:
+        """How long the INT8 step took (calibration, accuracy control and the final measure) and its evaluations."""
+        return {"seconds": round(time.monotonic() - self.start, 1), "evaluations": self.evaluations, "most": self.most}
 
 
 def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], options: ConvertOptions) -> Int8Request:
@@ -284,7 +299,7 @@ def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], optio
         max_f1_drop=options.max_f1_drop,
         allow_accuracy_drop=options.allow_accuracy_drop,
         accuracy_control=not checkpoint.get("synthetic", False),
-        progress=_int8_progress(job.file_name, calibration_views),
+        progress=_Int8Progress(job.file_name, calibration_views),
         budget_seconds=options.int8_budget,
     )
 
@@ -468,6 +483,8 @@ def convert_export(
             conversion = job.fmt.convert(job, inputs, staging)
         except AccuracyDropError as error:
             raise error.naming(job.file_name) from None
+        if request is not None and isinstance(request.progress, _Int8Progress):
+            conversion = conversion | {"int8_search": request.progress.record()}
         if not options.verify:
             return Built(NOT_VERIFIED, conversion)
         if request is not None:
