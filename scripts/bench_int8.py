@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -192,7 +193,7 @@ def fold_rows(irs: dict, images: Path, anchors, sizes: list[int], folds: int) ->
             calibration.mkdir()
             validation.mkdir()
             for path in files:
-                (validation if path in block else calibration).joinpath(path.name).symlink_to(path.resolve())
+                shutil.copy(path, (validation if path in block else calibration) / path.name)
             splits.append(split_photos(calibration, validation))
         for size in sizes:
             shape = InputSize(size, size)
