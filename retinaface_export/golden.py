@@ -42,7 +42,13 @@ from retinaface_export.images import decode_image, images_in_folder
 from retinaface_export.preprocess import synthetic_photos, to_network_input
 from retinaface_export.provenance import library_versions
 from retinaface_export.safety.atomic import commit_files, staging_dir
-from retinaface_export.safety.safe_paths import check_plain_name, open_regular, read_regular_bytes, shown
+from retinaface_export.safety.safe_paths import (
+    check_plain_name,
+    open_regular,
+    read_regular_bytes,
+    require_folder,
+    shown,
+)
 from retinaface_export.sizes import InputSize, check_size
 
 GOLDEN_FILE = "golden.json"
@@ -344,8 +350,7 @@ def find_golden_sets(root: str | Path) -> list[GoldenSet]:
     root = Path(root)
     if (root / GOLDEN_FILE).is_file():
         return [load_golden(root)]
-    if not root.is_dir():
-        raise FileError(root, "no such golden folder")
+    require_folder(root, "golden folder")
     return [load_golden(p) for p in sorted(root.iterdir()) if (p / GOLDEN_FILE).is_file()]
 
 

@@ -25,6 +25,7 @@ from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import INPUT_FORMATS
 from retinaface_export.provenance import TOOL_NAME, library_versions
 from retinaface_export.records import Verification
+from retinaface_export.safety.safe_paths import folder_problem
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "manifest.schema.json"
@@ -339,6 +340,9 @@ class Manifest:
             ManifestError: missing, not JSON, not a manifest of this tool, or any field malformed (named).
         """
         path = Path(folder) / MANIFEST_NAME
+        problem = folder_problem(Path(folder), "export folder")
+        if problem is not None and problem.startswith("is not a folder"):
+            raise ManifestError(folder, problem)
         if not path.is_file():
             raise ManifestError(path, "no manifest: not an export folder (run retinaface-export first)")
         if path.stat().st_size > MAX_MANIFEST_BYTES:
