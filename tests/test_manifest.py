@@ -58,7 +58,8 @@ def test_every_written_manifest_validates_against_the_shipped_schema(folders):
 
 @pytest.mark.slow
 def test_the_int8_row_says_how_long_its_search_took(folders):
-    (row,) = [a for a in json.loads((folders[0] / "manifest.json").read_text())["artifacts"] if a["precision"] == "int8"]
+    artifacts = json.loads((folders[0] / "manifest.json").read_text())["artifacts"]
+    (row,) = [a for a in artifacts if a["precision"] == "int8"]
     search = row["conversion"]["int8_search"]
     assert search["seconds"] > 0
     assert 2 <= search["evaluations"] <= search["most"]  # the float and the INT8 model at least

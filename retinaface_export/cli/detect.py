@@ -9,6 +9,7 @@ import click
 
 from retinaface_export.anchors import load_anchors
 from retinaface_export.cli.common import (
+    artifact_inputs,
     configure_logging,
     handle_errors,
     json_option,
@@ -24,6 +25,7 @@ from retinaface_export.formats import FORMATS
 from retinaface_export.images import IMAGE_SUFFIXES, images_in_folder, read_image
 from retinaface_export.inference.detector import Detector
 from retinaface_export.safety.atomic import atomic_write_bytes
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 from retinaface_export.variants import list_variants
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _refuse_overwriting_inputs(
-    images: list[Path], output_dir: Path | None, json_path: Path | None, png_names: list[str]
+    images: list[Path],
+    output_dir: Path | None,
+    json_path: Path | None,
+    png_names: list[str],
+    inputs: list[tuple[str, Path | str | None]],
 ) -> None:
-    """Outputs never replace inputs: no drawing folder among the photos, no --json onto a photo or drawing."""
+    """Outputs never replace inputs: the rule of every command, and no drawing folder among the photos."""
+    refuse_outputs_over_inputs(
+        [("--json", json_path), ("--output-dir", output_dir)], [*inputs, *(("image", image) for image in images)]
+    )
     if output_dir is not None:
         for image in images:
             if _same_file(image.parent, output_dir):
@@ -62,21 +71,23 @@ def _refuse_overwriting_inputs(
                     f"--output-dir {output_dir} is the folder of the input image {image}: drawings could replace "
                     "photos there; choose another folder"
                 )
-    if json_path is not None and not json_to_stdout(json_path):
-        for image in images:
-            if _same_file(image, json_path):
-                raise UsageError(f"--json {json_path} is the input image {image}: it would be overwritten")
-        if output_dir is not None and any(_same_file(json_path, output_dir / name) for name in png_names):
-            raise UsageError(f"--json {json_path} is the name of a drawing in --output-dir; choose another name")
+    drawings = [output_dir / name for name in png_names] if output_dir is not None else []
+    if json_path is not None and not json_to_stdout(json_path) and any(_same_file(json_path, d) for d in drawings):
+        raise UsageError(f"--json {json_path} is the name of a drawing in --output-dir; choose another name")
 
 
 def _output_names(paths: list[Path]) -> list[str]:
-    """``<stem>.png`` per image, numbered where two images share a stem."""
-    names, seen = [], {}
+    """``<stem>.png`` per image; where that is taken, ``<stem>_<n>.png`` with the first n not taken."""
+    names: list[str] = []
+    taken: set[str] = {f"{path.stem}.png" for path in paths}  # a later a_1.jpg keeps its own a_1.png
+    used: set[str] = set()
     for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        names.append(f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png")
+        name, count = f"{path.stem}.png", 0
+        while name in used or (count and name in taken):
+            count += 1
+            name = f"{path.stem}_{count}.png"
+        used.add(name)
+        names.append(name)
     return names
 
 
@@ -130,7 +141,9 @@ def main(
     config = DetectionConfig(score_threshold=threshold, nms_threshold=nms)
     paths, folder_errors = _expand(images)
     png_names = _output_names(paths)
-    _refuse_overwriting_inputs(paths, output_dir, json_path, png_names)
+    inputs = [("IMAGE|FOLDER", a) for a in images if a.is_dir()]
+    inputs += [("--weights", weights), ("--anchors", anchors), *artifact_inputs("--model", artifact)]
+    _refuse_overwriting_inputs(paths, output_dir, json_path, png_names, inputs)
     if weights:
         detector = Detector.from_checkpoint(weights, backbone, load_anchors(anchors) if anchors else None, config)
     else:
