@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from retinaface_export.detection.letterbox import Letterbox
@@ -55,6 +56,25 @@ AUGMENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def _scaled(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    def scale(image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        size = (max(MIN_SIDE, round(w * factor)), max(MIN_SIDE, round(h * factor)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    return scale
+
+
+# name -> transform of the views an INT8 model is finally judged on besides its validation views: neither
+# calibration nor accuracy control sees them ("stretch" views are resized to the network size, aspect lost).
+HELD_OUT_VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "stretch": lambda image: image,
+    "stretch-flip": _flip,
+    "scale-50%": _scaled(0.5),
+    "scale-75%": _scaled(0.75),
+}
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """Decoded photos (for calibration or validation) and what identifies them (for the manifest)."""
@@ -84,6 +104,22 @@ class CalibrationSet:
                 view = np.ascontiguousarray(AUGMENTATIONS[name](image))
                 box = Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width)
                 views.append(box.apply(view))
+        return views
+
+    def held_out_views(self, size: InputSize) -> list[np.ndarray]:
+        """Views no INT8 step fits on (see :data:`HELD_OUT_VIEWS`).
+
+        The photos and their mirror images stretched to ``size`` (as OMZ-style clients feed them), and the
+        photos at half and three quarters of their scale, letterboxed (smaller faces).
+        """
+        views = []
+        for image in self.images:
+            for name, make in HELD_OUT_VIEWS.items():
+                view = np.ascontiguousarray(make(image))
+                if name.startswith("stretch"):
+                    views.append(cv2.resize(view, (size.width, size.height), interpolation=cv2.INTER_LINEAR))
+                else:
+                    views.append(Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width).apply(view))
         return views
 
     def record(self) -> dict[str, object]:
