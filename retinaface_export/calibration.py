@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from retinaface_export.detection.letterbox import Letterbox
@@ -58,6 +57,8 @@ AUGMENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def _scaled(factor: float) -> Callable[[np.ndarray], np.ndarray]:
     def scale(image: np.ndarray) -> np.ndarray:
+        import cv2  # here: the commands' --help must not load OpenCV (tests/test_fast_start.py)
+
         h, w = image.shape[:2]
         size = (max(MIN_SIDE, round(w * factor)), max(MIN_SIDE, round(h * factor)))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -112,6 +113,8 @@ class CalibrationSet:
         The photos and their mirror images stretched to ``size`` (as OMZ-style clients feed them), and the
         photos at half and three quarters of their scale, letterboxed (smaller faces).
         """
+        import cv2  # here: the commands' --help must not load OpenCV (tests/test_fast_start.py)
+
         views = []
         for image in self.images:
             for name, make in HELD_OUT_VIEWS.items():
