@@ -394,6 +394,8 @@ def _read_file_bytes(path: str) -> bytes:
             data = b"".join(chunks)
             if len(data) <= MAX_PREDICTION_FILE_BYTES:
                 return data
+    except OSError:
+        pass  # an I/O error (EIO): read again below, which names the file and the reason
     finally:
         os.close(fd)
     return read_regular_bytes(Path(path), "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)

@@ -186,6 +186,14 @@ def predictions(tmp: Path, rows: str) -> list[str]:
     return ["--predictions", str(tmp / "preds"), "--ground-truth", str(gt)]
 
 
+def prediction_read_fails(tmp: Path) -> list[str]:
+    """A prediction file linked to /proc/self/mem (whose read fails with EIO; issue 25): refused as a link first."""
+    args = predictions(tmp, "10 10 20 20 0.9")
+    (tmp / "preds" / "0--E" / "img.txt").unlink()
+    proc_self_mem(tmp / "preds" / "0--E" / "img.txt")
+    return args
+
+
 def crafted_event(tmp: Path) -> list[str]:
     """An event name that climbs out of --images and --save-predictions (issue 16)."""
     wider_images(tmp / "outside", {"x": ["img"]})  # what a ../ name would reach
@@ -563,6 +571,13 @@ FAULTS = [
         1,
         ("preds/0--E/img.txt: line 3: not 'x y w h score' numbers",),
         (SECRET,),
+    ),
+    Fault(
+        "wider-prediction-file-linked-to-proc-self-mem",
+        evaluate_cli.main,
+        prediction_read_fails,
+        1,
+        ("preds/0--E/img.txt: leads outside",),
     ),
     Fault(
         "wider-empty-predictions-folder",

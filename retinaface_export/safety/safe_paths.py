@@ -91,6 +91,9 @@ def open_regular(path: str | Path, what: str = "a regular file", follow_symlinks
             raise InputFileError(path, f"is {_kind(mode)}, not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
+    except OSError as exc:  # fstat or fcntl failing on an open file (EIO): the file and the reason
+        os.close(fd)
+        raise read_error(path, exc) from None
     except BaseException:
         os.close(fd)
         raise
@@ -106,7 +109,10 @@ def read_regular_bytes(
             returns: a file in ``/proc`` says 0 bytes), or the read failed (EIO).
     """
     with open_regular(path, what, follow_symlinks) as handle:
-        size = os.fstat(handle.fileno()).st_size
+        try:
+            size = os.fstat(handle.fileno()).st_size
+        except OSError as exc:
+            raise read_error(path, exc) from None
         if max_bytes is not None and size > max_bytes:
             raise InputFileError(path, f"{size} bytes is more than the {max_bytes} such a file may have")
         try:
