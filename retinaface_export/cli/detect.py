@@ -227,6 +227,13 @@ def _results(
     help="Threads reading, decoding and letterboxing images while the runtime runs (--engine local).",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --model: threads inside the runtime (default: the runtime's own choice; with --engine ray, "
+    "--cpus-per-worker sets them).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -264,6 +271,7 @@ def main(
     widerface_predictions: Path | None,
     batch_size: int | None,
     decode_threads: int,
+    threads: int | None,
     engine: str,
     num_workers: int | None,
     cpus_per_worker: int | None,
@@ -281,6 +289,8 @@ def main(
         raise UsageError("give exactly one of --weights CKPT or --model ARTIFACT")
     if artifact and (backbone or anchors):
         raise UsageError("--backbone and --anchors go with --weights; an artifact carries its own")
+    if threads is not None and artifact is None:
+        raise UsageError("--threads goes with --model (the runtime's threads)")
     if resume and predictions is None:
         raise UsageError("--resume goes with --predictions FILE (the file it goes on with)")
     limit = env_limit(MAX_BATCH_ENV, MAX_BATCH)
@@ -303,7 +313,7 @@ def main(
     if weights:
         detector = Detector.from_checkpoint(weights, backbone, load_anchors(anchors) if anchors else None, config)
     else:
-        detector = Detector.from_artifact(artifact, config)
+        detector = Detector.from_artifact(artifact, config, threads=threads)
     batch = batch_size_for(detector, batch_size)
     outputs = _Outputs(
         JsonLines(predictions, resume) if predictions is not None else None,
