@@ -14,11 +14,10 @@ from click.testing import CliRunner
 
 from conftest import SHARED, require
 from retinaface_export.cli.detect import main
+from retinaface_export.inference import ray_engine
 
 pytest.importorskip("ray", reason="the [ray] extra is not installed")
 pytestmark = pytest.mark.slow  # a local Ray starts in ~15 s on 2 cores; the whole module costs ~45 s
-
-from retinaface_export.inference import ray_engine
 
 
 def run(*args):
