@@ -1,7 +1,7 @@
 """Throughput of ``retinaface-detect`` over a folder: images per second, engine against engine.
 
-Makes a folder of ~200 images (the photos of ``../shared/images`` repeated, as symbolic links, so the sizes
-are mixed), exports the trained mobilenet0.25 as ONNX at 640x640 with batch 1 and with batch ``--batch``
+Makes a folder of ~200 images (the photos of ``../shared/images`` repeated, so the sizes are mixed), exports
+the trained mobilenet0.25 as ONNX at 640x640 with batch 1 and with batch ``--batch``
 (unless ``--model`` and ``--batch-model`` are given), then times, ``--repeats`` times each, interleaved:
 
 - ``plain``: one image after another in one thread (read, letterbox, run, decode): ``Detector.detect``;
@@ -16,6 +16,8 @@ Prints the median images/s of each and its ratio to ``plain``. Not part of ``mak
 from __future__ import annotations
 
 import argparse
+import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,13 +31,13 @@ SHARED = REPO.parent / "shared"
 
 
 def image_folder(folder: Path, count: int) -> list[Path]:
-    """``count`` links to the shared photos, in turn (seven sizes, from 275x183 to 3 MP)."""
+    """``count`` copies of the shared photos, in turn (seven sizes, from 275x183 to 3 MP)."""
     photos = sorted((SHARED / "images").glob("*.jpg"))
     paths = []
     for index in range(count):
-        link = folder / f"{index:04d}_{photos[index % len(photos)].name}"
-        link.symlink_to(photos[index % len(photos)])
-        paths.append(link)
+        copy = folder / f"{index:04d}_{photos[index % len(photos)].name}"
+        shutil.copyfile(photos[index % len(photos)], copy)
+        paths.append(copy)
     return paths
 
 
@@ -118,6 +120,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     for name, values in rates.items():
         median = statistics.median(values)
         print(f"{name:<12} {median:>18.1f} {median / base:>8.2f}x")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (every engine, Ray's workers not counted): {peak:.0f} MB")
     return 0
 
 

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from retinaface_export.detection.faces import Face
-from retinaface_export.errors import FileError
+from retinaface_export.errors import FileError, InputFileError
 from retinaface_export.images import IMAGE_SUFFIXES, read_image
 from retinaface_export.inference.detector import Detector, PreparedImage
+from retinaface_export.safety.safe_paths import resolve_inside
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,29 @@ def iter_images(arguments: Iterable[Path], empty: list[Path] | None = None) -> I
     """The images named: files as given, a folder's image files (by suffix, not recursive) as found.
 
     Folders are read lazily, in the order the file system lists them, so a folder of millions of images
-    costs no more memory than one of ten. Folders without images are appended to ``empty``.
+    costs no more memory than one of ten. Folders without images are appended to ``empty``. As with
+    :func:`~retinaface_export.images.images_in_folder`, a folder's images are those inside it.
+
+    Raises:
+        InputFileError: a folder cannot be listed.
+        OutsideFolderError: an image name in a folder is a symbolic link leading outside it.
     """
     for argument in arguments:
         if not argument.is_dir():
             yield argument
             continue
         found = False
-        with os.scandir(argument) as entries:
-            for entry in entries:
-                if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
-                    found = True
-                    yield argument / entry.name
+        try:
+            with os.scandir(argument) as entries:
+                for entry in entries:
+                    if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+                        continue
+                    path = resolve_inside(argument, entry.name) if entry.is_symlink() else argument / entry.name
+                    if entry.is_file():
+                        found = True
+                        yield path
+        except OSError as exc:
+            raise InputFileError(argument, f"cannot be listed ({exc.strerror or type(exc).__name__})") from None
         if not found and empty is not None:
             empty.append(argument)
 
