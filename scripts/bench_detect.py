@@ -4,13 +4,19 @@ Makes a folder of ~200 images (the photos of ``../shared/images`` repeated, so t
 the trained mobilenet0.25 as ONNX at 640x640 with batch 1 and with batch ``--batch``
 (unless ``--model`` and ``--batch-model`` are given), then times, ``--repeats`` times each, interleaved:
 
-- ``plain``: one image after another in one thread (read, letterbox, run, decode): ``Detector.detect``;
-- ``local b1``: the streaming engine, batch 1 (decoding and letterboxing in threads while the runtime runs);
+- ``plain``: one image after another in one thread (read, letterbox, run, decode): ``Detector.detect``, the
+  runtime with its own default thread count;
+- ``plain tK``: the same with the runtime on K = the CPUs less one threads (what the engine gives it);
+- ``local b1``: the streaming engine, batch 1, runtime on K threads, decoding and letterboxing in threads
+  while it runs;
 - ``local bN``: the same with the batch-N artifact;
 - ``ray``: ``--engine ray`` with ``--workers`` actors of one CPU each, on a local Ray started once before
   the timings (its start-up, ~10-20 s, is printed apart; each run starts its actor pool).
 
-Prints the median images/s of each and its ratio to ``plain``. Not part of ``make bench`` yet.
+Every runtime runs with its graph optimisations (``--optimize``, as a deployment, and a plain script using
+ONNX Runtime's defaults, runs it); ``--as-verified`` times the graph as written instead (the default of
+``retinaface-detect``). Prints the median images/s of each and its ratio to ``plain``. Not part of
+``make bench`` yet.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="Ray actors")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
+    parser.add_argument("--as-verified", action="store_true", help="no graph optimisations (detect's default)")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
     from retinaface_export.cli.entry import no_telemetry
@@ -78,7 +85,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     no_telemetry()
     from retinaface_export.images import read_image
     from retinaface_export.inference.detector import Detector
-    from retinaface_export.inference.stream import detect_stream
+    from retinaface_export.inference.stream import detect_stream, runtime_threads
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-detect-")))
@@ -86,16 +93,22 @@ def main(argv: Iterable[str] | None = None) -> int:
         paths = image_folder(tmp / "images", args.images)
         single = args.model or export(tmp / "b1", 1)
         batched = args.batch_model or export(tmp / f"b{args.batch}", args.batch)
-        one, many = Detector.from_artifact(single), Detector.from_artifact(batched)
+        optimize = not args.as_verified
+        threads = runtime_threads()  # what retinaface-detect gives the runtime: the CPUs less one
+        default = Detector.from_artifact(single, optimize=optimize)  # the runtime's own thread count
+        plain_threads = Detector.from_artifact(single, threads=threads, optimize=optimize)
+        one = Detector.from_artifact(single, threads=threads, optimize=optimize)
+        many = Detector.from_artifact(batched, threads=threads, optimize=optimize)
         batch = many.backend.batch or args.batch
 
-        def plain() -> int:
+        def plain(detector: Detector) -> int:
             for path in paths:
-                one.detect(read_image(path))
+                detector.detect(read_image(path))
             return len(paths)
 
         runs: dict[str, Callable[[], int]] = {
-            "plain": plain,
+            "plain": lambda: plain(default),
+            f"plain t{threads}": lambda: plain(plain_threads),
             "local b1": lambda: sum(1 for _ in detect_stream(one, paths, 1)),
             f"local b{batch}": lambda: sum(1 for _ in detect_stream(many, paths, batch)),
         }
@@ -108,7 +121,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             print(f"local Ray started in {time.perf_counter() - start:.1f} s", file=sys.stderr)
             config = DetectionConfig()
             runs[f"ray x{args.workers}"] = lambda: sum(
-                1 for _ in detect_with_ray(single, paths, config, num_workers=args.workers)
+                1 for _ in detect_with_ray(single, paths, config, num_workers=args.workers, optimize=optimize)
             )
         rates: dict[str, list[float]] = {name: [] for name in runs}
         for repeat in range(args.repeats):

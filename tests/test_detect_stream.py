@@ -18,7 +18,7 @@ from conftest import REPO, SHARED, require
 from retinaface_export.cli.detect import main
 from retinaface_export.cli.evaluate import main as eval_main
 from retinaface_export.inference.detector import Detector
-from retinaface_export.inference.stream import detect_stream
+from retinaface_export.inference.stream import detect_stream, runtime_threads
 
 PHOTOS = SHARED / "images"
 
@@ -69,7 +69,7 @@ def test_one_line_per_image_with_size_and_the_detectors_faces(tmp_path, artifact
     assert result.exit_code == 0, result.stderr
     lines = records(out)
     assert sorted(r["image"] for r in lines) == sorted(str(p) for p in repeated.iterdir())
-    detector = Detector.from_artifact(artifacts["b1"])
+    detector = Detector.from_artifact(artifacts["b1"], threads=runtime_threads())  # the command's default
     for record in lines:
         image = cv2.imread(record["image"])
         assert (record["height"], record["width"]) == image.shape[:2]
@@ -96,6 +96,20 @@ def test_batches_give_the_faces_of_batch_one(tmp_path, artifacts, repeated):
         for got, want in zip(record["faces"], faces, strict=True):
             assert got["box"] == pytest.approx(want["box"], abs=1e-3) and got["score"] == pytest.approx(
                 want["score"], abs=1e-5
+            )
+
+
+def test_optimized_runtime_finds_the_same_faces_within_rounding(tmp_path, artifacts):
+    plain, optimized = tmp_path / "plain.jsonl", tmp_path / "optimized.jsonl"
+    assert run(require(PHOTOS), "--model", artifacts["b1"], "--predictions", plain, "-q").exit_code == 0
+    assert run(PHOTOS, "--model", artifacts["b1"], "--predictions", optimized, "--optimize", "-q").exit_code == 0
+    expected = {r["image"]: r["faces"] for r in records(plain)}
+    for record in records(optimized):
+        faces = expected[record["image"]]
+        assert len(record["faces"]) == len(faces)
+        for got, want in zip(record["faces"], faces, strict=True):
+            assert got["box"] == pytest.approx(want["box"], abs=0.05) and got["score"] == pytest.approx(
+                want["score"], abs=1e-4
             )
 
 
@@ -155,7 +169,9 @@ def wider_tree(root, events):
     return root / "images", gt
 
 
-def test_widerface_files_are_what_eval_writes_and_reads(tmp_path, artifacts):
+def test_widerface_files_are_what_eval_writes_and_reads(tmp_path, artifacts, monkeypatch):
+    # the runtime on its default thread count, as retinaface-eval runs it: the same arithmetic, the same bytes
+    monkeypatch.setattr("retinaface_export.cli.detect.runtime_threads", lambda: None)
     events = {"0--Parade": ["wider_sample_1", "wider_sample_2"], "1--Handshaking": ["wider_sample_3", "crowd_selfie"]}
     images, gt = wider_tree(tmp_path, events)
     ours = tmp_path / "ours"
@@ -286,3 +302,4 @@ def test_missing_ray_extra_names_the_pip_install(monkeypatch, tmp_path, artifact
     result = run(require(PHOTOS), "--model", artifacts["b1"], "--predictions", tmp_path / "f.jsonl", "--engine", "ray")
     assert result.exit_code == 2
     assert 'pip install "retinaface-export[ray]"' in result.stderr
+    assert not (tmp_path / "f.jsonl").exists()

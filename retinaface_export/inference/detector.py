@@ -53,13 +53,18 @@ class Detector:
 
     @classmethod
     def from_artifact(
-        cls, path: str | Path, config: DetectionConfig | None = None, threads: int | None = None
+        cls,
+        path: str | Path,
+        config: DetectionConfig | None = None,
+        threads: int | None = None,
+        optimize: bool = False,
     ) -> Detector:
         """An artifact of any format in ``retinaface_export.formats.FORMATS``, run with its own runtime.
 
-        ``threads`` limits the runtime's own threads (None: the runtime's default).
+        ``threads`` limits the runtime's own threads (None: the runtime's default); ``optimize`` lets the
+        runtime optimise the graph as deployments run it (False: the graph as written, as it was verified).
         """
-        return cls(artifact_backend(path, threads=threads), config)
+        return cls(artifact_backend(path, threads=threads, optimize=optimize), config)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in one BGR uint8 H×W×3 image."""

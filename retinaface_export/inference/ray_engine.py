@@ -50,17 +50,20 @@ def _faces_from_json(text: str) -> tuple[Face, ...]:
 class _DetectActor:
     """One actor of the pool: the artifact opened once, then batches of paths in, one result row per path out."""
 
-    def __init__(self, artifact: str, config: dict[str, Any], threads: int, batch_size: int | None) -> None:
+    def __init__(
+        self, artifact: str, config: dict[str, Any], threads: int, batch_size: int | None, optimize: bool
+    ) -> None:
         from retinaface_export.inference.detector import Detector
 
-        self.detector = Detector.from_artifact(artifact, DetectionConfig(**config), threads=threads)
+        self.detector = Detector.from_artifact(artifact, DetectionConfig(**config), threads, optimize)
         self.batch_size = batch_size_for(self.detector, batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [Path(p) for p in batch["path"]]
-        results = list(detect_stream(self.detector, paths, self.batch_size, decode_threads=1))
+        # read by absolute path (an actor's working folder is not the driver's), recorded as the user named it
+        files = [Path(p) for p in batch["file"]]
+        results = list(detect_stream(self.detector, files, self.batch_size, decode_threads=1))
         return {
-            "image": np.array([r.path for r in results], dtype=object),
+            "image": np.array(list(batch["path"]), dtype=object),
             "height": np.array([r.height or 0 for r in results], dtype=np.int64),
             "width": np.array([r.width or 0 for r in results], dtype=np.int64),
             "faces": np.array([_faces_json(r.faces) for r in results], dtype=object),
@@ -169,6 +172,7 @@ def detect_with_ray(
     threads_per_worker: int = 1,
     batch_size: int | None = None,
     address: str | None = None,
+    optimize: bool = False,
 ) -> Iterator[ImageResult]:
     """Faces in each image of ``paths`` by an actor pool on Ray, one result per image as batches complete.
 
@@ -180,6 +184,7 @@ def detect_with_ray(
         threads_per_worker: CPUs per actor, the runtime's thread count.
         batch_size: images per network run in each actor (see :func:`~.stream.batch_size_for`).
         address: a running cluster (``auto``, ``ray://host:port``, ``host:port``); None starts a local one.
+        optimize: let each actor's runtime optimise the graph (see ``Detector.from_artifact``).
 
     Raises:
         MissingExtraError: Ray is not installed (``pip install "retinaface-export[ray]"``), raised at the call.
@@ -194,6 +199,7 @@ def detect_with_ray(
         "config": dataclasses.asdict(config),
         "threads": threads_per_worker,
         "batch_size": batch_size,
+        "optimize": optimize,
     }
     return _results(settings, paths, num_workers, threads_per_worker, address)
 
@@ -201,7 +207,7 @@ def detect_with_ray(
 def _results(
     settings: dict[str, Any], paths: Iterable[Path], num_workers: int, threads: int, address: str | None
 ) -> Iterator[ImageResult]:
-    items = [{"path": str(path)} for path in paths]
+    items = [{"path": str(path), "file": os.path.abspath(path)} for path in paths]
     if not items:
         return
     with ray_cluster(address, num_workers * threads) as ray:
