@@ -39,7 +39,7 @@ bench: install
 	$(BIN)/retinaface-export --backbone resnet50 --size 320 640 --output-dir $(BENCH)/resnet50 -q
 	for d in $(BENCH)/mobilenet0.25 $(BENCH)/resnet50; do \
 		$(BIN)/retinaface-convert $$d --to onnxsim -q && \
-		$(BIN)/retinaface-convert $$d --to openvino --precision fp32 fp16 int8 --calibration ../shared/images -q && \
+		$(BIN)/retinaface-convert $$d --to openvino --precision fp32 fp16 bf16 int8 --calibration ../shared/images -q && \
 		$(BIN)/retinaface-convert $$d --to openvino --embed-mean --input u8-nhwc -q || exit 1; \
 	done
 	for v in mobilenet0.25 resnet50; do \
@@ -49,8 +49,9 @@ bench: install
 	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
 	$(BIN)/python scripts/bench_toolchain.py --markdown $(BENCH)/toolchain.md
 	$(BIN)/python scripts/bench_int8.py --bias-sizes --folds 3 --json $(BENCH)/int8.json --markdown $(BENCH)/int8.md
-	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/int8.md $(BENCH)/mobilenet0.25.md \
-		$(BENCH)/resnet50.md
+	$(BIN)/python scripts/bench_int8_search.py $(BENCH)/mobilenet0.25 $(BENCH)/resnet50 --markdown $(BENCH)/int8-search.md
+	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/int8.md $(BENCH)/int8-search.md \
+		$(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md
 
 # Regenerate the committed golden sets (after a deliberate numerics change only).
 golden: install

@@ -46,6 +46,7 @@ from retinaface_export.safety.safe_paths import (
     check_plain_name,
     open_regular,
     read_regular_bytes,
+    require_folder,
     resolve_inside,
     shown,
 )
@@ -357,8 +358,7 @@ def find_golden_sets(root: str | Path) -> list[GoldenSet]:
     root = Path(root)
     if (root / GOLDEN_FILE).is_file():
         return [load_golden(root)]
-    if not root.is_dir():
-        raise FileError(root, "no such golden folder")
+    require_folder(root, "golden folder")
     return [load_golden(p) for p in sorted(root.iterdir()) if (p / GOLDEN_FILE).is_file()]
 
 

@@ -25,7 +25,7 @@ from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import INPUT_FORMATS
 from retinaface_export.provenance import TOOL_NAME, library_versions
 from retinaface_export.records import Verification
-from retinaface_export.safety.safe_paths import read_regular_bytes, resolve_inside
+from retinaface_export.safety.safe_paths import folder_problem, read_regular_bytes, resolve_inside
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "manifest.schema.json"
@@ -340,6 +340,9 @@ class Manifest:
             ManifestError: missing, not JSON, not a manifest of this tool, or any field malformed (named).
         """
         path = Path(folder) / MANIFEST_NAME
+        problem = folder_problem(Path(folder), "export folder")
+        if problem is not None and problem.startswith("is not a folder"):
+            raise ManifestError(folder, problem)
         if not path.is_file():
             raise ManifestError(path, "no manifest: not an export folder (run retinaface-export first)")
         raw = _manifest_bytes(Path(folder))

@@ -63,6 +63,9 @@ class Verification:
         text = f"F1 {self.details['f1']:.3f}"
         if self.details.get("photos") == "validation":  # INT8: judged on photos calibration never saw
             text += f" on {self.details['samples']} held-out views"
+            unseen = self.details.get("held_out_views")  # views accuracy control never fitted on
+            if unseen:
+                text += f", {unseen['f1']:.3f} on {unseen['samples']} stretched/scaled"
             return text if self.passed else text + " (misses --max-f1-drop, kept)"
         faces = self.details.get("reference_faces")
         return text + (f" ({faces} faces)" if faces is not None else "")

@@ -112,9 +112,9 @@ def _build_and_check(bin_dir: Path, args: argparse.Namespace, name: str, export:
             "--images",
             str(SHARED / "images"),
             "--json",
-            str(folder / "parity.json"),
+            str(args.out / f"{name}.parity.json"),  # beside the export: outputs never go into an input
             "--junit",
-            str(folder / "parity.xml"),
+            str(args.out / f"{name}.parity.xml"),
         ]
     )
     _validate_manifest(folder / "manifest.json")

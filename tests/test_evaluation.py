@@ -552,7 +552,7 @@ def test_cli_cache_dir_problems(tmp_path, truth, monkeypatch):
     args = ["--predictions", str(tmp_path / "preds"), "--ground-truth", str(GT_DIR), "--json", "-"]
     (tmp_path / "a-file").write_text("")
     result = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "a-file" / "cache")])
-    assert result.exit_code == 1 and "its parent folder does not exist" in result.stderr
+    assert result.exit_code == 1 and "a-file: is not a folder" in result.stderr
     assert not (tmp_path / "a-file" / "cache").exists()
 
     def refuse(path, data):

@@ -27,6 +27,7 @@ from retinaface_export.pipeline.builds import RunResult
 from retinaface_export.pipeline.convert import ConvertOptions, convert_export
 from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 from retinaface_export.sizes import InputSize
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,10 @@ def main(
     Example: retinaface-convert out --to openvino --precision fp32 fp16 int8 --calibration photos/
     """
     configure_logging(quiet)
+    # EXPORT_DIR is the default --output-dir: a conversion adds its files to the export's manifest
+    refuse_outputs_over_inputs(
+        [("--output-dir", output_dir)], [("--calibration", calibration), ("--validation", validation)]
+    )
     if input_layout == "u8-nhwc":
         embed_mean = True  # uint8 images cannot arrive mean-subtracted
     elif input_layout is not None and not embed_mean:

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from retinaface_export.anchors import load_anchors
 from retinaface_export.cli.common import (
+    artifact_inputs,
     configure_logging,
     handle_errors,
     json_option,
@@ -44,6 +45,7 @@ from retinaface_export.inference.stream import (
     runtime_threads,
 )
 from retinaface_export.safety.atomic import atomic_write_bytes
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 from retinaface_export.sizes import MAX_BATCH, MAX_BATCH_ENV, env_limit
 from retinaface_export.variants import list_variants
 
@@ -73,9 +75,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _refuse_overwriting_inputs(
-    images: list[Path], output_dir: Path | None, json_path: Path | None, png_names: list[str]
+    images: list[Path],
+    output_dir: Path | None,
+    json_path: Path | None,
+    png_names: list[str],
+    inputs: list[tuple[str, Path | str | None]],
 ) -> None:
-    """Outputs never replace inputs: no drawing folder among the photos, no --json onto a photo or drawing."""
+    """Outputs never replace inputs: the rule of every command, and no drawing folder among the photos."""
+    refuse_outputs_over_inputs(
+        [("--json", json_path), ("--output-dir", output_dir)], [*inputs, *(("image", image) for image in images)]
+    )
     if output_dir is not None:
         for image in images:
             if _same_file(image.parent, output_dir):
@@ -83,21 +92,23 @@ def _refuse_overwriting_inputs(
                     f"--output-dir {output_dir} is the folder of the input image {image}: drawings could replace "
                     "photos there; choose another folder"
                 )
-    if json_path is not None and not json_to_stdout(json_path):
-        for image in images:
-            if _same_file(image, json_path):
-                raise UsageError(f"--json {json_path} is the input image {image}: it would be overwritten")
-        if output_dir is not None and any(_same_file(json_path, output_dir / name) for name in png_names):
-            raise UsageError(f"--json {json_path} is the name of a drawing in --output-dir; choose another name")
+    drawings = [output_dir / name for name in png_names] if output_dir is not None else []
+    if json_path is not None and not json_to_stdout(json_path) and any(_same_file(json_path, d) for d in drawings):
+        raise UsageError(f"--json {json_path} is the name of a drawing in --output-dir; choose another name")
 
 
 def _output_names(paths: list[Path]) -> list[str]:
-    """``<stem>.png`` per image, numbered where two images share a stem."""
-    names, seen = [], {}
+    """``<stem>.png`` per image; where that is taken, ``<stem>_<n>.png`` with the first n not taken."""
+    names: list[str] = []
+    taken: set[str] = {f"{path.stem}.png" for path in paths}  # a later a_1.jpg keeps its own a_1.png
+    used: set[str] = set()
     for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        names.append(f"{path.stem}.png" if count == 0 else f"{path.stem}_{count}.png")
+        name, count = f"{path.stem}.png", 0
+        while name in used or (count and name in taken):
+            count += 1
+            name = f"{path.stem}_{count}.png"
+        used.add(name)
+        names.append(name)
     return names
 
 
@@ -108,21 +119,27 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _refuse_streams_inside_inputs(
-    arguments: tuple[Path, ...], predictions: Path | None, widerface: Path | None
+def _refuse_streams_over_inputs(
+    arguments: tuple[Path, ...],
+    streams: list[tuple[str, Path | None]],
+    others: list[tuple[str, Path | None]],
+    inputs: list[tuple[str, Path | str | None]],
 ) -> None:
-    """The streaming outputs stay out of the inputs: not an input file, not inside an input folder (nor around one)."""
-    for flag, output in (("--predictions", predictions), ("--widerface-predictions", widerface)):
-        if output is None:
-            continue
-        for argument in arguments:
-            if _same_file(argument, output) or (argument.is_dir() and _inside(output, argument)):
-                raise UsageError(f"{flag} {output} is inside the input {argument}; write it outside the inputs")
-            if flag == "--widerface-predictions" and _inside(argument, output):
-                raise UsageError(
-                    f"{flag} {output} holds the input {argument}: its event folders could be input folders; "
-                    "write it outside the inputs"
-                )
+    """The streaming outputs follow every command's rule: never an input, inside an input folder or another output.
+
+    And the WIDER folder holds no input: its event folders could be input folders.
+    """
+    if all(path is None for _, path in streams):
+        return
+    images = [("image", argument) for argument in arguments if not argument.is_dir()]
+    refuse_outputs_over_inputs([*others, *streams], [*inputs, *images])
+    widerface = dict(streams)["--widerface-predictions"]
+    for argument in arguments if widerface is not None else ():
+        if _inside(argument, widerface):
+            raise UsageError(
+                f"--widerface-predictions {widerface} holds the input {argument}: its event folders could be "
+                "input folders; write it outside the inputs"
+            )
 
 
 class _Rate(ProgressColumn):
@@ -324,15 +341,18 @@ def main(
     config = DetectionConfig(score_threshold=threshold, nms_threshold=nms)
     streaming = predictions is not None or widerface_predictions is not None
     empty: list[Path] = []
+    inputs = [("IMAGE|FOLDER", a) for a in images if a.is_dir()]
+    inputs += [("--weights", weights), ("--anchors", anchors), *artifact_inputs("--model", artifact)]
     if json_path is not None or output_dir is not None or not streaming:
         # a listing, a table or drawings: the images are listed first (numbered drawing names need them all)
         paths, folder_errors = _expand(images)
         png_names = _output_names(paths)
-        _refuse_overwriting_inputs(paths, output_dir, json_path, png_names)
+        _refuse_overwriting_inputs(paths, output_dir, json_path, png_names, inputs)
         listed: list[tuple[Path, str]] | None = list(zip(paths, png_names, strict=True))
     else:  # a streaming job: folders are read as the job goes
         listed, folder_errors = None, []
-    _refuse_streams_inside_inputs(images, predictions, widerface_predictions)
+    streams = [("--predictions", predictions), ("--widerface-predictions", widerface_predictions)]
+    _refuse_streams_over_inputs(images, streams, [("--json", json_path), ("--output-dir", output_dir)], inputs)
     if weights:
         detector = Detector.from_checkpoint(weights, backbone, load_anchors(anchors) if anchors else None, config)
     else:

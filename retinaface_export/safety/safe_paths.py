@@ -14,10 +14,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from retinaface_export.errors import InputFileError, OutsideFolderError
+from retinaface_export.errors import InputFileError, OutputDirError, OutsideFolderError, UsageError
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -148,3 +149,97 @@ def resolve_inside(root: Path, *parts: str) -> Path:
     if not inside:
         raise OutsideFolderError(joined, f"leads outside {root} (a symbolic link); refused")
     return joined
+
+
+# --- outputs that would overwrite inputs ---------------------------------------------------------------------
+
+
+def folder_problem(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot be used as ``what`` (a folder), or None when it is a folder (a link to one counts)."""
+    try:
+        if path.is_dir():
+            return None
+        if not os.path.lexists(path):
+            return f"no such {what}"
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return _os_error_reason(path, exc)
+    kind = "a regular file" if stat.S_ISREG(mode) else _kind(mode)
+    return f"is not a folder ({kind}); the {what} must be one"
+
+
+def require_folder(path: str | Path, what: str) -> Path:
+    """``path`` if it is a folder, else a one-line error telling a missing folder from a file in its place.
+
+    Raises:
+        InputFileError: ``path`` does not exist ("no such <what>") or is not a folder ("is not a folder").
+    """
+    path = Path(path)
+    problem = folder_problem(path, what)
+    if problem is not None:
+        raise InputFileError(path, problem)
+    return path
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: it is nothing we read
+        return None
+
+
+def _same_or_inside(output: Path, source: Path) -> bool:
+    """Whether ``output`` is ``source`` (a symlink or hard link to it included) or lies inside it."""
+    out, src = _resolved(output), _resolved(source)
+    if out is None or src is None:
+        return False
+    if out.is_relative_to(src):
+        return True
+    try:
+        return os.path.lexists(out) and os.path.lexists(src) and os.path.samefile(out, src)
+    except OSError:
+        return False
+
+
+def check_output_parent(label: str, path: Path) -> None:
+    """Refuse an output whose path runs through something that is not a folder (``photo.png/r.json``).
+
+    Raises:
+        OutputDirError: the nearest existing ancestor of ``path`` is not a folder.
+    """
+    for parent in Path(os.path.abspath(path)).parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise OutputDirError(path, f"{label}: {parent} in its path is not a folder")
+            return
+
+
+def refuse_outputs_over_inputs(
+    outputs: Sequence[tuple[str, Path | None]], inputs: Sequence[tuple[str, Path | str | None]]
+) -> None:
+    """The rule every command follows: an output is never one of its inputs, nor inside an input folder.
+
+    Args:
+        outputs: (option, path) of what the command writes (None or ``-`` for standard output: skipped).
+        inputs: (option, path) of what it reads: files, and folders whose contents it reads.
+
+    Raises:
+        OutputDirError: an output path runs through a file (it could not be written).
+        UsageError: an output is, or is inside, an input (it would be overwritten), or two outputs are one.
+    """
+    given = [(label, Path(path)) for label, path in outputs if path is not None and str(path) != "-"]
+    for index, (label, output) in enumerate(given):
+        check_output_parent(label, output)
+        for in_label, source in inputs:
+            if source is None or not str(source):
+                continue
+            source = Path(source)
+            if _same_or_inside(output, source):
+                where = "is" if _resolved(output) == _resolved(source) or not source.is_dir() else "is inside"
+                raise UsageError(
+                    f"{label} {output} {where} the input {in_label} {source}: it would be overwritten (an output "
+                    "never replaces or goes into what a command reads); choose another path"
+                )
+        for other_label, other in given[:index]:
+            if _resolved(output) == _resolved(other):
+                raise UsageError(f"{label} {output} is also {other_label}: give each output its own path")
