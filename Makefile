@@ -13,7 +13,7 @@ install: $(BIN)/retinaface-export
 $(BIN)/retinaface-export: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,plot,ncnn,mnn,litert]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,plot,ncnn,mnn,litert,ray]"
 	@touch $@
 
 constraints: install
