@@ -1,12 +1,27 @@
-"""What every artifact and manifest records about how it was made."""
+"""What every artifact and manifest records about how it was made, and the one check of what an artifact says.
+
+An artifact's provenance (ONNX ``metadata_props``, OpenVINO ``rt_info``, TorchScript's ``provenance.json``,
+the ncnn sidecar, MNN's ``bizCode``, LiteRT's metadata) is input read from a file like a manifest:
+:func:`checked_provenance` validates it (types, ranges, bounds on every size and count) before anything
+decodes with it or allocates by it, and a malformed one is one :class:`ProvenanceError` naming the file.
+"""
 
 from __future__ import annotations
 
+import math
 import platform
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
+from retinaface_export.anchors import AnchorConfig
+from retinaface_export.errors import ProvenanceError, UsageError
+from retinaface_export.postprocess.settings import PostprocessSpec
+from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS
+from retinaface_export.sizes import InputSize, check_batch, check_size
 from retinaface_export.version import tool_version
 
 TOOL_NAME = "retinaface-export"
@@ -51,3 +66,110 @@ def provenance_problems(record: dict[str, Any], blocks: dict[str, dict[str, Any]
                     f"provenance block {block_name!r} says {key}={block[key]!r}, the artifact is {expected[key]!r}"
                 )
     return problems
+
+
+# Bounds on what an artifact may claim (far above anything real; larger values are an edited file): anchors
+# per feature-map cell (published RetinaFaces have 2), an anchor's side in pixels, NMS candidates and faces.
+MAX_ANCHORS_PER_CELL = 16
+MAX_ANCHOR_SIDE = 8192
+MAX_NMS_COUNT = 100_000
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TEXT_KEYS = ("tool", "tool_version", "format", "variant", "precision", "input", "source")
+
+
+@dataclass(frozen=True)
+class ArtifactProvenance:
+    """What an artifact says it takes and gives, validated; ``entries`` is the whole block as read."""
+
+    anchors: AnchorConfig
+    # None: dynamic height and width
+    input_size: InputSize | None
+    # None: any batch
+    batch: int | None
+    postprocess: PostprocessSpec
+    input_format: str
+    entries: dict[str, Any]
+
+
+def _size(value: Any) -> InputSize | None:
+    if value == "dynamic":
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"'input_size' must be [height, width] or \"dynamic\", got {str(value)[:40]!r}")
+    return check_size(value[0], value[1], "input_size")
+
+
+def _batch(value: Any) -> int | None:
+    if value == "dynamic":
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"'batch' must be an integer or \"dynamic\", got {str(value)[:40]!r}")
+    return check_batch(value)
+
+
+def _anchors(value: Any) -> AnchorConfig:
+    anchors = AnchorConfig.from_mapping(value)
+    if anchors.anchors_per_location > MAX_ANCHORS_PER_CELL:
+        raise ValueError(f"{anchors.anchors_per_location} anchors per cell (at most {MAX_ANCHORS_PER_CELL})")
+    if max(max(sizes) for sizes in anchors.min_sizes) > MAX_ANCHOR_SIDE:
+        raise ValueError(f"anchor sides above {MAX_ANCHOR_SIDE} pixels")
+    return anchors
+
+
+def _postprocess(value: Any) -> PostprocessSpec:
+    spec = PostprocessSpec.from_record(value)
+    if max(spec.settings.top_k, spec.settings.max_detections) > MAX_NMS_COUNT:
+        raise ValueError(f"top_k and max_detections must be at most {MAX_NMS_COUNT}")
+    return spec
+
+
+def _other_entries(entries: dict[str, Any]) -> None:
+    for key in _TEXT_KEYS:
+        if key in entries and (not isinstance(entries[key], str) or len(entries[key]) > 256):
+            raise ValueError(f"{key!r} must be a short string")
+    if "outputs" in entries and not (
+        isinstance(entries["outputs"], list) and all(isinstance(o, str) for o in entries["outputs"])
+    ):
+        raise ValueError("'outputs' must be a list of names")
+    for key in ("checkpoint_sha256", "source_sha256", "checkpoint_state_dict_sha256"):
+        if entries.get(key) is not None and not (isinstance(entries[key], str) and _SHA256.match(entries[key])):
+            raise ValueError(f"{key!r} must be a sha256 hex digest")
+    for key in ("synthetic", "mean_embedded"):
+        if key in entries and not isinstance(entries[key], bool):
+            raise ValueError(f"{key!r} must be true or false")
+    mean = entries.get("mean_bgr", [0.0, 0.0, 0.0])
+    if not (
+        isinstance(mean, list)
+        and len(mean) == 3
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in mean)
+    ):
+        raise ValueError("'mean_bgr' must be three finite numbers")
+
+
+def checked_provenance(path: str | Path, entries: Any) -> ArtifactProvenance:
+    """An artifact's provenance block validated like a manifest: types, ranges, and bounds on sizes and counts.
+
+    Raises:
+        ProvenanceError: not an object, ``anchors``/``input_size``/``batch`` missing, or any entry malformed
+            or out of bounds (the message names the file and the entry).
+    """
+    if not isinstance(entries, dict):
+        raise ProvenanceError(path, f"provenance must be an object, got {type(entries).__name__}")
+    missing = {"anchors", "input_size", "batch"} - entries.keys()
+    if missing:
+        raise ProvenanceError(path, f"no retinaface-export provenance ({', '.join(sorted(missing))} missing)")
+    input_format = entries.get("input_format", DEFAULT_INPUT_FORMAT)
+    try:
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"unknown input format {str(input_format)[:40]!r}")
+        _other_entries(entries)
+        return ArtifactProvenance(
+            anchors=_anchors(entries["anchors"]),
+            input_size=_size(entries["input_size"]),
+            batch=_batch(entries["batch"]),
+            postprocess=_postprocess(entries.get("postprocess")),
+            input_format=input_format,
+            entries=entries,
+        )
+    except (ValueError, TypeError, UsageError) as exc:
+        raise ProvenanceError(path, f"malformed provenance: {exc}") from None
