@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retinaface_export.anchors import AnchorConfig
+from retinaface_export.contract import INPUT_NAME, MEAN_BGR
 from retinaface_export.errors import ProvenanceError, UsageError
 from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS
@@ -40,31 +41,117 @@ def library_versions(libraries: Iterable[str] = ()) -> dict[str, str]:
     return found
 
 
-# Provenance keys that must describe the artifact they are inside, and the manifest field each mirrors.
-_DESCRIBING_KEYS = ("format", "precision", "input_size", "batch", "input_format")
+# The block OpenVINO Model API-style readers configure preprocessing from (OpenVINO IRs): its own keys.
+_MODEL_INFO = "model_info"
+# Entries only some artifacts hold (converted ones, INT8 ones): one the manifest does not expect is a claim.
+_ONLY_SOME = frozenset({"source", "source_sha256", "int8"})
 
 
-def provenance_problems(record: dict[str, Any], blocks: dict[str, dict[str, Any]]) -> list[str]:
-    """Entries inside an artifact that do not describe it (its manifest ``record``), one line each.
+def _normalised_anchors(value: Any) -> Any:
+    try:
+        return AnchorConfig.from_mapping(value).to_dict()
+    except (ValueError, TypeError):
+        return value
 
-    Every block of metadata an artifact carries is checked, not only the project's own: a block copied from
-    a source (an ONNX model's ``metadata_props`` kept by a converter) would claim the source's precision
-    and size.
-    """
-    expected = {
+
+def _normalised_postprocess(value: Any) -> Any:
+    try:
+        return PostprocessSpec.from_record(value).record()
+    except (UsageError, TypeError):
+        return value
+
+
+def _describing(record: dict[str, Any]) -> dict[str, Any]:
+    """What says which file an artifact is: the keys every block must agree on."""
+    return {
         "format": record["format"],
         "precision": record["precision"],
         "input_size": record["size"] if record["size"] else "dynamic",
         "batch": record["batch"] if record["batch"] else "dynamic",
         "input_format": record["input_format"],
     }
+
+
+def expected_provenance(record: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Every entry an artifact's own provenance block must hold, as its manifest row and checkpoint record say.
+
+    The inverse of what the pipeline writes into each artifact (``pipeline.builds.artifact_provenance``, plus
+    the INT8 record of an INT8 conversion); ``tool_version`` is left out (a folder can hold artifacts of several
+    versions).
+    """
+    expected = _describing(record) | {
+        "tool": TOOL_NAME,
+        "variant": record["variant"],
+        "opset": record["opset"],
+        "mean_embedded": record["input_format"] != DEFAULT_INPUT_FORMAT,
+        "mean_bgr": list(MEAN_BGR),
+        "checkpoint_sha256": checkpoint.get("sha256"),
+        "checkpoint_state_dict_sha256": checkpoint.get("state_dict_sha256"),
+        "synthetic": checkpoint.get("synthetic"),
+        "anchors": _normalised_anchors(checkpoint.get("anchors")),
+        "input": INPUT_NAME,
+        "outputs": [tensor["name"] for tensor in record["outputs"]],
+        "postprocess": _normalised_postprocess(record["postprocess"]),
+    }
+    if record.get("source"):
+        expected |= {"source": record["source"]["path"], "source_sha256": record["source"]["sha256"]}
+    if "int8" in record.get("conversion", {}):
+        expected["int8"] = record["conversion"]["int8"]
+    return expected
+
+
+def _model_info(record: dict[str, Any]) -> dict[str, Any]:
+    embedded = record["input_format"] != DEFAULT_INPUT_FORMAT
+    return {
+        "mean_values": "0 0 0" if embedded else " ".join(f"{m:g}" for m in MEAN_BGR),
+        "scale_values": "1 1 1",
+        "postprocess": _normalised_postprocess(record["postprocess"])["mode"],
+    }
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:76] + "...'"
+
+
+def provenance_problems(
+    record: dict[str, Any], blocks: dict[str, dict[str, Any]], checkpoint: dict[str, Any] | None = None
+) -> list[str]:
+    """Entries inside an artifact that do not describe it (its manifest ``record``), one line each.
+
+    Every block of metadata an artifact carries is checked, not only the project's own: a block copied from
+    a source (an ONNX model's ``metadata_props`` kept by a converter) would claim the source's precision
+    and size. With the manifest's ``checkpoint`` record, every entry the pipeline writes is compared, both
+    ways: the artifact's own block (``tool`` = retinaface-export) must hold each of them (anchors, checkpoint
+    digests, variant, post-processing, the INT8 record, ...) with the manifest's value, other blocks may not
+    contradict them, and OpenVINO's ``model_info`` must give the manifest's mean and post-processing.
+    """
+    expected = _describing(record) if checkpoint is None else expected_provenance(record, checkpoint)
     problems = []
+    own = [name for name, block in blocks.items() if isinstance(block, dict) and block.get("tool") == TOOL_NAME]
+    if checkpoint is not None and not own:
+        problems.append(f"no {TOOL_NAME} provenance block (blocks: {', '.join(map(repr, blocks)) or 'none'})")
     for block_name, block in blocks.items():
-        for key in _DESCRIBING_KEYS:
-            if key in block and block[key] != expected[key]:
-                problems.append(
-                    f"provenance block {block_name!r} says {key}={block[key]!r}, the artifact is {expected[key]!r}"
-                )
+        if not isinstance(block, dict):
+            problems.append(f"provenance block {block_name!r} is not a set of entries")
+            continue
+        wanted = _model_info(record) if block_name == _MODEL_INFO and checkpoint is not None else expected
+        if checkpoint is not None and block_name != _MODEL_INFO:
+            for key in sorted(_ONLY_SOME & block.keys() - wanted.keys()):
+                problems.append(f"provenance block {block_name!r} has {key}, which the manifest's record does not")
+        for key, value in wanted.items():
+            if key not in block:
+                if block_name in own:
+                    problems.append(f"provenance block {block_name!r} lacks {key}, the manifest says {_shown(value)}")
+                continue
+            found = block[key]
+            if key == "anchors":
+                found = _normalised_anchors(found)
+            elif key == "postprocess" and block_name != _MODEL_INFO:
+                found = _normalised_postprocess(found)
+            if found != value:
+                said = f"provenance block {block_name!r} says {key}={_shown(block[key])}"
+                problems.append(f"{said}, the manifest says {_shown(value)}")
     return problems
 
 

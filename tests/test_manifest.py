@@ -60,10 +60,11 @@ def test_every_written_manifest_validates_against_the_shipped_schema(folders):
 def test_every_provenance_block_describes_its_artifact(folders):
     checked = 0
     for folder in folders:
-        for record in Manifest.read(folder).artifacts:
+        manifest = Manifest.read(folder)
+        for record in manifest.artifacts:
             blocks = FORMATS[record.format].provenance_blocks(folder / record.path)
             assert "retinaface_export" in blocks
-            assert provenance_problems(record.to_dict(), blocks) == [], record.path
+            assert provenance_problems(record.to_dict(), blocks, manifest.checkpoint) == [], record.path
             checked += len(blocks)
     assert checked >= 10
 

@@ -449,8 +449,10 @@ def test_detect_parity_and_bench_refuse_the_swapped_archive(tmp_path, exported):
     for command, result in runs.items():
         assert result.exit_code == 1, (command, result.output)
         assert "refused before loading" in result.stderr and "Traceback" not in result.output, (command, result.output)
-    (record,) = Manifest.read(folder).artifacts
-    verdict = check_artifact(folder, record, find_golden_sets(packaged_golden_root())[0], [])
+    read = Manifest.read(folder)
+    verdict = check_artifact(
+        folder, read.artifacts[0], find_golden_sets(packaged_golden_root())[0], [], read.checkpoint
+    )
     assert not verdict.passed and "refused before loading" in " ".join(verdict.failures), verdict.failures
 
 
