@@ -21,6 +21,7 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.contract import INPUT_NAME, MEAN_BGR
 from retinaface_export.errors import ProvenanceError, UsageError
 from retinaface_export.postprocess.settings import PostprocessSpec
+from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS
 from retinaface_export.sizes import InputSize, check_batch, check_size
 from retinaface_export.version import tool_version
@@ -249,6 +250,8 @@ def checked_provenance(path: str | Path, entries: Any) -> ArtifactProvenance:
     try:
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"unknown input format {str(input_format)[:40]!r}")
+        if "precision" in entries and entries["precision"] not in PRECISIONS:
+            raise ValueError(f"unknown precision {str(entries['precision'])[:40]!r}")
         _other_entries(entries)
         return ArtifactProvenance(
             anchors=_anchors(entries["anchors"]),

@@ -479,6 +479,7 @@ BAD_PROVENANCE = {
     "postprocess-unknown": ("postprocess", {"mode": "abc"}, "unknown post-processing"),
     "top-k-huge": ("postprocess", {"mode": "nms", "top_k": 10**12}, "at most 100000"),
     "input-format-unknown": ("input_format", "abc", "unknown input format"),
+    "precision-unknown": ("precision", "fp64", "unknown precision 'fp64'"),
     "mean-nan": ("mean_bgr", ["NaN", 1, 2], "'mean_bgr' must be three finite numbers"),
 }
 
