@@ -8,13 +8,19 @@ The security policy (docs/security.md states it whole):
   A ``.torchscript.pt`` file is therefore opened only if :func:`check_torchscript_archive` finds that its
   code is exactly the code this version of retinaface-export writes: every class in the archive's
   ``code/`` files must be, character for character, a class of a fresh trace of the same RetinaFace
-  variant made here with the installed torch (and the archive must have all of them, no more), ignoring
-  only torch's per-process numbering of classes (``___torch_mangle_N``) and of temporaries (``_N``); its
-  pickles may name only the classes and functions that trace's pickles name, with GLOBAL opcodes only
-  (no ``STACK_GLOBAL``/``INST``/``OBJ``); and it may hold nothing but tensor storages, the entries of
-  that trace and ``extra/provenance.json``. The zip must be plain (one top folder, no ``..`` names, no
-  two names equal but for case, nothing before or after it) so that Python's zip reader and torch's see
-  the same files. The check reads the archive with ``zipfile`` and ``pickletools``, which execute nothing.
+  variant made here with the installed torch (and the archive must have all of them, no more). torch
+  numbers classes per process (``___torch_mangle_N``: the numbers depend on what the process scripted
+  before), so classes are named by their rank in a walk of the archive instead, numbers included in what
+  is compared: the archive passes only if it is a consistent renaming of the reference, never when code or
+  objects were swapped between two numbered classes; ``data.pkl`` (the module tree) and ``constants.pkl``
+  must equal the reference's opcode for opcode under that renaming; temporaries (``_N``) are renumbered per
+  class. Its pickles may name only the classes and functions that trace's pickles name, with GLOBAL opcodes
+  only (no ``STACK_GLOBAL``/``INST``/``OBJ``); and it may hold nothing but tensor storages, the entries of
+  that trace and ``extra/provenance.json`` (at most 1 MiB; the post-processing it claims chooses the
+  reference only after :func:`~retinaface_export.provenance.checked_provenance` bounded every size and
+  count). The zip must be plain (one top folder, no ``..`` names, no two names equal but for case, nothing
+  before or after it) so that Python's zip reader and torch's see the same files. The check reads the
+  archive with ``zipfile`` and ``pickletools``, which execute nothing.
   Consequences: a TorchScript file written with another torch or tool version is refused (re-export it,
   or use its ONNX or OpenVINO sibling); the weights inside are not judged here (the manifest's sha256 and
   parity do that). What stays trusted is torch's own zip and pickle readers, as for any checkpoint.
