@@ -555,6 +555,13 @@ def test_trust_check_builds_no_reference_from_an_unbounded_claim(tmp_path, expor
     assert built == [""]
 
 
-def test_oversized_torchscript_provenance_is_refused(tmp_path, exported):
-    path = _torchscript_with(ts_file(exported), tmp_path / "x.torchscript.pt", "pad", "x" * (2 << 20))
-    refused(path, "provenance.json larger than")
+@pytest.mark.parametrize("what", ["provenance", "pickle"])
+def test_oversized_torchscript_entries_are_refused(tmp_path, exported, what):
+    """What the check keeps of an archive is bounded: provenance.json and each pickle at most 1 MiB."""
+    source, target = ts_file(exported), tmp_path / "x.torchscript.pt"
+    if what == "provenance":
+        _torchscript_with(source, target, "pad", "x" * (2 << 20))
+        refused(target, "provenance.json larger than")
+    else:
+        rewrite(source, target, {entry(source, r"^[^/]+/data\.pkl$"): b"\x80\x02" + b"N0" * (1 << 20) + b"N."})
+        refused(target, "data.pkl larger than")

@@ -77,6 +77,7 @@ _FORBIDDEN_OPCODES = frozenset({"STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "
 MAX_ENTRIES = 20_000
 MAX_CODE_BYTES = 64 << 20
 MAX_PROVENANCE_BYTES = 1 << 20
+MAX_PICKLE_BYTES = 1 << 20
 # References kept per process: each distinct claimed post-processing makes one (a few MB); older ones go first.
 MAX_REFERENCES = 8
 _EOCD = b"PK\x05\x06"
@@ -240,7 +241,10 @@ def _archive_code(path: Path, data: bytes) -> _ArchiveCode:
             except (zipfile.BadZipFile, OSError, ValueError, EOFError):
                 raise _refuse(path, f"entry {shown(relative)} cannot be read (a damaged zip file)") from None
             if relative.endswith("pkl"):
-                pickles[relative] = _pickle_ops(path, relative, content)
+                if len(content) > MAX_PICKLE_BYTES:  # its opcodes are kept: bounded (data.pkl is ~50 kB)
+                    raise _refuse(path, f"{relative} larger than {MAX_PICKLE_BYTES} bytes")
+                ops = _pickle_ops(path, relative, content)
+                pickles[relative] = ops if relative in _COMPARED_PICKLES else [o for o in ops if o[0] == "GLOBAL"]
             elif relative.startswith("code/"):
                 code_files[relative] = content
             if relative == "extra/provenance.json":
