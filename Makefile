@@ -13,7 +13,7 @@ install: $(BIN)/retinaface-export
 $(BIN)/retinaface-export: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(TORCH)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,plot,ncnn,mnn,litert]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,plot,ncnn,mnn,litert,ray]"
 	@touch $@
 
 constraints: install
@@ -39,18 +39,22 @@ bench: install
 	$(BIN)/retinaface-export --backbone resnet50 --size 320 640 --output-dir $(BENCH)/resnet50 -q
 	for d in $(BENCH)/mobilenet0.25 $(BENCH)/resnet50; do \
 		$(BIN)/retinaface-convert $$d --to onnxsim -q && \
-		$(BIN)/retinaface-convert $$d --to openvino --precision fp32 fp16 int8 --calibration ../shared/images -q && \
+		$(BIN)/retinaface-convert $$d --to openvino --precision fp32 fp16 bf16 int8 --calibration ../shared/images -q && \
 		$(BIN)/retinaface-convert $$d --to openvino --embed-mean --input u8-nhwc -q || exit 1; \
 	done
-	for v in mobilenet0.25 resnet50; do \
+	# the edge targets (their extras), mobilenet0.25 FP32 and FP16 at 320 and 640, in a folder of their own
+	$(BIN)/retinaface-export --weights ../shared/weights/mobilenet0.25_Final.pth --size 320 640 --output-dir $(BENCH)/edge -q
+	for t in ncnn mnn litert; do $(BIN)/retinaface-convert $(BENCH)/edge --to $$t --precision fp32 fp16 -q || exit 1; done
+	for v in mobilenet0.25 resnet50 edge; do \
 		$(BIN)/retinaface-bench $(BENCH)/$$v --mode latency throughput --time 5 --image ../shared/images/crowd_selfie.jpg \
 			--json $(BENCH)/$$v.json --markdown $(BENCH)/$$v.md --plot $(BENCH)/$$v.png || exit 1; \
 	done
 	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
 	$(BIN)/python scripts/bench_toolchain.py --markdown $(BENCH)/toolchain.md
 	$(BIN)/python scripts/bench_int8.py --bias-sizes --folds 3 --json $(BENCH)/int8.json --markdown $(BENCH)/int8.md
-	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/int8.md $(BENCH)/mobilenet0.25.md \
-		$(BENCH)/resnet50.md
+	$(BIN)/python scripts/bench_int8_search.py $(BENCH)/mobilenet0.25 $(BENCH)/resnet50 --markdown $(BENCH)/int8-search.md
+	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/int8.md $(BENCH)/int8-search.md \
+		$(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md $(BENCH)/edge.md
 
 # Regenerate the committed golden sets (after a deliberate numerics change only).
 golden: install

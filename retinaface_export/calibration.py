@@ -19,7 +19,7 @@ from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.errors import FileError
 from retinaface_export.images import IMAGE_SUFFIXES, decode_image, images_in_folder
 from retinaface_export.preprocess import to_network_input
-from retinaface_export.safety.safe_paths import read_regular_bytes
+from retinaface_export.safety.safe_paths import read_regular_bytes, require_folder
 from retinaface_export.sizes import InputSize
 
 # Fewer images than this get every augmentation below (a 7-photo folder gives 42 samples).
@@ -55,6 +55,27 @@ AUGMENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def _scaled(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    def scale(image: np.ndarray) -> np.ndarray:
+        import cv2  # here: the commands' --help must not load OpenCV (tests/test_fast_start.py)
+
+        h, w = image.shape[:2]
+        size = (max(MIN_SIDE, round(w * factor)), max(MIN_SIDE, round(h * factor)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    return scale
+
+
+# name -> transform of the views an INT8 model is finally judged on besides its validation views: neither
+# calibration nor accuracy control sees them ("stretch" views are resized to the network size, aspect lost).
+HELD_OUT_VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "stretch": lambda image: image,
+    "stretch-flip": _flip,
+    "scale-50%": _scaled(0.5),
+    "scale-75%": _scaled(0.75),
+}
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """Decoded photos (for calibration or validation) and what identifies them (for the manifest)."""
@@ -84,6 +105,24 @@ class CalibrationSet:
                 view = np.ascontiguousarray(AUGMENTATIONS[name](image))
                 box = Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width)
                 views.append(box.apply(view))
+        return views
+
+    def held_out_views(self, size: InputSize) -> list[np.ndarray]:
+        """Views no INT8 step fits on (see :data:`HELD_OUT_VIEWS`).
+
+        The photos and their mirror images stretched to ``size`` (as OMZ-style clients feed them), and the
+        photos at half and three quarters of their scale, letterboxed (smaller faces).
+        """
+        import cv2  # here: the commands' --help must not load OpenCV (tests/test_fast_start.py)
+
+        views = []
+        for image in self.images:
+            for name, make in HELD_OUT_VIEWS.items():
+                view = np.ascontiguousarray(make(image))
+                if name.startswith("stretch"):
+                    views.append(cv2.resize(view, (size.width, size.height), interpolation=cv2.INTER_LINEAR))
+                else:
+                    views.append(Letterbox.fit(view.shape[0], view.shape[1], size.height, size.width).apply(view))
         return views
 
     def record(self) -> dict[str, object]:
@@ -124,8 +163,7 @@ class PhotoSplit:
 
 
 def _image_files(folder: Path, role: str) -> tuple[Path, ...]:
-    if not folder.is_dir():
-        raise FileError(folder, f"{role} folder does not exist")
+    require_folder(folder, f"{role} folder")
     files = tuple(images_in_folder(folder))
     if not files:
         raise FileError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the {role} folder")
@@ -142,13 +180,31 @@ def _read_photo(path: Path, data: bytes) -> np.ndarray:
     return image
 
 
-def _photo_set(folder: Path, files: tuple[Path, ...], augment: bool | None) -> CalibrationSet:
-    """``files`` read and hashed; ``augment=None`` augments when there are fewer than AUGMENT_BELOW."""
+def _read_photos(files: tuple[Path, ...]) -> dict[Path, tuple[bytes, np.ndarray]]:
+    """Each file's bytes and image; the first that is not a usable photo (empty, text, too small) is named."""
+    photos = {}
+    for path in files:
+        data = read_regular_bytes(path, "an image")
+        photos[path] = (data, _read_photo(path, data))
+    return photos
+
+
+def _photo_set(
+    folder: Path,
+    files: tuple[Path, ...],
+    augment: bool | None,
+    photos: dict[Path, tuple[bytes, np.ndarray]] | None = None,
+) -> CalibrationSet:
+    """``files`` read and hashed; ``augment=None`` augments when there are fewer than AUGMENT_BELOW.
+
+    ``photos`` holds files already read (:func:`_read_photos`); the others are read here.
+    """
+    photos = photos if photos is not None else _read_photos(files)
     digest = hashlib.sha256()
     images, hashes = [], []
     for path in files:
-        data = read_regular_bytes(path, "an image")
-        images.append(_read_photo(path, data))
+        data, image = photos[path]
+        images.append(image)
         digest.update(path.name.encode() + b"\0" + data)
         hashes.append(hashlib.sha256(data).hexdigest())
     if augment is None:
@@ -168,6 +224,16 @@ def load_calibration_set(folder: str | Path) -> CalibrationSet:
     return _photo_set(folder, _image_files(folder, "calibration"), augment=None)
 
 
+def load_validation_set(folder: str | Path) -> CalibrationSet:
+    """Every image in ``folder`` (not recursive), augmented as calibration sets are, to judge detections on.
+
+    Raises:
+        FileError: as :func:`load_calibration_set`, naming the folder as the validation folder.
+    """
+    folder = Path(folder)
+    return _photo_set(folder, _image_files(folder, "validation"), augment=None)
+
+
 def split_photos(calibration: str | Path, validation: str | Path | None = None) -> PhotoSplit:
     """Calibration photos and validation photos that share none (compared by content, not name).
 
@@ -185,7 +251,9 @@ def split_photos(calibration: str | Path, validation: str | Path | None = None) 
     calibration = Path(calibration)
     files = _image_files(calibration, "calibration")
     if validation is None:
-        content = {path: hashlib.sha256(read_regular_bytes(path, "an image")).hexdigest() for path in files}
+        # every file is read as a photo before any is counted: an empty or text .jpg is named, not counted
+        photos = _read_photos(files)
+        content = {path: hashlib.sha256(photos[path][0]).hexdigest() for path in files}
         distinct = sorted(set(content.values()))
         if len(distinct) < 2:
             raise FileError(
@@ -197,8 +265,8 @@ def split_photos(calibration: str | Path, validation: str | Path | None = None) 
         # copies of one photo go together: no content is in both sets
         held = {path for path in files if content[path] in distinct[:count]}
         return PhotoSplit(
-            calibration=_photo_set(calibration, tuple(p for p in files if p not in held), augment=None),
-            validation=_photo_set(calibration, tuple(p for p in files if p in held), augment=None),
+            calibration=_photo_set(calibration, tuple(p for p in files if p not in held), augment=None, photos=photos),
+            validation=_photo_set(calibration, tuple(p for p in files if p in held), augment=None, photos=photos),
             held_out=True,
         )
     validation = Path(validation)

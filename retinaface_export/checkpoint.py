@@ -32,7 +32,7 @@ from retinaface_export.errors import (
     UsageError,
 )
 from retinaface_export.hashing import sha256_state_dict
-from retinaface_export.safety.safe_paths import open_regular
+from retinaface_export.safety.safe_paths import open_regular, read_error
 from retinaface_export.variants import Variant, get_variant, list_variants
 
 if TYPE_CHECKING:  # torch and the model are imported where they are used: `--help` never loads torch
@@ -375,7 +375,10 @@ def load_checkpoint(
     """
     path = Path(path)
     requested = get_variant(backbone) if backbone else None
-    raw, file_sha256 = _read(path)
+    try:
+        raw, file_sha256 = _read(path)
+    except OSError as exc:  # a read that fails (EIO) once the file is open
+        raise CorruptCheckpointError(path, read_error(path, exc).reason) from None
     state_dict = _unwrap(path, raw)
     _refuse_backbone_only(path, state_dict)
     variant = _infer_variant(path, state_dict)

@@ -30,6 +30,8 @@ class OutputVerdict:
     max_of_range: float = 0.0
     # worst |Δ| / allowed (at most 1 passes)
     max_excess: float = 0.0
+    # worst mean |Δ| as a fraction of the reference's range (judged where the tolerance bounds it)
+    mean_of_range: float = 0.0
     passed: bool = True
 
 
@@ -60,6 +62,11 @@ class TensorVerdict:
             "max_abs_error": self.max_abs_errors(),
             "max_error_of_range": {o.name: o.max_of_range for o in self.outputs},
             "max_excess": {o.name: o.max_excess for o in self.outputs},
+            **(
+                {"mean_error_of_range": {o.name: o.mean_of_range for o in self.outputs}}
+                if self.tolerance.mean_range_fraction is not None
+                else {}
+            ),
             "passed": self.passed,
         }
 
@@ -111,6 +118,15 @@ def compare_outputs(cases: Iterable[Case], tolerance: Tolerance, names: Sequence
                     f"{out.name}: max abs error {error:.2e} > {allowed:.2e} ({tolerance.describe()}, "
                     f"range {span:.3g}) on {case.label}"
                 )
+            if tolerance.mean_range_fraction is not None and reference.size:
+                mean = float(np.mean(np.abs(candidate - reference))) / (span or 1.0)
+                out.mean_of_range = max(out.mean_of_range, mean)
+                if not mean <= tolerance.mean_range_fraction:
+                    out.passed = False
+                    verdict.failures.append(
+                        f"{out.name}: mean abs error {mean:.2%} of range > {tolerance.mean_range_fraction:.0%} "
+                        f"on {case.label}"
+                    )
     return verdict
 
 

@@ -42,7 +42,14 @@ from retinaface_export.images import decode_image, images_in_folder
 from retinaface_export.preprocess import synthetic_photos, to_network_input
 from retinaface_export.provenance import library_versions
 from retinaface_export.safety.atomic import commit_files, staging_dir
-from retinaface_export.safety.safe_paths import check_plain_name, open_regular, read_regular_bytes, shown
+from retinaface_export.safety.safe_paths import (
+    check_plain_name,
+    open_regular,
+    read_regular_bytes,
+    require_folder,
+    resolve_inside,
+    shown,
+)
 from retinaface_export.sizes import InputSize, check_size
 
 GOLDEN_FILE = "golden.json"
@@ -85,14 +92,16 @@ def find_photo(name: str, sha256: str, image_dirs: list[Path]) -> tuple[Path, by
     """The photo whose bytes have ``sha256`` in ``image_dirs``, and its bytes.
 
     The file called ``name`` is tried first in each folder; then every image (by suffix, not recursive) of
-    every folder, so that a renamed copy is found too.
+    every folder, so that a renamed copy is found too. Only files inside the folders are read.
 
     Raises:
-        FileError: no image there has that sha256 (naming a file of that name whose content differs).
+        FileError: no image there has that sha256 (naming a file of that name whose content differs), or
+            one cannot be read.
+        OutsideFolderError: the file of that name, or an image of a folder, is a link leading out of it.
     """
     differs: Path | None = None
     for folder in image_dirs:
-        path = Path(folder) / name
+        path = resolve_inside(Path(folder), name)  # a link out of the folder is refused, not read
         if path.is_file():
             data = read_regular_bytes(path, "an image")
             if hashlib.sha256(data).hexdigest() == sha256:
@@ -139,9 +148,12 @@ class GoldenInput:
             check_plain_name(self.photo)  # load_golden checked it; a GoldenInput made in code is checked here
         except ValueError as exc:
             raise FileError(self.name, f"golden input photo {exc}") from None
-        path, data = find_photo(self.photo, str(self.photo_sha256), image_dirs)
-        image = decode_image(path, data)
-        return Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width).apply(image)
+        return _letterboxed(*find_photo(self.photo, str(self.photo_sha256), image_dirs), size)
+
+
+def _letterboxed(path: Path, data: bytes, size: InputSize) -> np.ndarray:
+    image = decode_image(path, data)
+    return Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width).apply(image)
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -217,9 +229,11 @@ def record_golden(
     Raises:
         FileError: a photo cannot be read.
     """
-    digests = [hashlib.sha256(read_regular_bytes(p, "an image")).hexdigest() for p in photos]
-    inputs = [GoldenInput(p.stem, p.name, digest, None) for p, digest in zip(photos, digests, strict=True)]
-    photo_dirs = [p.parent for p in photos]
+    # the photos named on the command line are read once, here (a named photo may be a link; only what a
+    # folder holds is confined to it)
+    photo_bytes = {Path(p): read_regular_bytes(p, "an image") for p in photos}
+    inputs = [GoldenInput(p.stem, p.name, hashlib.sha256(photo_bytes[p]).hexdigest(), None) for p in photo_bytes]
+    sources = dict(zip(inputs, photo_bytes.items(), strict=True))
     inputs += [GoldenInput(f"synthetic-{seed}", None, None, seed) for seed in seeds]
     run = eager_runner(checkpoint.model)
     anchors = checkpoint.variant.anchors
@@ -227,7 +241,7 @@ def record_golden(
     cases_meta = []
     for size in sizes:
         for spec in inputs:
-            canvas = spec.prepare(size, photo_dirs)
+            canvas = _letterboxed(*sources[spec], size) if spec in sources else spec.prepare(size, [])
             outputs = [out[0] for out in run(to_network_input(canvas))]
             rows = sample_rows(outputs[1])
             key = f"{spec.name}@{size}"
@@ -353,8 +367,7 @@ def find_golden_sets(root: str | Path) -> list[GoldenSet]:
     root = Path(root)
     if (root / GOLDEN_FILE).is_file():
         return [load_golden(root)]
-    if not root.is_dir():
-        raise FileError(root, "no such golden folder")
+    require_folder(root, "golden folder")
     return [load_golden(p) for p in sorted(root.iterdir()) if (p / GOLDEN_FILE).is_file()]
 
 

@@ -2,7 +2,8 @@
 
 Only regular files are read (a FIFO named ``x.jpg`` is refused, not waited on), and an image's size is
 read from its header (``imagesize``, no decoding) before OpenCV decodes it, so a 20000×20000 photo is
-refused before it costs 1.2 GB to decode and more to run.
+refused before it costs 1.2 GB to decode and more to run. A read that fails (EIO) names the file. The
+images of a folder are those inside it: a symbolic link among them that leads out of it is refused.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import BinaryIO
 import imagesize
 import numpy as np
 
-from retinaface_export.errors import FileError, ImageTooLargeError
-from retinaface_export.safety.safe_paths import open_regular
+from retinaface_export.errors import FileError, ImageTooLargeError, InputFileError
+from retinaface_export.safety.safe_paths import open_regular, read_error, resolve_inside
 from retinaface_export.sizes import env_limit
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -73,13 +74,25 @@ def read_image(path: str | Path) -> np.ndarray:
         ImageTooLargeError: the header declares more pixels than ``RETINAFACE_EXPORT_MAX_IMAGE_PIXELS``.
     """
     with open_regular(path, "an image") as handle:
-        if os.fstat(handle.fileno()).st_size:
-            image_size_from_header(Path(path), handle)  # before reading a file that may be huge
-            handle.seek(0)
-        data = handle.read()
+        try:
+            if os.fstat(handle.fileno()).st_size:
+                image_size_from_header(Path(path), handle)  # before reading a file that may be huge
+                handle.seek(0)
+            data = handle.read()
+        except OSError as exc:
+            raise read_error(path, exc) from None
     return decode_image(path, data)
 
 
 def images_in_folder(folder: Path) -> list[Path]:
-    """The image files (by suffix, not recursive) directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The image files (by suffix, not recursive) directly in ``folder``, sorted by name.
+
+    Raises:
+        InputFileError: the folder cannot be listed.
+        OutsideFolderError: an image name there is a symbolic link leading outside ``folder``.
+    """
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise InputFileError(folder, f"cannot be listed ({exc.strerror or type(exc).__name__})") from None
+    return [path for path in (resolve_inside(folder, name) for name in names) if path.is_file()]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retinaface_export.anchors import AnchorConfig
-from retinaface_export.errors import ManifestError, UsageError
+from retinaface_export.errors import InputFileError, ManifestError, OutsideFolderError, UsageError
 from retinaface_export.formats import FORMATS, runtime_libraries
 from retinaface_export.hashing import sha256_file
 from retinaface_export.json_schema import schema_problem
@@ -27,6 +27,7 @@ from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import INPUT_FORMATS
 from retinaface_export.provenance import TOOL_NAME, library_versions
 from retinaface_export.records import Verification
+from retinaface_export.safety.safe_paths import folder_problem, read_regular_bytes, resolve_inside
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "manifest.schema.json"
@@ -346,12 +347,14 @@ class Manifest:
             ManifestError: missing, not JSON, not a manifest of this tool, or any field malformed (named).
         """
         path = Path(folder) / MANIFEST_NAME
+        problem = folder_problem(Path(folder), "export folder")
+        if problem is not None and problem.startswith("is not a folder"):
+            raise ManifestError(folder, problem)
         if not path.is_file():
             raise ManifestError(path, "no manifest: not an export folder (run retinaface-export first)")
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ManifestError(path, f"larger than {MAX_MANIFEST_BYTES // 2**20} MiB: not a manifest of this tool")
+        raw = _manifest_bytes(Path(folder))
         try:
-            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ManifestError(path, f"not valid JSON ({exc})") from exc
         top = _Fields(data, path, "manifest")
@@ -380,6 +383,19 @@ class Manifest:
     def read_if_present(cls, folder: str | Path) -> Manifest | None:
         """The folder's manifest, or None when there is none."""
         return cls.read(folder) if (Path(folder) / MANIFEST_NAME).exists() else None
+
+
+def _manifest_bytes(folder: Path) -> bytes:
+    """The manifest's bytes, from a regular file inside ``folder`` only (a link leading out is refused)."""
+    try:
+        path = resolve_inside(folder, MANIFEST_NAME)
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(path, f"larger than {MAX_MANIFEST_BYTES // 2**20} MiB: not a manifest of this tool")
+        return read_regular_bytes(path, "a manifest", max_bytes=MAX_MANIFEST_BYTES)
+    except OSError as exc:
+        raise ManifestError(folder / MANIFEST_NAME, f"cannot be read ({exc.strerror or exc})") from None
+    except (InputFileError, OutsideFolderError) as exc:
+        raise ManifestError(exc.path, exc.reason) from None
 
 
 def _postprocess(fields: _Fields) -> dict[str, Any]:
@@ -426,8 +442,10 @@ def artifact_file(folder: Path, name: str) -> Path:
     path = folder / name
     if not path.exists():
         raise ManifestError(path, "listed in the manifest but missing")
-    if path.resolve().parent != folder.resolve():
-        raise ManifestError(path, "resolves outside its export folder (a link?): refused")
+    try:
+        resolve_inside(folder, name)
+    except OutsideFolderError:
+        raise ManifestError(path, "resolves outside its export folder (a link?): refused") from None
     if not path.is_file():
         raise ManifestError(path, "not a regular file")
     return path

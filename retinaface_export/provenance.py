@@ -157,10 +157,10 @@ def provenance_problems(
 
 
 # Bounds on what an artifact may claim (far above anything real; larger values are an edited file): anchors
-# per feature-map cell (published RetinaFaces have 2), an anchor's side in pixels, NMS candidates and faces.
+# per feature-map cell (published RetinaFaces have 2) and an anchor's side in pixels. NMS counts are bounded by
+# NmsSettings itself, sizes and batches by sizes.py.
 MAX_ANCHORS_PER_CELL = 16
 MAX_ANCHOR_SIDE = 8192
-MAX_NMS_COUNT = 100_000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TEXT_KEYS = ("tool", "tool_version", "format", "variant", "precision", "input", "source")
 
@@ -202,13 +202,6 @@ def _anchors(value: Any) -> AnchorConfig:
     if max(max(sizes) for sizes in anchors.min_sizes) > MAX_ANCHOR_SIDE:
         raise ValueError(f"anchor sides above {MAX_ANCHOR_SIDE} pixels")
     return anchors
-
-
-def _postprocess(value: Any) -> PostprocessSpec:
-    spec = PostprocessSpec.from_record(value)
-    if max(spec.settings.top_k, spec.settings.max_detections) > MAX_NMS_COUNT:
-        raise ValueError(f"top_k and max_detections must be at most {MAX_NMS_COUNT}")
-    return spec
 
 
 def _other_entries(entries: dict[str, Any]) -> None:
@@ -257,7 +250,7 @@ def checked_provenance(path: str | Path, entries: Any) -> ArtifactProvenance:
             anchors=_anchors(entries["anchors"]),
             input_size=_size(entries["input_size"]),
             batch=_batch(entries["batch"]),
-            postprocess=_postprocess(entries.get("postprocess")),
+            postprocess=PostprocessSpec.from_record(entries.get("postprocess")),  # NmsSettings bounds its counts
             input_format=input_format,
             entries=entries,
         )

@@ -26,6 +26,7 @@ import io
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
@@ -34,17 +35,18 @@ import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.calibration import CalibrationSet, PhotoSplit
-from retinaface_export.detection.metric import DetectionF1
+from retinaface_export.detection.metric import DetectionF1, strict_f1
 from retinaface_export.errors import AccuracyDropError, UsageError
 from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.sizes import InputSize
 
 log = logging.getLogger(__name__)
 
-# Called as progress(stage, step): ("calibration", n) after each calibration sample NNCF reads (it reads
-# the set once per statistics pass, so n passes the sample count), ("validation", n) after each
-# evaluation of a candidate model during accuracy control.
-Progress = Callable[[str, int], None]
+# Called as progress(stage, done, total): ("calibration", n, None) after each calibration sample NNCF reads
+# (it reads the set once per statistics pass, so n passes the sample count); ("evaluation", n, most) after
+# each evaluation of a model during accuracy control, ``most`` being how many its search can take at most
+# (:func:`most_evaluations`).
+Progress = Callable[[str, int, int | None], None]
 # metric(reference runs, candidate runs) -> (value, value of each run); higher is better.
 Metric = Callable[[Sequence[Sequence[np.ndarray]], Sequence[Sequence[np.ndarray]]], tuple[float, list[float]]]
 
@@ -224,7 +226,7 @@ def _calibration_dataset(backend: Int8Backend, model: Any, samples: Sequence[np.
         nonlocal count
         count += 1
         if progress:
-            progress("calibration", count)
+            progress("calibration", count, None)
         return to_input(sample)
 
     return nncf.Dataset(list(samples), feed)
@@ -289,6 +291,18 @@ def measure_accuracy(
     )
 
 
+def most_evaluations(quantisable_layers: int, max_reverted_groups: int | None) -> int:
+    """The most model evaluations NNCF's accuracy control can make (NNCF 3.x's restorer, read from its source).
+
+    The float and the INT8 model once each; one ranking evaluation per group of quantisers (at most one group
+    per quantisable layer); then per iteration one evaluation of the model with one more group in float,
+    and, after an iteration that made the drop worse, a new ranking of the groups left.
+    """
+    groups = quantisable_layers
+    iterations = min(max_reverted_groups or groups, groups)
+    return 2 + groups + iterations * (1 + groups)
+
+
 def quantize_with_accuracy_control(
     backend: Int8Backend,
     model: Any,
@@ -300,6 +314,7 @@ def quantize_with_accuracy_control(
     allow_accuracy_drop: bool = False,
     metric_name: str = "metric",
     progress: Progress | None = None,
+    budget_seconds: float | None = None,
 ) -> tuple[Any, AccuracyResult]:
     """``model`` quantised to INT8, with layers reverted to float until ``metric`` drops by ``max_drop`` at most.
 
@@ -318,11 +333,14 @@ def quantize_with_accuracy_control(
         allow_accuracy_drop: return the model even when the drop is not met (the result says so).
         metric_name: how the result names the metric.
         progress: see :data:`Progress`.
+        budget_seconds: stop the search (with :class:`AccuracyDropError`) at the first evaluation that starts
+            after this many seconds; None: no limit.
 
     Raises:
         AccuracyDropError: the drop is above ``max_drop`` after reverting ``settings.max_reverted_groups``
             groups of layers, or is met only with every layer in float; not raised with
-            ``allow_accuracy_drop``.
+            ``allow_accuracy_drop``. Also when the search runs past ``budget_seconds``, whatever
+            ``allow_accuracy_drop`` says (there is no model to keep).
     """
     import nncf
 
@@ -331,17 +349,32 @@ def quantize_with_accuracy_control(
     if not 0 <= max_drop < 1:
         raise UsageError(f"the maximum accuracy drop must be in [0, 1), got {max_drop}")
     settings = (settings or QuantizationSettings()).for_backend(backend)
+    if budget_seconds is not None and not budget_seconds > 0:
+        raise UsageError(f"the INT8 time budget must be a positive number of seconds, got {budget_seconds}")
     reference = backend.run(model, validation)
     to_input = backend.feed(model)
+    most = most_evaluations(backend.quantisable_count(model), settings.max_reverted_groups)
     evaluations = 0
+    best = float("-inf")  # of the INT8 candidates (the first evaluation is the float model's)
+    start = time.monotonic()
 
     def validate(candidate: Any, items: Iterable[tuple[int, np.ndarray]]) -> tuple[float, list[float]]:
-        nonlocal evaluations
+        nonlocal evaluations, best
+        elapsed = time.monotonic() - start
+        if budget_seconds is not None and elapsed > budget_seconds:
+            best_text = f"{best:.3f}" if evaluations > 1 else "none yet"
+            raise AccuracyDropError(
+                f"accuracy control stopped at its time budget ({budget_seconds:g} s) after {evaluations} "
+                f"evaluations of at most {most}; best {metric_name} so far {best_text}",
+                {"budget_seconds": budget_seconds, "evaluations": evaluations, "most_evaluations": most},
+            )
         items = list(items)
         value = metric([reference[index] for index, _ in items], backend.run(candidate, [data for _, data in items]))
         evaluations += 1
+        if evaluations > 1 and len(items) == len(validation):
+            best = max(best, value[0])
         if progress:
-            progress("validation", evaluations)
+            progress("evaluation", evaluations, max(most, evaluations))
         return value
 
     restorer = nncf.AdvancedAccuracyRestorerParameters(num_ranking_workers=1)
@@ -358,6 +391,9 @@ def quantize_with_accuracy_control(
             advanced_accuracy_restorer_parameters=restorer,
             **_nncf_arguments(settings, len(samples)),
         )
+    if progress:  # the search is over: its bar is complete
+        progress("evaluation", max(most, evaluations), max(most, evaluations))
+    log.info("accuracy control: %d evaluations in %.0f s (at most %d)", evaluations, time.monotonic() - start, most)
     result = measure_accuracy(backend, model, quantized, validation, metric, max_drop, settings, metric_name, reference)
     if not result.met:
         if not allow_accuracy_drop:
@@ -384,16 +420,12 @@ class Int8Request:
     accuracy_control: bool = True
     settings: QuantizationSettings = field(default_factory=QuantizationSettings)
     progress: Progress | None = None
+    # accuracy control stops (failing the conversion) at its first evaluation past this many seconds
+    budget_seconds: float | None = None
 
     def metric(self, size: InputSize | None = None) -> DetectionF1:
-        """Strict detection F1 (IoU 0.5) of outputs at ``size`` (default: the request's), read as written.
-
-        Both sides are cut at 0.5, or at an ``nms`` model's own threshold when that is higher.
-        """
-        threshold = 0.5
-        if self.postprocess.detections:
-            threshold = max(threshold, self.postprocess.settings.score_threshold)
-        return DetectionF1(self.anchors, size or self.size, threshold=threshold, postprocess=self.postprocess)
+        """Strict detection F1 (IoU 0.5) of outputs at ``size`` (default: the request's), read as written."""
+        return strict_f1(self.anchors, size or self.size, self.postprocess)
 
     def samples(self, photos: CalibrationSet) -> list[np.ndarray]:
         """Network inputs (mean subtracted) of ``photos`` at the model's size; each repeated to its batch."""
@@ -443,5 +475,6 @@ def quantize_detector(backend: Int8Backend, model: Any, request: Int8Request) ->
         allow_accuracy_drop=request.allow_accuracy_drop,
         metric_name=metric.name,
         progress=request.progress,
+        budget_seconds=request.budget_seconds,
     )
     return quantized, request.photos.record() | {"accuracy": result.record() | {"accuracy_control": True}}

@@ -53,10 +53,19 @@ class Verification:
             return "not verified"
         if self.kind is VerificationKind.TENSORS:
             errors = list(self.details.get("max_abs_error", {}).values())
-            return f"max |Δ| {max(errors):.1e}" if errors else "max |Δ| -"
+            text = f"max |Δ| {max(errors):.1e}" if errors else "max |Δ| -"
+            photos = self.details.get("detections")  # bf16: also judged by its faces on photos
+            if photos:
+                text += f", F1 {photos['f1']:.3f} on {photos['samples']} views"
+            if self.details.get("not_checked"):
+                text += " (ran in f32 here)"
+            return text
         text = f"F1 {self.details['f1']:.3f}"
         if self.details.get("photos") == "validation":  # INT8: judged on photos calibration never saw
             text += f" on {self.details['samples']} held-out views"
+            unseen = self.details.get("held_out_views")  # views accuracy control never fitted on
+            if unseen:
+                text += f", {unseen['f1']:.3f} on {unseen['samples']} stretched/scaled"
             return text if self.passed else text + " (misses --max-f1-drop, kept)"
         faces = self.details.get("reference_faces")
         return text + (f" ({faces} faces)" if faces is not None else "")

@@ -19,13 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from retinaface_export.errors import FileError, InputFileError
-from retinaface_export.safety.safe_paths import check_plain_name, read_regular_bytes, resolve_inside, shown
+from retinaface_export.safety.safe_paths import (
+    check_plain_name,
+    read_regular_bytes,
+    require_folder,
+    resolve_inside,
+    shown,
+)
+from retinaface_export.sizes import env_limit
 
 log = logging.getLogger(__name__)
 
 SETTINGS = ("easy", "medium", "hard")
 # A prediction file holds at most 750 rows of ~60 bytes; anything near this is not one.
 MAX_PREDICTION_FILE_BYTES = 16 << 20
+# Rows a prediction file may hold (the reference keeps 750 a photo after NMS, from 5000 candidates): scoring
+# allocates rows × faces per photo, and a 400,000-row file took 2 GiB. RETINAFACE_EXPORT_MAX_PREDICTIONS sets it.
+MAX_PREDICTIONS = 5000
+MAX_PREDICTIONS_ENV = "RETINAFACE_EXPORT_MAX_PREDICTIONS"
 _MAT_FILES = {
     "all": "wider_face_val.mat",
     "easy": "wider_easy_val.mat",
@@ -148,7 +159,7 @@ def ground_truth_key(folder: str | Path) -> str:
     Raises:
         FileError: a file is missing or not a readable regular file.
     """
-    return _digest(_read_mats(Path(folder)))
+    return _digest(_read_mats(require_folder(folder, "ground-truth folder")))
 
 
 def load_ground_truth(folder: str | Path) -> GroundTruth:
@@ -161,7 +172,7 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
     Raises:
         FileError: a file is missing or not the expected MATLAB structure, or a name is not plain.
     """
-    folder = Path(folder)
+    folder = require_folder(folder, "ground-truth folder")
     mats = _read_mats(folder)
     key = _digest(mats)
     if key not in _LOADED:
@@ -383,6 +394,8 @@ def _read_file_bytes(path: str) -> bytes:
             data = b"".join(chunks)
             if len(data) <= MAX_PREDICTION_FILE_BYTES:
                 return data
+    except OSError:
+        pass  # an I/O error (EIO): read again below, which names the file and the reason
     finally:
         os.close(fd)
     return read_regular_bytes(Path(path), "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
@@ -548,6 +561,14 @@ def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.nd
         if results[index] is None:
             key, lines_read = _split_lines(Path(path), data)
             results[index] = (key, _parse_rows_slowly(Path(path), lines_read))
+    limit = env_limit(MAX_PREDICTIONS_ENV, MAX_PREDICTIONS)
+    for (path, _), (_, rows) in zip(files, results, strict=True):  # type: ignore[misc]
+        if len(rows) > limit:
+            raise FileError(
+                path,
+                f"{len(rows)} predictions is more than the {limit} a prediction file may hold "
+                f"(set {MAX_PREDICTIONS_ENV}=N to allow more)",
+            )
     return results  # type: ignore[return-value]
 
 
@@ -591,8 +612,7 @@ def read_predictions(folder: str | Path, truth: GroundTruth) -> list[np.ndarray]
             prediction file is malformed, or something in it leads outside it.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileError(folder, "no such predictions folder")
+    require_folder(folder, "predictions folder")
     known = set(truth.images)
     extra = 0
     events: list[str] = []

@@ -30,6 +30,8 @@ EXPORT_FORMATS = ("torchscript", "onnx")
 CONVERSIONS = (
     ["--to", "onnxsim"],
     ["--to", "openvino", "--precision", "fp32", "fp16", "int8", "--calibration", str(SHARED / "images")],
+    # bf16 on a sample of sizes (each conversion also runs the source and the IR on the photos' 42 views)
+    ["--to", "openvino", "--precision", "bf16", "--validation", str(SHARED / "images"), "--size", "320", "640"],
     ["--to", "openvino", "--embed-mean", "--input", "f32-nchw"],
     ["--to", "openvino", "--embed-mean", "--input", "u8-nhwc"],
     # ONNX FP16/INT8 on a sample of sizes (CI time): the smallest and the largest
@@ -54,6 +56,12 @@ POSTPROCESS_EXPORTS = {
 POSTPROCESS_CONVERSIONS = (["--to", "openvino", "--precision", "fp32", "fp16"], ["--to", "onnxsim"])
 # (variant, precision) left out of the matrix, with the reason. Nothing else may be missing.
 NOT_JUDGED = {
+    ("resnet50", "bf16"): (
+        "the synthetic Resnet50's scores sit around the 0.5 threshold (random weights), so bf16's rounding moves "
+        "faces across it: parity F1 0.91/0.93 at 320/640 against FP32 (mean score error 1.0-1.2% of range); "
+        "bf16 parity is judged on the trained mobilenet0.25, and the conversion still applies the bf16 tensor "
+        "rule to Resnet50 (its F1 is recorded); rerun with the upstream Resnet50_Final.pth to judge it"
+    ),
     ("resnet50", "int8"): (
         "the only Resnet50 here is the synthetic one: quantising random weights does not keep their detections "
         "(parity F1 0.64-0.76 against FP32 at every size, whatever the NNCF settings tried), so INT8 parity is "
@@ -104,9 +112,9 @@ def _build_and_check(bin_dir: Path, args: argparse.Namespace, name: str, export:
             "--images",
             str(SHARED / "images"),
             "--json",
-            str(folder / "parity.json"),
+            str(args.out / f"{name}.parity.json"),  # beside the export: outputs never go into an input
             "--junit",
-            str(folder / "parity.xml"),
+            str(args.out / f"{name}.parity.xml"),
         ]
     )
     _validate_manifest(folder / "manifest.json")

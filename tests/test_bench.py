@@ -131,9 +131,10 @@ def test_eager_uses_the_exports_anchors(tmp_path, crowd_photo):
     assert len(eager) == len(artifact) > 0
     for a, b in zip(eager, artifact, strict=True):
         assert np.abs(np.subtract(a.box, b.box)).max() < 0.5
-    result = bench(tmp_path, *QUICK, "--mode", "latency", "--json", tmp_path / "b.json")
+    report = tmp_path.parent / f"{tmp_path.name}-b.json"  # not inside the export folder, an input
+    result = bench(tmp_path, *QUICK, "--mode", "latency", "--json", report)
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    rows = json.loads(report.read_text())["rows"]
     assert [r["backend"] for r in rows] == ["torch-eager", "onnxruntime"]
 
 

@@ -552,7 +552,7 @@ def test_cli_cache_dir_problems(tmp_path, truth, monkeypatch):
     args = ["--predictions", str(tmp_path / "preds"), "--ground-truth", str(GT_DIR), "--json", "-"]
     (tmp_path / "a-file").write_text("")
     result = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "a-file" / "cache")])
-    assert result.exit_code == 1 and "its parent folder does not exist" in result.stderr
+    assert result.exit_code == 1 and "a-file: is not a folder" in result.stderr
     assert not (tmp_path / "a-file" / "cache").exists()
 
     def refuse(path, data):
@@ -577,3 +577,23 @@ def test_json_outputs_follow_the_schema(tmp_path, truth):
         result = CliRunner().invoke(main, [*args, "-q", "--json", "-"])
         assert result.exit_code == 0, result.output
         jsonschema.validate(json.loads(result.stdout), schema)
+
+
+def test_a_prediction_file_whose_read_fails_is_named(tmp_path, truth, monkeypatch):
+    """EIO while reading (a failing disk, a network file system): one line naming the file (issue 25)."""
+    import errno
+    import os
+
+    write_folder(tmp_path / "preds", truth, random_predictions(truth, 2))
+    real_fstat = os.fstat
+
+    def failing_fstat(fd):
+        if str(os.readlink(f"/proc/self/fd/{fd}")).endswith(".txt"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "fstat", failing_fstat)
+    args = ["--predictions", str(tmp_path / "preds"), "--ground-truth", str(GT_DIR), "--json", "-"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert ".txt: cannot be read (Input/output error)" in result.stderr

@@ -561,6 +561,7 @@ def test_stale_staging_is_removed_only_when_provably_a_dead_run_of_this_tool(tmp
     out = fill(tmp_path / "out", OLD)
     owner = case.owner()
     leftover = fill(tmp_path / f".{case.folder_name}.staging-{case.name_pid(owner)}-ab12cd_3", {"x.onnx": b"x"})
+    leftover.chmod(0o700)  # as mkdtemp makes it: whatever the umask, writable by no one else
     if owner is not None:
         (leftover / ".owner.json").write_text(json.dumps(owner))
     removed = clean_stale_staging(out)

@@ -87,6 +87,21 @@ def symlink_loop(path: Path) -> Path:
     return path
 
 
+def proc_self_mem(path: Path) -> Path:
+    """A link to /proc/self/mem: a regular file whose read fails with EIO (issue 25)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink("/proc/self/mem", path)
+    return path
+
+
+def manifest_linked_out(tmp: Path) -> list[str]:
+    """An export folder whose manifest.json is a link to a file outside it (issue 25)."""
+    write(tmp / "outside" / "manifest.json", json.dumps({"tool": SECRET}))
+    (tmp / "export").mkdir()
+    os.symlink(tmp / "outside" / "manifest.json", tmp / "export" / "manifest.json")
+    return [str(tmp / "export"), "--to", "onnxsim", "--output-dir", str(tmp / "converted")]
+
+
 def anchors_file(tmp: Path, text: str) -> Path:
     return write(tmp / "anchors.toml", text)
 
@@ -190,6 +205,14 @@ def predictions(tmp: Path, rows: str) -> list[str]:
     return ["--predictions", str(tmp / "preds"), "--ground-truth", str(gt)]
 
 
+def prediction_read_fails(tmp: Path) -> list[str]:
+    """A prediction file linked to /proc/self/mem (whose read fails with EIO; issue 25): refused as a link first."""
+    args = predictions(tmp, "10 10 20 20 0.9")
+    (tmp / "preds" / "0--E" / "img.txt").unlink()
+    proc_self_mem(tmp / "preds" / "0--E" / "img.txt")
+    return args
+
+
 def crafted_event(tmp: Path) -> list[str]:
     """An event name that climbs out of --images and --save-predictions (issue 16)."""
     wider_images(tmp / "outside", {"x": ["img"]})  # what a ../ name would reach
@@ -273,6 +296,13 @@ FAULTS = [
         ("loop.jpg: symbolic link loop",),
     ),
     Fault(
+        "image-read-fails-with-EIO",
+        detect_cli.main,
+        lambda t: [str(proc_self_mem(t / "mem.jpg")), "--weights", weights()],
+        1,
+        ("mem.jpg: cannot be read (Input/output error)",),
+    ),
+    Fault(
         "output-dir-is-the-photos-folder",
         detect_cli.main,
         lambda t: [*map(str, sorted(photos(t).iterdir())), "--weights", weights(), "--output-dir", _p(t, "photos")],
@@ -329,6 +359,13 @@ FAULTS = [
         lambda t: ["--batch", "100000", "--output-dir", _p(t, "out")],
         2,
         ("--batch 100000 is above the largest allowed batch, 64", "RETINAFACE_EXPORT_MAX_BATCH"),
+    ),
+    Fault(
+        "anchors-read-fails-with-EIO",
+        export_cli.main,
+        lambda t: ["--anchors", str(proc_self_mem(t / "anchors.toml")), "--output-dir", _p(t, "out")],
+        1,
+        ("anchors.toml: cannot be read (Input/output error)",),
     ),
     Fault(
         "anchors-two-levels",
@@ -507,6 +544,15 @@ FAULTS = [
         1,
         ("malformed golden set", "rows must be from 0 to 4199"),
     ),
+    # --- export folders (retinaface-convert reads the manifest)
+    Fault(
+        "manifest-links-out-of-the-export-folder",
+        convert_cli.main,
+        manifest_linked_out,
+        1,
+        ("export/manifest.json: leads outside",),
+        (SECRET,),
+    ),
     # --- WIDER ground truth and predictions (retinaface-eval)
     Fault(
         "wider-event-name-climbs-out",
@@ -560,6 +606,13 @@ FAULTS = [
         (SECRET,),
     ),
     Fault(
+        "wider-prediction-file-linked-to-proc-self-mem",
+        evaluate_cli.main,
+        prediction_read_fails,
+        1,
+        ("preds/0--E/img.txt: leads outside",),
+    ),
+    Fault(
         "wider-empty-predictions-folder",
         evaluate_cli.main,
         lambda t: [
@@ -594,6 +647,7 @@ PROGRAMS = {
     export_cli.main: "retinaface-export",
     parity_cli.main: parity_cli.COMMAND,
     evaluate_cli.main: evaluate_cli.COMMAND,
+    convert_cli.main: convert_cli.COMMAND,
 }
 
 

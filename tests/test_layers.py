@@ -36,6 +36,8 @@ BROKEN = {
     "runtime outside its format": ("retinaface_export/pipeline/builds.py", "import onnxruntime", "onnxruntime"),
     # OpenVINO outside the OpenVINO package
     "openvino outside its format": ("retinaface_export/bench/run.py", "import openvino", "openvino"),
+    # Ray outside the Ray engine
+    "ray outside its engine": ("retinaface_export/inference/stream.py", "import ray", "ray"),
 }
 
 

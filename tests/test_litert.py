@@ -280,3 +280,12 @@ def test_decode_postprocessing_converts(weights, tmp_path):
     (row,) = [a for a in Manifest.read(tmp_path).artifacts if a.format == "litert"]
     assert row.verification["passed"] and [o.name for o in row.outputs] == ["boxes", "scores", "landmarks"]
     assert litert_runtime.check_tflite_file(tmp_path / row.path).outputs == ("boxes", "scores", "landmarks")
+
+
+@pytest.mark.parametrize(("name", "threshold", "least"), [(FP32, 0.5, 6), (FP32, 0.02, 100), (FP16, 0.5, 6)])
+def test_faces_are_the_original_detect_pipelines(converted, name, threshold, least, real_weights, crowd_photo):
+    """Precision = recall = 1 at IoU ≥ 0.9 against biubug6's forward + detect.py on the same letterboxed input."""
+    from reference_check import precision_recall
+
+    precision, recall, faces = precision_recall(converted / name, real_weights, crowd_photo, 320, threshold)
+    assert faces >= least and (precision, recall) == (1.0, 1.0)

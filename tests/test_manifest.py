@@ -57,6 +57,20 @@ def test_every_written_manifest_validates_against_the_shipped_schema(folders):
 
 
 @pytest.mark.slow
+def test_the_int8_row_records_its_search_and_views_no_step_fitted_on(folders):
+    artifacts = json.loads((folders[0] / "manifest.json").read_text())["artifacts"]
+    (row,) = [a for a in artifacts if a["precision"] == "int8"]
+    search = row["conversion"]["int8_search"]
+    assert search["seconds"] > 0
+    assert 2 <= search["evaluations"] <= search["most"]  # the float and the INT8 model at least
+    assert "int8_search" not in FORMATS["openvino"].read_provenance(folders[0] / row["path"])  # not in the file
+    unseen = row["verification"]["held_out_views"]
+    photos = row["conversion"]["int8"]["validation"]["images"]
+    assert unseen["views"] == ["stretch", "stretch-flip", "scale-50%", "scale-75%"]
+    assert unseen["samples"] == 4 * photos and 0.0 <= unseen["f1"] <= 1.0
+
+
+@pytest.mark.slow
 def test_every_provenance_block_describes_its_artifact(folders):
     checked = 0
     for folder in folders:

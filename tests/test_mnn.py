@@ -255,3 +255,12 @@ def test_decode_graphs_convert_and_resnet50_verifies(tmp_path, real_weights):
     convert_export(tmp_path / "r50", ConvertOptions("mnn", precisions=("fp32",)))
     (row,) = [r for r in _rows(tmp_path / "r50").values() if r["format"] == "mnn"]
     assert row["verification"]["passed"] and max(row["verification"]["max_error_of_range"].values()) < 1e-4
+
+
+@pytest.mark.parametrize(("name", "threshold", "least"), [(FP32, 0.5, 6), (FP32, 0.02, 100), (FP16, 0.5, 6)])
+def test_faces_are_the_original_detect_pipelines(converted, name, threshold, least, real_weights, crowd_photo):
+    """Precision = recall = 1 at IoU ≥ 0.9 against biubug6's forward + detect.py on the same letterboxed input."""
+    from reference_check import precision_recall
+
+    precision, recall, faces = precision_recall(converted / name, real_weights, crowd_photo, 320, threshold)
+    assert faces >= least and (precision, recall) == (1.0, 1.0)

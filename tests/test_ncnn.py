@@ -339,3 +339,12 @@ def test_640_and_dynamic_conversions_are_verified(variant, tmp_path):
     shutil.copy(dynamic / row.path.replace(".ncnn.param", ".ncnn.json"), tmp_path / "x.ncnn.json")
     with pytest.raises(UntrustedArtifactError, match="describes another param file"):
         FORMATS["ncnn"].open_runner(tmp_path / "x.ncnn.param")
+
+
+@pytest.mark.parametrize(("name", "threshold", "least"), [(FP32, 0.5, 6), (FP32, 0.02, 100), (FP16, 0.5, 6)])
+def test_faces_are_the_original_detect_pipelines(converted, name, threshold, least, real_weights, crowd_photo):
+    """Precision = recall = 1 at IoU ≥ 0.9 against biubug6's forward + detect.py on the same letterboxed input."""
+    from reference_check import precision_recall
+
+    precision, recall, faces = precision_recall(converted / name, real_weights, crowd_photo, 320, threshold)
+    assert faces >= least and (precision, recall) == (1.0, 1.0)

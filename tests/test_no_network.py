@@ -190,6 +190,24 @@ def test_every_command_target_and_precision_makes_no_outside_connection(tmp_path
     run_every_command(traced, tmp_path / "out", "nms", conversions)
 
 
+def test_detect_on_a_local_ray_makes_no_outside_connection(tmp_path, traced):
+    """retinaface-detect --engine ray starts a local Ray (GCS, raylet, dashboard, workers): none of its processes
+    looks for the machine's address through 8.8.8.8 or asks a cloud metadata server which cloud it is on."""
+    pytest.importorskip("ray")
+    weights, images = require(REAL_WEIGHTS), require(IMAGES)
+    out = tmp_path / "out"
+    traced.run("export", "export", "--weights", str(weights), "--size", "320", "--format", "onnx",
+               "--output-dir", str(out))  # fmt: skip
+    model = next(out.glob("*.onnx"))
+    faces = tmp_path / "faces.jsonl"
+    traced.run("detect-ray", "detect", str(images), "--model", str(model), "--predictions", str(faces),
+               "--engine", "ray")  # fmt: skip
+    assert len(faces.read_text().splitlines()) == len(list(images.glob("*.jpg")))
+    audit, syscalls = traced.attempts()
+    assert not audit, f"outside connection attempts (Python stacks):\n{audit[:6000]}"
+    assert not syscalls, f"outside connect() calls under strace: {syscalls}"
+
+
 def test_tracer_sees_telemetry_when_the_user_allows_it(tmp_path, traced):
     """The check above can fail: with telemetry allowed, importing OpenVINO alone tries to reach the outside."""
     pytest.importorskip("openvino_telemetry")

@@ -20,11 +20,16 @@ from retinaface_export.detection.letterbox import Letterbox
 from retinaface_export.detection.metric import DetectionF1
 from retinaface_export.detection.modes import mode_outputs
 from retinaface_export.detection.priors import prior_boxes
-from retinaface_export.errors import AccuracyDropError, FileError
+from retinaface_export.errors import AccuracyDropError, FileError, UsageError
 from retinaface_export.formats import FORMATS
 from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.preprocess import to_network_input
-from retinaface_export.quantize import QuantizationSettings, quantize, quantize_with_accuracy_control
+from retinaface_export.quantize import (
+    QuantizationSettings,
+    most_evaluations,
+    quantize,
+    quantize_with_accuracy_control,
+)
 from retinaface_export.sizes import InputSize
 
 IMAGES = SHARED / "images"
@@ -276,9 +281,25 @@ def test_accuracy_control_reports_the_layers_it_reverted(synthetic_model, sample
     reference = OV.run(model, validation)
     assert metric(reference, OV.run(plain, validation))[0] < 0.9
 
+    calls = []
     quantized, result = quantize_with_accuracy_control(
-        OV, model, calibration, validation, metric, max_drop=0.0, settings=settings, allow_accuracy_drop=True
+        OV,
+        model,
+        calibration,
+        validation,
+        metric,
+        max_drop=0.0,
+        settings=settings,
+        allow_accuracy_drop=True,
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
     )
+    # progress: calibration samples, then every evaluation counted against the most the search can take
+    evaluations = [(done, total) for stage, done, total in calls if stage == "evaluation"]
+    most = most_evaluations(OV.quantisable_count(model), 2)
+    assert [done for done, _ in evaluations[:-1]] == list(range(1, len(evaluations)))
+    assert 3 <= len(evaluations) - 1 <= most  # float, INT8, at least one reverted candidate
+    assert all(total == most for _, total in evaluations) and evaluations[-1] == (most, most)
+    assert any(stage == "calibration" and total is None for stage, _, total in calls)
     reverted = set(result.float_layers)
     assert reverted and all("/stage1/" in name for name in reverted)
     # each reverted layer was INT8 in the plain quantisation and is float now
@@ -291,6 +312,32 @@ def test_accuracy_control_reports_the_layers_it_reverted(synthetic_model, sample
     assert record["float_layers"] == list(result.float_layers)
     assert record["met"] is False and record["fp32"] == 1.0
     assert record["int8"] == pytest.approx(metric(reference, OV.run(quantized, validation))[0])
+
+
+@pytest.mark.slow
+def test_accuracy_control_stops_at_its_time_budget(synthetic_model, samples):
+    _, model = synthetic_model
+    calibration, validation = samples
+    settings = QuantizationSettings(fast_bias_correction=True, ignored_patterns=FIRST_STAGE_ONLY, max_reverted_groups=2)
+    with pytest.raises(AccuracyDropError, match=r"stopped at its time budget \(1e-06 s\) after 0 evaluations") as error:
+        quantize_with_accuracy_control(
+            OV, model, calibration, validation, DetectionF1(ANCHORS, SIZE), 0.0, settings, budget_seconds=1e-6
+        )
+    assert error.value.record["evaluations"] == 0 and error.value.record["budget_seconds"] == 1e-6
+
+
+def test_the_budget_is_a_positive_number_of_seconds(photos):
+    from retinaface_export.pipeline.convert import ConvertOptions
+
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(UsageError, match="--int8-budget must be a positive number of seconds"):
+            ConvertOptions("openvino", ("int8",), calibration=photos, int8_budget=bad)
+
+
+def test_most_evaluations_counts_nncf_restorer_steps():
+    # 10 groups, 2 iterations: float + INT8, 10 rankings, and per iteration one evaluation and one re-ranking
+    assert most_evaluations(10, 2) == 2 + 10 + 2 * (1 + 10)
+    assert most_evaluations(3, None) == 2 + 3 + 3 * (1 + 3)  # no limit: at most one iteration per group
 
 
 @pytest.mark.slow

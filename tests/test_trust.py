@@ -478,7 +478,7 @@ BAD_PROVENANCE = {
     "batch-a-string": ("batch", "abc", "'batch' must be an integer"),
     "batch-huge": ("batch", 10**9, "above the largest allowed batch"),
     "postprocess-unknown": ("postprocess", {"mode": "abc"}, "unknown post-processing"),
-    "top-k-huge": ("postprocess", {"mode": "nms", "top_k": 10**12}, "at most 100000"),
+    "top-k-huge": ("postprocess", {"mode": "nms", "top_k": 10**12}, "--top-k must be from 1 to 200000"),
     "input-format-unknown": ("input_format", "abc", "unknown input format"),
     "precision-unknown": ("precision", "fp64", "unknown precision 'fp64'"),
     "mean-nan": ("mean_bgr", ["NaN", 1, 2], "'mean_bgr' must be three finite numbers"),

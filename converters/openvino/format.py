@@ -1,4 +1,4 @@
-"""OpenVINO IR from an exported ONNX graph (FP32/FP16/INT8, embedded preprocessing); run by the CPU plugin.
+"""OpenVINO IR from an exported ONNX graph (FP32/FP16/bf16/INT8, embedded preprocessing); run by the CPU plugin.
 
 The exported ONNX files of one checkpoint share their graph and differ in input shape only, so
 ``openvino.convert_model`` (the slow step: ~2 s for Resnet50) runs once per graph and each IR is a copy
@@ -32,6 +32,11 @@ RT_SECTION = "retinaface_export"
 SOURCE_METADATA_SECTION = "framework"
 RAW_FLOAT_INPUT = "f32-nchw"
 RAW_U8_INPUT = "u8-nhwc"
+# The inference precision each IR asks the CPU plugin for (rt_info runtime_options). bf16: weights stored in
+# FP32, executed in bf16 where the CPU has it (avx512_bf16, AMX); INT8's float parts run as the plugin decides.
+EXECUTION_HINTS = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": "f32"}
+# Precisions whose every layer is marked to stay out of bf16 for a client that compiles with no options.
+KEPT_PRECISE = ("fp32", "fp16")
 # File-name tag of each input format.
 INPUT_TAGS = {DEFAULT_INPUT_FORMAT: "", RAW_FLOAT_INPUT: "_mean", RAW_U8_INPUT: "_u8"}
 
@@ -94,9 +99,11 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
         model.set_rt_info(value if isinstance(value, str) else json.dumps(value, sort_keys=True), [RT_SECTION, key])
     for key, value in model_info(job).items():
         model.set_rt_info(value, ["model_info", key])
-    # What the IR asks for; OpenVINO 2026.4's CPU plugin ignores this entry, the precision marks written on
-    # every layer after saving (precision.py) are what keep a client's compile in f32.
-    model.set_rt_info("f32", ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    # What the IR asks for; OpenVINO 2026.4's CPU plugin ignores this entry when a client compiles with no
+    # options: for FP32/FP16 the precision marks written on every layer after saving (precision.py) keep that
+    # compile in f32; a bf16 IR carries no marks, so a CPU with bf16 runs it in bf16 whoever compiles it
+    # (and one without runs f32: the verification record says which ran).
+    model.set_rt_info(EXECUTION_HINTS[job.precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
     return model, conversion
 
 
@@ -126,14 +133,14 @@ def _decode(value: str) -> Any:
 
 
 class OpenVinoFormat(ArtifactFormat):
-    """OpenVINO IR (FP32/FP16/INT8, optional embedded mean) from an ONNX artifact."""
+    """OpenVINO IR (FP32/FP16/bf16/INT8, optional embedded mean) from an ONNX artifact."""
 
     name = "openvino"
     suffix = ".xml"
     runtime = RUNTIME
     int8 = INT8
     source_format = "onnx"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "bf16", "int8")
     conversion_precisions = precisions
     input_formats = (DEFAULT_INPUT_FORMAT, RAW_FLOAT_INPUT, RAW_U8_INPUT)
     companion_suffixes = (".bin",)
@@ -151,10 +158,11 @@ class OpenVinoFormat(ArtifactFormat):
         model, conversion = finish_ir(base, job, inputs.int8, inputs.provenance)
         # save_model compresses to FP16 by default, which must not happen to an IR labelled FP32 or INT8.
         ov.save_model(model, str(staging / job.file_name), compress_to_fp16=job.precision == "fp16")
-        if job.precision != "int8":
-            # every layer kept out of bf16: FP32 (and FP16 weights) executed in f32 by every client. Not INT8:
-            # under a bf16 inference precision the marks made INT8 lose faces (strict F1 at 416: 0.966 marked,
-            # 0.970 unmarked, 0.972 in f32), so an INT8 IR runs as OpenVINO decides for a client (recorded).
+        if job.precision in KEPT_PRECISE:
+            # every layer kept out of bf16: FP32 (and FP16 weights) executed in f32 by every client. Not bf16
+            # (its point), nor INT8: under a bf16 inference precision the marks made INT8 lose faces (strict
+            # F1 at 416: 0.966 marked, 0.970 unmarked, 0.972 in f32), so an INT8 IR runs as OpenVINO decides
+            # for a client (recorded).
             conversion["precise_layers"] = mark_precise(staging / job.file_name)
         return conversion
 

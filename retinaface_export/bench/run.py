@@ -35,12 +35,17 @@ from retinaface_export.inference.detector import Detector
 from retinaface_export.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, check_files
 from retinaface_export.pipeline.convert import eager_checkpoint
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
-from retinaface_export.sizes import InputSize
+from retinaface_export.sizes import InputSize, check_batch
 
 log = logging.getLogger(__name__)
 
 MODES = ("latency", "throughput")
 EAGER_ARTIFACT = "(checkpoint)"
+
+
+# Runtime threads and requests in flight: each costs memory and an OS thread, so a typo must not reach them.
+MAX_THREADS = 256
+MAX_STREAMS = 256
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,12 @@ class BenchSettings:
             raise UsageError(f"unknown modes {unknown}; valid modes: {', '.join(MODES)}")
         if self.threads < 1 or any(b < 1 for b in self.batches) or not self.batches:
             raise UsageError("--threads and --batch must be at least 1")
-        if self.streams is not None and self.streams < 1:
-            raise UsageError(f"--streams must be at least 1, got {self.streams}")
+        for batch in self.batches:
+            check_batch(batch)  # a typo (--batch 100000) must not become a 28 GiB input
+        if self.threads > MAX_THREADS:
+            raise UsageError(f"--threads must be at most {MAX_THREADS}, got {self.threads}")
+        if self.streams is not None and not 1 <= self.streams <= MAX_STREAMS:
+            raise UsageError(f"--streams must be from 1 to {MAX_STREAMS}, got {self.streams}")
 
 
 @dataclass(frozen=True)

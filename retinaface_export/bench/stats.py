@@ -19,6 +19,10 @@ MIN_RUNS = 5
 # The unstable rule: a row whose spread (sample std) exceeds this fraction of its mean is flagged.
 UNSTABLE_SPREAD = 0.2
 UNSTABLE_RULE = f"the request latencies' std is more than {UNSTABLE_SPREAD:.0%} of their mean"
+# Bounds of a row's budget: a typo (--runs 10**12, --time 1e9) must not become a run that never ends.
+MAX_SECONDS = 3600.0
+MAX_RUNS = 100_000
+MAX_WARMUP = 10_000
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,12 @@ class Budget:
     def __post_init__(self) -> None:
         if (self.seconds is None) == (self.runs is None):
             raise UsageError("give either a time budget (--time) or a count of runs (--runs), not both")
-        if self.seconds is not None and self.seconds <= 0:
-            raise UsageError(f"--time must be positive, got {self.seconds}")
-        if self.runs is not None and self.runs < 3:
-            raise UsageError(f"--runs must be at least 3, got {self.runs}")
-        if self.warmup < 0:
-            raise UsageError(f"--warmup must be at least 0, got {self.warmup}")
+        if self.seconds is not None and not (0 < self.seconds <= MAX_SECONDS):  # NaN fails this too
+            raise UsageError(f"--time must be above 0 and at most {MAX_SECONDS:g} seconds, got {self.seconds}")
+        if self.runs is not None and not (3 <= self.runs <= MAX_RUNS):
+            raise UsageError(f"--runs must be from 3 to {MAX_RUNS}, got {self.runs}")
+        if not (0 <= self.warmup <= MAX_WARMUP):
+            raise UsageError(f"--warmup must be from 0 to {MAX_WARMUP}, got {self.warmup}")
 
     def done(self, runs: int, elapsed: float) -> bool:
         """Whether a row that has made ``runs`` timed runs in ``elapsed`` seconds is finished."""

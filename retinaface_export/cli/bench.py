@@ -8,8 +8,16 @@ from pathlib import Path
 
 import click
 
-from retinaface_export.bench.run import MODES, BenchReport, BenchRow, BenchSettings, bench_export
-from retinaface_export.bench.stats import MIN_RUNS, UNSTABLE_RULE, Budget
+from retinaface_export.bench.run import (
+    MAX_STREAMS,
+    MAX_THREADS,
+    MODES,
+    BenchReport,
+    BenchRow,
+    BenchSettings,
+    bench_export,
+)
+from retinaface_export.bench.stats import MAX_RUNS, MAX_SECONDS, MAX_WARMUP, MIN_RUNS, UNSTABLE_RULE, Budget
 from retinaface_export.bench.system import machine
 from retinaface_export.cli.common import (
     MultiValueCommand,
@@ -24,6 +32,7 @@ from retinaface_export.errors import UsageError
 from retinaface_export.images import read_image
 from retinaface_export.preprocess import synthetic_photos
 from retinaface_export.safety.atomic import atomic_write_bytes
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 from retinaface_export.sizes import parse_size
 
 COMMAND = "retinaface-bench"
@@ -150,13 +159,31 @@ def _positive_int(token: str) -> bool:
 @click.option(
     "--time",
     "seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, max=MAX_SECONDS, min_open=True),
     default=None,
-    help=f"Seconds of timed runs per row (at least {MIN_RUNS} runs) [default: {DEFAULT_SECONDS:g}].",
+    help=f"Seconds of timed runs per row (at least {MIN_RUNS} runs; at most {MAX_SECONDS:g} s) "
+    f"[default: {DEFAULT_SECONDS:g}].",
 )
-@click.option("--runs", type=click.IntRange(min=3), default=None, help="A fixed count of timed runs instead of --time.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first.")
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Threads for every runtime.")
+@click.option(
+    "--runs",
+    type=click.IntRange(min=3, max=MAX_RUNS),
+    default=None,
+    help=f"A fixed count of timed runs instead of --time (at most {MAX_RUNS}).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0, max=MAX_WARMUP),
+    default=1,
+    show_default=True,
+    help=f"Untimed runs first (at most {MAX_WARMUP}).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, MAX_THREADS),
+    default=2,
+    show_default=True,
+    help=f"Threads for every runtime (at most {MAX_THREADS}).",
+)
 @click.option(
     "--batch",
     "batches",
@@ -167,7 +194,7 @@ def _positive_int(token: str) -> bool:
 )
 @click.option(
     "--streams",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_STREAMS),
     default=None,
     help="Requests in flight in throughput rows. Default: OpenVINO's THROUGHPUT hint decides; ONNX Runtime "
     "runs --threads requests of one thread each.",
@@ -221,6 +248,10 @@ def main(
     Example: retinaface-bench out --mode latency throughput --time 5 --json bench.json --plot bench.png
     """
     configure_logging(quiet)
+    refuse_outputs_over_inputs(
+        [("--json", json_path), ("--plot", plot_path), ("--markdown", markdown_path)],
+        [("EXPORT_DIR", export_dir), ("--image", image)],
+    )
     if plot_path:
         from retinaface_export.bench.plot import require_matplotlib
 

@@ -218,6 +218,20 @@ def json_option(what: str) -> Callable[[F], F]:
     )
 
 
+def artifact_inputs(label: str, artifact: str | Path | None) -> list[tuple[str, Path]]:
+    """(``label``, path) of an artifact given as an input and of its companion files (an IR's ``.bin``).
+
+    For :func:`~retinaface_export.safety.safe_paths.refuse_outputs_over_inputs`.
+    """
+    if not artifact:
+        return []
+    from retinaface_export.formats import format_for_path  # the format table only when an artifact is given
+
+    path = Path(artifact)
+    fmt = format_for_path(path)
+    return [(label, path), *((label, companion) for companion in (fmt.companions(path) if fmt else []))]
+
+
 def json_to_stdout(json_path: Path | None) -> bool:
     """Whether ``--json -`` was given."""
     return json_path is not None and str(json_path) == "-"

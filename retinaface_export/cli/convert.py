@@ -27,6 +27,7 @@ from retinaface_export.pipeline.builds import RunResult
 from retinaface_export.pipeline.convert import ConvertOptions, convert_export
 from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 from retinaface_export.sizes import InputSize
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ def _summary(result: RunResult) -> Table:
     type=click.Path(path_type=Path),
     default=None,
     help="Folder of photos INT8 accuracy is judged on, none also in --calibration "
-    "(default: a quarter of the calibration photos, chosen by content hash, held out of calibration).",
+    "(default: a quarter of the calibration photos, chosen by content hash, held out of calibration); "
+    "bf16: the photos its detections are judged on (default: the --calibration folder).",
 )
 @click.option(
     "--max-f1-drop",
@@ -98,6 +100,14 @@ def _summary(result: RunResult) -> Table:
     "--allow-accuracy-drop",
     is_flag=True,
     help="INT8: keep a model that misses --max-f1-drop (its manifest row says so) instead of failing.",
+)
+@click.option(
+    "--int8-budget",
+    type=click.FloatRange(min=0, min_open=True, max=7 * 24 * 3600),
+    default=None,
+    metavar="SECONDS",
+    help="INT8: the longest accuracy control may search per artifact; past it the run fails, naming the best "
+    "F1 reached (default: no limit; the progress bar counts evaluations against the most it can take).",
 )
 @size_option("Only the artifacts of these sizes (default: every size in the manifest).")
 @click.option(
@@ -120,6 +130,7 @@ def main(
     validation: Path | None,
     max_f1_drop: float,
     allow_accuracy_drop: bool,
+    int8_budget: float | None,
     sizes: tuple[InputSize, ...],
     output_dir: Path | None,
     workers: int,
@@ -128,11 +139,16 @@ def main(
     """Convert the ONNX models of EXPORT_DIR (made by retinaface-export) to TARGET.
 
     INT8 is judged by strict detection F1 against FP32 on photos calibration never saw; layers stay in
-    float until the drop is at most --max-f1-drop, or nothing is written.
+    float until the drop is at most --max-f1-drop, or nothing is written. bf16 (OpenVINO) is judged by a
+    tensor rule and strict detection F1 >= 0.99 against FP32 on the --validation photos.
 
     Example: retinaface-convert out --to openvino --precision fp32 fp16 int8 --calibration photos/
     """
     configure_logging(quiet)
+    # EXPORT_DIR is the default --output-dir: a conversion adds its files to the export's manifest
+    refuse_outputs_over_inputs(
+        [("--output-dir", output_dir)], [("--calibration", calibration), ("--validation", validation)]
+    )
     if input_layout == "u8-nhwc":
         embed_mean = True  # uint8 images cannot arrive mean-subtracted
     elif input_layout is not None and not embed_mean:
@@ -146,6 +162,7 @@ def main(
         validation=validation,
         max_f1_drop=max_f1_drop,
         allow_accuracy_drop=allow_accuracy_drop,
+        int8_budget=int8_budget,
         sizes=sizes,
         workers=workers,
     )

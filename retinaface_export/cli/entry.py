@@ -8,7 +8,10 @@ This module imports only the standard library, so the handlers are in place with
 
 A second signal while the first one's cleanup runs (worker threads finish their artifact first) exits at
 once: what it leaves (a staging folder, a commit cut short) belongs to a dead process, which the next run
-into that folder removes or undoes (:func:`retinaface_export.safety.atomic.clean_stale_staging`).
+into that folder removes or undoes (:func:`retinaface_export.safety.atomic.clean_stale_staging`). The same
+signal again within SAME_STOP_SECONDS is the same stop, not a second one: ``timeout -s TERM`` signals the
+process and then its whole process group, and a shell's ``kill`` of a job can do the same, so one stop
+arrives twice; its cleanup then completes.
 
 The handlers act in the process that installed them only: a process forked from it (OpenVINO's telemetry
 sender, a multiprocessing worker) inherits them, and there a stop signal takes its default action (the
@@ -24,10 +27,17 @@ import importlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import click
 
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+# A repeat of the first stop signal this soon after it is the same stop (``timeout`` sends it to the process,
+# then to its group, microseconds apart); a person pressing Ctrl-C again to stop at once waits longer.
+SAME_STOP_SECONDS = 0.5
 COMMANDS = {
     "retinaface-export": "retinaface_export.cli.export",
     "retinaface-convert": "retinaface_export.cli.convert",
@@ -83,7 +93,7 @@ def no_telemetry() -> bool:
     return True
 
 
-_received: list[int] = []
+_received: list[tuple[int, float]] = []  # the first stop signal and when it arrived (time.monotonic)
 _command = ["retinaface-export"]
 # The process that installed the handlers; children forked from it inherit them but must not act on them.
 _installer_pid = [0]
@@ -94,10 +104,14 @@ def _raise_interrupted(signum: int, frame: object) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    if _received:  # a second signal while the first one's cleanup runs: stop now
+    if _received:
+        first, at = _received[0]
+        if signum == first and time.monotonic() - at < SAME_STOP_SECONDS:
+            return  # the same stop delivered twice (process, then group): let its cleanup finish
+        # a second stop while the first one's cleanup runs: stop now
         _write_line(f"{_command[0]}: interrupted again; stopped at once (the next run cleans up after it)")
         os._exit(128 + signum)
-    _received.append(signum)
+    _received.append((signum, time.monotonic()))
     raise Interrupted(signum)
 
 
@@ -158,9 +172,20 @@ evaluate = _entry("retinaface-eval")
 def module_main() -> NoReturn:
     """``python -m retinaface_export``: one click group whose subcommands are the console scripts' commands.
 
-    Each command's module is imported only when that command runs or its help is shown.
+    Each command's module is imported only when that command runs or its help is shown. A stop signal at any
+    point, the command's import included, ends it as it ends the console scripts: one line, 128 + its number
+    (click's own ``Aborted!`` and exit 1 never show).
     """
     no_telemetry()
+    install_signal_handlers("retinaface_export")
+    try:
+        _module_group().main(prog_name="python -m retinaface_export")
+    except KeyboardInterrupt as exc:
+        exit_interrupted(_command[0], exc)
+    sys.exit(0)
+
+
+def _module_group() -> click.Group:
     import click
 
     class Commands(click.Group):
@@ -169,23 +194,32 @@ def module_main() -> NoReturn:
 
         def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
             module = COMMANDS.get(f"retinaface-{name}")
-            return importlib.import_module(module).main if module else None
+            if module is None:
+                return None
+            _command[0] = f"retinaface-{name}"  # what a stop signal's message names from here on
+            return importlib.import_module(module).main
 
         def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
             # click would import every command for its short help; the summaries are here instead
             with formatter.section("Commands"):
                 formatter.write_dl([(name, SUMMARIES[name]) for name in self.list_commands(ctx)])
 
-    group = Commands(
+        def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+            try:
+                return super().make_context(*args, **kwargs)
+            except KeyboardInterrupt as exc:  # click would print "Aborted!" and exit 1
+                exit_interrupted(_command[0], exc)
+
+        def invoke(self, ctx: click.Context) -> Any:
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt as exc:  # the command's import included
+                exit_interrupted(_command[0], exc)
+
+    return Commands(
         name="retinaface_export",
         help="RetinaFace checkpoints to verified TorchScript, ONNX and OpenVINO artifacts. Each command is also "
         "installed as a console script: retinaface-export, retinaface-convert, ...\n\n"
         "Example: python -m retinaface_export export --weights mobilenet0.25_Final.pth --size 640 --output-dir out",
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    install_signal_handlers("retinaface_export")
-    try:
-        group.main(prog_name="python -m retinaface_export")
-    except KeyboardInterrupt as exc:
-        exit_interrupted("retinaface_export", exc)
-    sys.exit(0)

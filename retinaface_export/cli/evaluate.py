@@ -17,6 +17,7 @@ import numpy as np
 from rich.table import Table
 
 from retinaface_export.cli.common import (
+    artifact_inputs,
     configure_logging,
     handle_errors,
     json_option,
@@ -27,6 +28,7 @@ from retinaface_export.cli.common import (
 )
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.evaluation import evaluate
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs, require_folder
 from retinaface_export.widerface import (
     GroundTruth,
     ground_truth_key,
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 COMMAND = "retinaface-eval"
 PROTOCOLS = ("official", "omz")
 # biubug6 test_widerface.py: keep nearly everything, the AP sweep sets the operating point
+# --long-side: 8192 px is past any WIDER photo (1024 px wide) and keeps the resized image under 200 MB
+MAX_LONG_SIDE = 8192
 EVAL_DETECTION = {"score_threshold": 0.02, "nms_threshold": 0.4, "top_k": 5000, "keep_top_k": 750}
 
 
@@ -79,14 +83,15 @@ def _run_model(
     from rich.progress import Progress
 
     from retinaface_export.images import read_image
-    from retinaface_export.safety.atomic import atomic_write_bytes
     from retinaface_export.safety.safe_paths import resolve_inside
 
-    predictions = []
+    # names from the .mat are plain (load_ground_truth checks them); symlinks must not lead out either, which
+    # is checked for every file before the first detection
+    targets = [resolve_inside(save, event, f"{name}.txt") for event, name in truth.images] if save else []
+    predictions, texts = [], {}
     with Progress(console=stderr, disable=quiet, transient=True) as progress:
         task = progress.add_task("detecting", total=len(truth.images))
-        for event, name in truth.images:
-            # names from the .mat are plain (load_ground_truth checks them); symlinks must not lead out either
+        for index, (event, name) in enumerate(truth.images):
             image = read_image(resolve_inside(images_root, event, f"{name}.jpg"))
             scale = 1.0
             if long_side:
@@ -98,10 +103,32 @@ def _run_model(
             rows[:, :4] /= scale
             predictions.append(rows)
             if save is not None:
-                target = resolve_inside(save, event, f"{name}.txt")
-                atomic_write_bytes(target, prediction_text(name, rows).encode())
+                texts[targets[index]] = prediction_text(name, rows).encode()
             progress.advance(task)
+    if save is not None:
+        _save_all(save, texts)
     return predictions
+
+
+def _save_all(save: Path, texts: dict[Path, bytes]) -> None:
+    """Write every prediction file or none: built in a staging folder beside ``save``, then moved in."""
+    import os
+
+    from retinaface_export.safety.atomic import staging_dir
+
+    with staging_dir(save) as staging:
+        built = staging / "predictions"
+        for target, data in texts.items():
+            path = built / target.relative_to(save)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        if not save.exists():
+            built.mkdir(exist_ok=True)
+            os.replace(built, save)  # the whole folder at once
+            return
+        for target in texts:  # into a folder that is there already: file by file, after every one was made
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(built / target.relative_to(save), target)
 
 
 def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
@@ -119,8 +146,10 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
             logging.getLogger(__name__).warning("%s; rebuilding it", exc)
     truth = load_ground_truth(gt_dir)
     if cache_dir.exists() and not cache_dir.is_dir():
-        raise FileError(cache_dir, "--cache-dir is not a folder")
+        raise FileError(cache_dir, "is not a folder; --cache-dir must be one")
     if not cache_dir.parent.is_dir():
+        if cache_dir.parent.exists():
+            raise FileError(cache_dir.parent, "is not a folder: --cache-dir cannot be made in it")
         raise FileError(cache_dir, "--cache-dir: its parent folder does not exist")
     from retinaface_export.safety.atomic import atomic_write_bytes
 
@@ -151,7 +180,11 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
     help="Run at each image's own size (the default for --weights and dynamic artifacts; "
     "refused for fixed-size artifacts, which letterbox).",
 )
-@click.option("--long-side", type=click.IntRange(min=32), help="Resize so the long side is N pixels first.")
+@click.option(
+    "--long-side",
+    type=click.IntRange(32, MAX_LONG_SIDE),
+    help=f"Resize so the long side is N pixels first (at most {MAX_LONG_SIDE}).",
+)
 @click.option("--save-predictions", type=click.Path(file_okay=False, path_type=Path), help="Write prediction files.")
 @click.option(
     "--ground-truth",
@@ -205,6 +238,16 @@ def main(
         raise UsageError("give exactly one of --predictions DIR or --images WIDER_VAL_IMAGES")
     if origin_size and long_side:
         raise UsageError("--origin-size and --long-side exclude each other")
+    inputs = [
+        ("--predictions", predictions),
+        ("--images", images_root),
+        ("--ground-truth", gt_dir),
+        ("--cache-dir", cache_dir),
+        ("--weights", weights),
+        ("--anchors", anchors),
+        *artifact_inputs("--model", artifact),
+    ]
+    refuse_outputs_over_inputs([("--json", json_path), ("--save-predictions", save_predictions)], inputs)
     truth = _ground_truth(gt_dir, cache_dir)
     if predictions is not None:
         preds = read_predictions(predictions, truth)
@@ -212,8 +255,7 @@ def main(
         assert images_root is not None
         if (artifact is None) == (weights is None):
             raise UsageError("with --images, give exactly one of --model ARTIFACT or --weights CKPT")
-        if not images_root.is_dir():
-            raise FileError(images_root, "no such images folder")
+        require_folder(images_root, "images folder")
         detector = _detector(artifact, weights, anchors, origin_size)
         preds = _run_model(detector, images_root, truth, long_side, save_predictions, quiet)
     if protocol == "omz":

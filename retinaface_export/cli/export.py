@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.panel import Panel
 from rich.table import Table
 
@@ -25,10 +26,18 @@ from retinaface_export.cli.common import (
     wide_console,
 )
 from retinaface_export.converters.onnx.format import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from retinaface_export.errors import UsageError
 from retinaface_export.formats import export_formats
 from retinaface_export.pipeline.builds import RunResult
 from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
-from retinaface_export.postprocess.settings import POSTPROCESS_MODES, NmsSettings, PostprocessSpec
+from retinaface_export.postprocess.settings import (
+    MAX_DETECTIONS,
+    MAX_TOP_K,
+    POSTPROCESS_MODES,
+    NmsSettings,
+    PostprocessSpec,
+)
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 from retinaface_export.sizes import InputSize, check_batch
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant, list_variants
@@ -63,6 +72,29 @@ def _summary(result: RunResult) -> Table:
             f"{artifact.bytes / 1e6:.1f}",
         )
     return table
+
+
+NMS_OPTIONS = {
+    "score_threshold": "--score-threshold",
+    "nms_iou": "--nms-iou",
+    "top_k": "--top-k",
+    "max_detections": "--max-detections",
+}
+
+
+def _refuse_nms_options_without_nms(postprocess: str) -> None:
+    """NMS settings given on the command line for a mode that runs no NMS would be silently ignored: refused."""
+    if postprocess == "nms":
+        return
+    ctx = click.get_current_context()
+    given = [
+        flag for name, flag in NMS_OPTIONS.items() if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --postprocess nms "
+            f"(--postprocess {postprocess} runs no NMS); drop {'it' if len(given) == 1 else 'them'} or use nms"
+        )
 
 
 @click.command(
@@ -121,8 +153,20 @@ def _summary(result: RunResult) -> Table:
 )
 @click.option("--score-threshold", type=float, default=0.02, show_default=True, help="With nms: faces above it.")
 @click.option("--nms-iou", type=float, default=0.4, show_default=True, help="With nms: IoU that suppresses.")
-@click.option("--top-k", type=int, default=5000, show_default=True, help="With nms: candidates before NMS.")
-@click.option("--max-detections", type=int, default=750, show_default=True, help="With nms: K, faces kept.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, MAX_TOP_K),
+    default=5000,
+    show_default=True,
+    help=f"With nms: candidates before NMS (at most {MAX_TOP_K}).",
+)
+@click.option(
+    "--max-detections",
+    type=click.IntRange(1, MAX_DETECTIONS),
+    default=750,
+    show_default=True,
+    help=f"With nms: K, faces kept (at most {MAX_DETECTIONS}).",
+)
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -157,6 +201,8 @@ def main(
     Example: retinaface-export --weights mobilenet0.25_Final.pth --size 640 512 320 --output-dir out
     """
     configure_logging(quiet)
+    _refuse_nms_options_without_nms(postprocess)
+    refuse_outputs_over_inputs([("--output-dir", output_dir)], [("--weights", weights), ("--anchors", anchors)])
     check_batch(batch)
     sizes = sizes or (InputSize(640, 640),)
     anchor_config = load_anchors(anchors) if anchors else None

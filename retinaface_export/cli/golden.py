@@ -20,6 +20,7 @@ from retinaface_export.cli.common import (
 )
 from retinaface_export.errors import UsageError
 from retinaface_export.golden import record_golden
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 from retinaface_export.sizes import STANDARD_SIZES, InputSize
 from retinaface_export.synthetic import synthetic_checkpoint
 from retinaface_export.variants import get_variant, list_variants
@@ -88,6 +89,8 @@ def record(
     output = output_dir or old_output
     if output is None:
         raise UsageError("missing --output-dir DIR: where the golden set goes")
+    inputs = [("--weights", weights), ("--anchors", anchors), *(("--image", image) for image in images)]
+    refuse_outputs_over_inputs([("--output-dir", output)], inputs)
     anchor_config = load_anchors(anchors) if anchors else None
     if weights:
         checkpoint = load_checkpoint(weights, backbone=backbone, anchors=anchor_config)

@@ -23,6 +23,7 @@ from retinaface_export.cli.common import (
 from retinaface_export.contract import OUTPUT_NAMES
 from retinaface_export.golden import find_golden_sets
 from retinaface_export.parity import ParityReport, packaged_golden_root, run_parity
+from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs
 
 COMMAND = "retinaface-parity"
 SHORT = {"face_rpn_bbox_pred": "bbox", "face_rpn_cls_prob": "cls", "face_rpn_landmark_pred": "landmarks"}
@@ -106,6 +107,10 @@ def main(
     Example: retinaface-parity out --images photos/ --json report.json
     """
     configure_logging(quiet)
+    refuse_outputs_over_inputs(
+        [("--json", json_path), ("--junit", junit_path)],
+        [("EXPORT_DIR", export_dir), ("--golden", golden), *(("--images", folder) for folder in image_dirs)],
+    )
     with reported_progress(quiet):
         report = run_parity(export_dir, find_golden_sets(golden or packaged_golden_root()), list(image_dirs))
     to_stdout = json_to_stdout(json_path)

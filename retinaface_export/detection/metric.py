@@ -74,3 +74,14 @@ class DetectionF1:
             total += run_total
             per_sample.append(1.0 if run_total == 0 else 2 * run_matched / run_total)
         return (1.0 if total == 0 else 2 * matched / total), per_sample
+
+
+def strict_f1(anchors: AnchorConfig, size: InputSize, postprocess: PostprocessSpec) -> DetectionF1:
+    """Strict detection F1 of outputs at ``size`` read as ``postprocess`` writes them.
+
+    Both sides are cut at 0.5, or at an ``nms`` model's own threshold when that is higher.
+    """
+    threshold = 0.5
+    if postprocess.detections:
+        threshold = max(threshold, postprocess.settings.score_threshold)
+    return DetectionF1(anchors, size, threshold=threshold, postprocess=postprocess)

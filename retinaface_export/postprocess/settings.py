@@ -34,6 +34,12 @@ NMS_OUTPUTS = ("detections", "num_detections")
 DETECTION_WIDTH = 15
 
 
+# Bounds of the counts: the nms graph allocates top_k candidates and N × max_detections × 15 outputs; a 2048²
+# input has 172,032 anchors, and a typo (--max-detections 10**12) was a MemoryError or an OverflowError.
+MAX_TOP_K = 200_000
+MAX_DETECTIONS = 10_000
+
+
 @dataclass(frozen=True)
 class NmsSettings:
     """Thresholds of the ``nms`` mode; the defaults are the reference's WIDER FACE evaluation settings.
@@ -55,10 +61,10 @@ class NmsSettings:
             raise UsageError(f"--score-threshold must be in [0, 1), got {self.score_threshold}")
         if not 0.0 <= self.nms_iou <= 1.0:  # ONNX Runtime refuses an IoU threshold outside [0, 1]
             raise UsageError(f"--nms-iou must be in [0, 1], got {self.nms_iou}")
-        if self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.max_detections < 1:
-            raise UsageError(f"--max-detections must be at least 1, got {self.max_detections}")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise UsageError(f"--top-k must be from 1 to {MAX_TOP_K}, got {self.top_k}")
+        if not 1 <= self.max_detections <= MAX_DETECTIONS:
+            raise UsageError(f"--max-detections must be from 1 to {MAX_DETECTIONS}, got {self.max_detections}")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain values, for provenance and manifests."""

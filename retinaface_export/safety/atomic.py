@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -34,20 +35,25 @@ from typing import Any
 import filelock
 import psutil
 
-from retinaface_export.errors import CommitError, FolderBusyError, OutputDirError
+from retinaface_export.errors import CommitError, FileError, FolderBusyError, OutputDirError, UsageError
+from retinaface_export.safety.safe_paths import open_regular, read_regular_bytes, shown
 
 log = logging.getLogger(__name__)
 
 OWNER_TOOL = "retinaface-export"
 # How long a run waits for another run on the same output folder: an INT8 conversion of Resnet50 takes
-# minutes, so the wait is long; the waiting run says who it waits for. RETINAFACE_EXPORT_LOCK_TIMEOUT sets it.
-DEFAULT_LOCK_TIMEOUT = float(os.environ.get("RETINAFACE_EXPORT_LOCK_TIMEOUT", "900"))
+# minutes, so the wait is long; the waiting run says who it waits for. RETINAFACE_EXPORT_LOCK_TIMEOUT sets it
+# (read when a lock is taken, not at import: a bad value fails the run that uses it, naming the variable).
+DEFAULT_LOCK_TIMEOUT = 900.0
+LOCK_TIMEOUT_ENV = "RETINAFACE_EXPORT_LOCK_TIMEOUT"
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 _OWNER_FILE = ".owner.json"
 _COMMIT_DIR = ".commit"
 _PLAN_FILE = "plan.json"
 _REPLACED_DIR = "replaced"
 _START_TIME_SLACK = 1.0  # seconds: psutil derives start times from the boot time, which the clock can shift
+# Largest owner record or commit plan read back: ours are a few hundred bytes (a plan lists file names).
+_MAX_RECORD_BYTES = 1 << 20
 
 
 class InterruptedAfterCommit(KeyboardInterrupt):
@@ -60,14 +66,18 @@ class InterruptedAfterCommit(KeyboardInterrupt):
         self.signum = signum
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write_bytes(path: Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The file gets the mode a plain ``open`` would give it, or 0600 when ``private``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open would
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open would
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -124,8 +134,27 @@ def prepare_output_dir(path: str | Path) -> Path:
     return resolved
 
 
+def lock_timeout() -> float:
+    """Seconds a run waits for another run's lock: ``RETINAFACE_EXPORT_LOCK_TIMEOUT``, else 900.
+
+    Raises:
+        UsageError: the variable is set to something other than a finite number of seconds, 0 or more
+            (``-1`` would wait forever and ``nan`` is no time at all).
+    """
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{LOCK_TIMEOUT_ENV}={text[:40]!r}: must be a number of seconds, 0 or more")
+    return value
+
+
 @contextmanager
-def output_lock(folder: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[Path]:
+def output_lock(folder: str | Path, timeout: float | None = None) -> Iterator[Path]:
     """Hold the output folder's exclusive lock; yields the folder resolved (see :func:`prepare_output_dir`).
 
     Hold it across the whole run (read the manifest, build, :func:`commit_run`) so that two runs on one folder
@@ -135,16 +164,24 @@ def output_lock(folder: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> It
     lock file races with waiters). Once held, the staging folders of dead runs are removed
     (:func:`clean_stale_staging`). Not reentrant: take it once per run.
 
+    The lock file is never a way to write elsewhere: it is opened without following a symbolic link, and
+    one that is not a regular file, or has more than one hard link (another name of some other file, which
+    the holder record would overwrite), is refused before anything is written.
+
     Args:
         folder: the output folder.
-        timeout: seconds to wait for another run to release it.
+        timeout: seconds to wait for another run to release it; None: :func:`lock_timeout`.
 
     Raises:
-        OutputDirError: see :func:`prepare_output_dir`; or the lock file cannot be opened.
+        UsageError: ``RETINAFACE_EXPORT_LOCK_TIMEOUT`` is not a number of seconds, 0 or more.
+        OutputDirError: see :func:`prepare_output_dir`; or the lock file cannot be opened, or is refused.
         FolderBusyError: another run held the lock for ``timeout`` seconds.
     """
+    if timeout is None:
+        timeout = lock_timeout()
     folder = prepare_output_dir(folder)
     lock_path = folder.parent / f".{folder.name}.lock"
+    _check_lock_file(lock_path)
     lock = filelock.FileLock(lock_path)
     try:
         try:
@@ -168,23 +205,85 @@ def output_lock(folder: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> It
         lock.release()
 
 
+def _lock_file_refusal(info: os.stat_result) -> str | None:
+    """Why a lock file may not be used, or None. One this tool creates is a regular file with one link."""
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file; a lock file must be one (remove it)"
+    if info.st_nlink != 1:
+        return (
+            f"has {info.st_nlink} hard links: it is another name of some other file, which taking the lock would "
+            "write into; refused (remove it)"
+        )
+    return None
+
+
+def _check_lock_file(lock_path: Path) -> None:
+    """Refuse a lock file that is a link (symbolic or hard) or not a regular file, before filelock opens it.
+
+    filelock opens an existing lock file without truncating it and without following a symbolic link; what
+    would write into another file is our holder record, which :func:`_record_holder` checks again on the
+    descriptor it writes through (a link made in between is not written into either).
+    """
+    try:
+        info = os.lstat(lock_path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputDirError(lock_path, f"cannot lock ({exc.strerror or exc})") from exc
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputDirError(lock_path, "is a symbolic link; a lock file must be a regular file (remove it)")
+    reason = _lock_file_refusal(info)
+    if reason:
+        raise OutputDirError(lock_path, reason)
+
+
+def _open_lock_file(lock_path: Path, flags: int) -> int | None:
+    """The lock file opened without following links or blocking, if it is a regular file with one link."""
+    try:
+        fd = os.open(lock_path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if _lock_file_refusal(os.fstat(fd)) is None:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
 def _record_holder(lock_path: Path) -> None:
-    """Write who holds the lock into the lock file, for the message of a run that waits in vain."""
+    """Write who holds the lock into the lock file, for the message of a run that waits in vain.
+
+    Written only into a lock file that, checked on the descriptor written through, is a regular file with
+    one link and is ours: one that another account made in a shared folder still locks, but is not written.
+    """
     text = f"pid {os.getpid()} on {socket.gethostname()}, {Path(sys.argv[0]).name or 'python'}"
-    with contextlib.suppress(OSError):
-        fd = os.open(lock_path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
+    fd = _open_lock_file(lock_path, os.O_WRONLY)
+    if fd is None:
+        return
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
             os.ftruncate(fd, 0)
             os.write(fd, text.encode())
-        finally:
-            os.close(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _holder(lock_path: Path) -> str:
-    try:
-        return lock_path.read_text(errors="replace")[:200].strip() or "holder unknown"
-    except OSError:
+    """Who holds the lock, as its holder wrote it (at most 200 bytes, from a lock file that passes the checks)."""
+    fd = _open_lock_file(lock_path, os.O_RDONLY)
+    if fd is None:
         return "holder unknown"
+    try:
+        text = os.read(fd, 200).decode(errors="replace")
+    except OSError:
+        text = ""
+    finally:
+        os.close(fd)
+    return " ".join(text.split()) or "holder unknown"
 
 
 # --- staging folders ----------------------------------------------------------------------------------------
@@ -218,6 +317,13 @@ def clean_stale_staging(destination: Path) -> list[Path]:
     tool's owner file with that pid, the owner ran on this host, and that process is gone (its pid is free or
     belongs to a process started later). A dead run's unfinished commit is undone first, so the folder
     returns to its state before that run. Call it with the folder's lock held (:func:`output_lock` does).
+
+    Whoever can write beside ``destination`` can make a folder of that name, so its records are believed only
+    when it cannot have been made or changed by anyone else: the folder is ours (this process's user) and
+    writable by no one else (``mkdtemp`` makes it 0700), and so is every record in it; an undo moves only
+    the very files the plan recorded (device and inode), names confined to ``destination`` and never its
+    manifest (see :func:`_undo_unfinished_commit`). Any other folder of that name is left alone, with a
+    warning.
     """
     destination = Path(destination)
     pattern = re.compile(rf"\.{re.escape(destination.name)}\.staging-(\d+)-[a-z0-9_]+")
@@ -234,6 +340,10 @@ def clean_stale_staging(destination: Path) -> list[Path]:
         if not (owner and owner.get("tool") == OWNER_TOOL and owner.get("pid") == int(match[1])):
             continue
         if not _owner_is_gone(owner):
+            continue
+        foreign = _not_ours(entry)
+        if foreign:
+            log.warning("%s: left in place, a dead run's staging folder that %s", entry, foreign)
             continue
         try:
             _undo_unfinished_commit(entry, destination)
@@ -264,10 +374,29 @@ def _owner_is_gone(owner: dict[str, Any]) -> bool:
         return False
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _not_ours(path: Path) -> str | None:
+    """Why ``path`` (not followed if a link) may have been made or changed by another account, or None."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        info = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror or exc})"
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if info.st_uid != os.geteuid():
+        return f"belongs to another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A record this tool wrote (owner file, commit plan): a regular file, not a link, at most 1 MiB.
+
+    Anything else (a FIFO that would hang the read, a link to ``/dev/zero``, a huge file) is no record.
+    """
+    try:
+        data = json.loads(read_regular_bytes(path, "a record", _MAX_RECORD_BYTES, follow_symlinks=False))
+    except (FileError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -310,7 +439,11 @@ def commit_run(staging: Path, names: list[str], destination: Path, manifest_name
     commit = staging / _COMMIT_DIR
     replaced = commit / _REPLACED_DIR
     plan = {
+        "destination": str(destination.resolve()),
         "names": names,
+        # which file each move concerns, so that an undo moves those and nothing else
+        "moved_in": {name: _identity(staging / name) for name in names},
+        "moved_aside": {name: _identity(destination / name) for name in names},
         "manifest": manifest_name,
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         "previous_manifest_sha256": _sha256_or_none(destination / manifest_name),
@@ -325,8 +458,9 @@ def commit_run(staging: Path, names: list[str], destination: Path, manifest_name
                 current = staging / name
                 _fsync_file(current)
             current = commit / _PLAN_FILE
-            replaced.mkdir(parents=True)
-            atomic_write_bytes(current, json.dumps(plan).encode())
+            commit.mkdir(mode=0o700)  # writable by no one else, or the next run would not trust the plan
+            replaced.mkdir(mode=0o700)
+            atomic_write_bytes(current, json.dumps(plan).encode(), private=True)
             current = destination
             destination.mkdir(exist_ok=True)
             for name in names:
@@ -407,27 +541,90 @@ def _undo_unfinished_commit(staging: Path, destination: Path, committed: bool | 
 
     Works for a commit cut anywhere, in this process or by a crash: a file missing from ``staging`` was moved
     in and goes back; a file in ``replaced/`` was moved aside and returns. A commit whose new manifest is in
-    place is complete and left alone (with ``committed=None``, the manifest tells; a live run knows). Names
-    come from the plan but only plain ones are used, and the destination is the caller's, never the plan's:
-    a crafted staging folder cannot make this touch other paths.
+    place is complete and left alone (with ``committed=None``, the manifest tells; a live run knows).
+
+    The plan is believed only as far as it cannot have been forged (:func:`_checked_plan`): it must be ours
+    and writable by no one else, name this very destination, and list plain names other than the manifest;
+    a file is moved only if it is the very file (device and inode) the plan recorded for that move.
+
+    Raises:
+        ValueError: the plan or a file is not what this commit wrote; nothing more was moved.
+        OSError: a move failed.
     """
     commit = staging / _COMMIT_DIR
-    plan = _read_json(commit / _PLAN_FILE)
+    plan = _checked_plan(staging, destination) if os.path.lexists(commit / _PLAN_FILE) else None
     if committed is None:
         committed = plan is not None and _manifest_committed(destination, plan)
     if plan is not None and not committed:
-        names = [n for n in plan.get("names", []) if _plain_name(n)]
-        for name in reversed(names):
-            target, new, old = destination / name, staging / name, commit / _REPLACED_DIR / name
+        replaced = commit / _REPLACED_DIR
+        moves = []  # every move is checked before any is made
+        for name in reversed(plan["names"]):
+            target, new, old = destination / name, staging / name, replaced / name
             if not os.path.lexists(new) and os.path.lexists(target):
-                os.replace(target, new)
+                _same_file(target, plan["moved_in"][name], "the file this commit moved in")
+                moves.append((target, new))
+            elif os.path.lexists(old) and os.path.lexists(target):
+                raise ValueError(f"{target} is in the way of the file this commit moved aside")
             if os.path.lexists(old):
-                os.replace(old, target)
+                _same_file(old, plan["moved_aside"][name], "the file this commit moved aside")
+                moves.append((old, target))
+        for source, target in moves:
+            os.replace(source, target)
         if plan.get("created_destination"):
             with contextlib.suppress(OSError):
                 destination.rmdir()
         _fsync_dir(destination)
     shutil.rmtree(commit, ignore_errors=True)
+
+
+def _checked_plan(staging: Path, destination: Path) -> dict[str, Any]:
+    """The commit plan in ``staging``, if nobody but this tool (run by this user) can have written it.
+
+    Raises:
+        ValueError: the staging folder, its commit folder, the plan or a moved-aside file may have been made
+            or changed by another account, or the plan is not one of this version for ``destination``.
+    """
+    commit = staging / _COMMIT_DIR
+    for path in (staging, commit, commit / _PLAN_FILE, commit / _REPLACED_DIR):
+        why = _not_ours(path) if os.path.lexists(path) or path.name != _REPLACED_DIR else None
+        if why:
+            raise ValueError(f"{path} {why}: its commit record is not trusted")
+    plan = _read_json(commit / _PLAN_FILE)
+    if plan is None:
+        raise ValueError(f"{commit / _PLAN_FILE} is not a commit record")
+    names, manifest = plan.get("names"), plan.get("manifest")
+    moved_in, moved_aside = plan.get("moved_in"), plan.get("moved_aside")
+    if not (
+        isinstance(plan.get("destination"), str)
+        and isinstance(names, list)
+        and _plain_name(manifest)
+        and all(_plain_name(n) and n != manifest for n in names)
+        and len(set(names)) == len(names)
+        and isinstance(moved_in, dict)
+        and isinstance(moved_aside, dict)
+        and all(n in moved_in and n in moved_aside for n in names)
+    ):
+        raise ValueError(f"{commit / _PLAN_FILE} is not a commit record of this version")
+    if plan["destination"] != str(destination.resolve()):
+        raise ValueError(f"its commit record is for {shown(plan['destination'])}, not {destination}")
+    return plan
+
+
+def _identity(path: Path) -> list[int] | None:
+    """Device and inode of ``path`` (not followed if a link), None when there is nothing there.
+
+    A rename keeps both, so they tell the file a commit moved from any other file put in its place.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return [info.st_dev, info.st_ino]
+
+
+def _same_file(path: Path, recorded: object, what: str) -> None:
+    if recorded is None or _identity(path) != recorded:
+        raise ValueError(f"{path} is not {what} (device and inode differ from its record); not moved")
 
 
 def _manifest_committed(destination: Path, plan: dict[str, Any]) -> bool:
@@ -437,9 +634,14 @@ def _manifest_committed(destination: Path, plan: dict[str, Any]) -> bool:
 
 
 def _sha256_or_none(path: Path) -> str | None:
+    """sha256 of a regular file (not a link: a FIFO or device is no manifest), None for anything else."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
+        with open_regular(path, follow_symlinks=False) as handle:
+            digest = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+            return digest.hexdigest()
+    except (FileError, OSError):
         return None
 
 
