@@ -146,6 +146,26 @@ def test_altered_checkpoint_is_refused(export_copy):
     assert result.stderr.startswith(f"retinaface-bench: error: {weights}: sha256 differs")
 
 
+@pytest.mark.parametrize("recorded", ["null", "the-new-files"])
+def test_another_checkpoint_is_refused_whatever_the_file_sha256_says(export_copy, recorded):
+    """Issue 25: with the manifest's checkpoint.sha256 null, bench loaded whatever file sat at the path."""
+    import torch
+
+    from retinaface_export.hashing import sha256_file
+    from retinaface_export.synthetic import synthetic_state_dict
+    from retinaface_export.variants import get_variant
+
+    weights = export_copy / "weights.pth"
+    torch.save(synthetic_state_dict(get_variant("mobilenet0.25")), weights)
+    path = export_copy / "out" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["checkpoint"]["sha256"] = None if recorded == "null" else sha256_file(weights)
+    path.write_text(json.dumps(manifest))
+    result = bench(export_copy / "out", *QUICK)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"retinaface-bench: error: {weights}: state dict sha256 differs"), result.stderr
+
+
 def test_moved_checkpoint_skips_eager_with_a_note(export_copy, tmp_path):
     (export_copy / "weights.pth").rename(export_copy / "elsewhere.pth")
     result = bench(export_copy / "out", *QUICK, "--mode", "latency", "--json", tmp_path / "b.json")
