@@ -367,7 +367,7 @@ def main(
         widerface_predictions,
         json_path,
         output_dir,
-        titled_table(f"faces ({detector.backend.name}, {detector.backend.source})") if not streaming else None,
+        _faces_table(detector) if not streaming else None,
     )
     done = outputs.stream.done if outputs.stream is not None else set()
     if done:
@@ -403,6 +403,13 @@ def main(
     outputs.finish(quiet)
     if outputs.failures:
         raise click.exceptions.Exit(1)
+
+
+def _faces_table(detector: Detector) -> Table:
+    table = titled_table(f"faces ({detector.backend.name}, {detector.backend.source})")
+    table.add_column("image")
+    table.add_column("faces", justify="right")
+    return table
 
 
 class _Outputs:
