@@ -247,6 +247,13 @@ class ArtifactFormat:
         """Every provenance entry inside the artifact; {} when there is none."""
         raise NotImplementedError
 
+    def refusal(self, job: Job) -> str | None:
+        """Why this format cannot make ``job`` (a source's post-processing or dynamic shape), or None.
+
+        Asked for every job when the run is planned, so a refusal is one line before any work.
+        """
+        return None
+
     def client_resize(self, path: Path) -> str:
         """How the artifact tells its clients to fit an image to its fixed size.
 

@@ -190,10 +190,10 @@ class LiteRtFormat(ArtifactFormat):
         del input_format
         return f"{stem}_{precision}{self.suffix}"
 
+    def refusal(self, job: Job) -> str | None:
+        return refusal(job)
+
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
-        reason = refusal(job)
-        if reason:
-            raise UsageError(reason)
         key = ("litert-float", job.size, job.batch, job.postprocess)
         content, seconds = inputs.shared.get(key, lambda: _convert_float(job, inputs))
         conversion: dict[str, Any] = {

@@ -76,10 +76,11 @@ class MnnFormat(ArtifactFormat):
         del input_format
         return f"{stem}_{precision}{self.suffix}"
 
+    def refusal(self, job: Job) -> str | None:
+        return NMS_REFUSAL if job.postprocess.mode == PostprocessMode.NMS else None
+
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
         """Convert with ``mnnconvert`` in a child process, seal the provenance, and check the file as read back."""
-        if job.postprocess.mode == PostprocessMode.NMS:
-            raise UsageError(NMS_REFUSAL)
         if job.precision not in self.conversion_precisions:
             raise UsageError(INT8_REFUSAL)
         check_onnx_file(inputs.source_path)

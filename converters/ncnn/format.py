@@ -50,7 +50,6 @@ from retinaface_export.converters.ncnn.trust import (
     weight_blocks,
 )
 from retinaface_export.converters.torchscript.trust import checked_torchscript_bytes
-from retinaface_export.errors import UsageError
 from retinaface_export.extras import import_extra
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
 from retinaface_export.sizes import InputSize
@@ -176,13 +175,11 @@ class NcnnFormat(ArtifactFormat):
         del input_format
         return f"{stem}_{precision}{self.suffix}"
 
+    def refusal(self, job: Job) -> str | None:
+        return None if job.postprocess.raw else POSTPROCESS_REFUSAL.format(mode=job.postprocess.mode)
+
     def convert(self, job: Job, inputs: ConvertInputs, staging: Path) -> dict[str, Any]:
         """Run pnnx once per source (shared by its precisions), blobs renamed, FP16 rounded here, sidecar written."""
-        if not job.postprocess.raw:
-            raise UsageError(
-                f"{job.source.path if job.source else job.file_name}: "
-                + POSTPROCESS_REFUSAL.format(mode=job.postprocess.mode)
-            )
 
         def convert_source() -> tuple[str, bytes, list[str]]:
             torchscript = checked_torchscript_bytes(inputs.source_path)  # what pnnx loads is what was checked

@@ -156,7 +156,11 @@ def checked_sources(export_dir: Path, manifest: Manifest, options: ConvertOption
 
 
 def plan(sources: list[ArtifactRecord], options: ConvertOptions) -> list[Job]:
-    """One job per source and precision."""
+    """One job per source and precision.
+
+    Raises:
+        UsageError: the target cannot make one of them (:meth:`ArtifactFormat.refusal`), naming its source.
+    """
     fmt = FORMATS[options.target]
     jobs = []
     for source in sources:
@@ -178,6 +182,10 @@ def plan(sources: list[ArtifactRecord], options: ConvertOptions) -> list[Job]:
                     postprocess=PostprocessSpec.from_record(source.postprocess),
                 )
             )
+    for job in jobs:  # what the target cannot make is refused before any work
+        reason = fmt.refusal(job)
+        if reason:
+            raise UsageError(f"{job.source.path if job.source else job.file_name}: {reason}")
     return jobs
 
 
@@ -475,6 +483,7 @@ def convert_export(
     export_dir = Path(export_dir)
     manifest = Manifest.read(export_dir)
     sources = checked_sources(export_dir, manifest, options)
+    jobs = plan(sources, options)  # refusals first, before any photo is read
     int8 = "int8" in options.precisions
     photos = split_photos(options.calibration, options.validation) if int8 and options.calibration else None
     if photos and photos.held_out:
@@ -490,7 +499,6 @@ def convert_export(
         folder = options.validation or options.calibration
         assert folder is not None  # ConvertOptions requires one
         judged_photos = load_validation_set(folder)
-    jobs = plan(sources, options)
     shared = OnceCache()
 
     def make(job: Job, staging: Path) -> Built:
