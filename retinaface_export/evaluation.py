@@ -124,9 +124,10 @@ def candidate_ranges(
     last = np.searchsorted(sorted_key, image * 1e7 + np.clip(high, -1e6, 1e6), side="right")
     gt_proper = (gt[:, 2] - gt[:, 0] + boundary > 0) & (gt[:, 3] - gt[:, 1] + boundary > 0)
     gt_proper &= (np.abs(gt) < 1e5).all(axis=1)
-    improper_images = np.unique(gt_image[~gt_proper])
+    improper_image = np.zeros(len(gt_offsets) - 1, bool)  # (np.unique would import numpy.ma: 10 ms)
+    improper_image[gt_image[~gt_proper]] = True
     proper = (width > 0) & (pred[:, 3] - pred[:, 1] + boundary > 0) & (np.abs(pred[:, :4]) < 1e5).all(axis=1)
-    proper &= ~np.isin(image, improper_images)
+    proper &= ~improper_image[image]
     first = np.where(proper, np.clip(first, first_all, last_all), first_all)
     last = np.where(proper, np.clip(last, first, last_all), last_all)
     return order, first, last

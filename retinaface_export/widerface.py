@@ -11,6 +11,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from functools import cached_property
@@ -401,9 +402,9 @@ def _read_file_bytes(path: str) -> bytes:
     return read_regular_bytes(Path(path), "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
 
 
-# splitlines() breaks lines at these too (\r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029): a header with any
-# of them is read by the line-by-line path
-_LINE_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+# splitlines() breaks lines at these too (\r, \v, \f, \x1c-\x1e, and once decoded \x85, \u2028, \u2029; a lone
+# \x85 byte decodes to U+FFFD): a header with any of them is read by the line-by-line path
+_ODD_BREAK = re.compile(rb"[\r\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 # Fields are read eight bytes at a time as little-endian uint64 words (SWAR): the word that ends a field
 # and, for a field of 9 to 16 bytes, the word before it. Longer fields, and mantissas past 2**53 (which
 # would not convert exactly), are given to float(). The text is read in pieces of about _PIECE bytes (whole
@@ -411,40 +412,29 @@ _LINE_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", 
 # the time went to fresh memory.
 _WORD = 8
 _LONGEST = 2 * _WORD
-_PIECE = 1 << 16
+_PIECE = 1 << 17
 _EXACT = np.uint64(2**53)
 _POW10 = 10.0 ** np.arange(_LONGEST + 1)
 _POW10_INT = np.array([10**i for i in range(_WORD + 1)], dtype=np.uint64)
 _LOW_BITS = np.uint64(0x0101010101010101)
 # _FIELD_LOW[k]: the low bit of each of the last k bytes of a word (a field's own bytes when it is k long)
 _FIELD_LOW = np.array([sum(1 << (8 * (_WORD - 1 - i)) for i in range(k)) for k in range(_WORD + 1)], np.uint64)
-# the bytes the one-pass parser reads: digits, '.', '-' and the separators (space, newline)
-_PLAIN_BYTES = np.zeros(256, bool)
-_PLAIN_BYTES[list(b"0123456789.- \n")] = True
 
 
-def _plain_body(data: bytes) -> tuple[str, bytes] | None:
-    """(image key, body ending in a newline) of a file the one-pass parser reads as the reference does, or None.
+def _plain_body(data: bytes) -> tuple[str, bytes | memoryview] | None:
+    """(image key, body ending in a newline) of a file the one-pass parser may read, or None.
 
-    None for a file the reference's line-by-line reading could see differently: another line break, not
-    four spaces a line (an optional trailing space apart, as biubug6's writer leaves). :func:`_parse_plain`
-    checks each line, field and byte of the body.
+    None for a file whose first two lines the reference's ``splitlines()`` could see differently (another
+    line break) or that has no second line. :func:`_parse_plain` checks each line, field and byte of the body.
     """
     first = data.find(b"\n")
     second = data.find(b"\n", first + 1) if first >= 0 else -1
-    if second < 0:
+    if second < 0 or _ODD_BREAK.search(data, 0, second):
         return None
-    header = data[: second + 1].decode("utf-8", errors="replace")
-    if any(mark in header for mark in _LINE_BREAKS):
-        return None
-    name = data[:first].decode("utf-8", errors="replace")
-    body = data[second + 1 :]
-    if body and not body.endswith(b"\n"):
-        body += b"\n"
-    body = body.replace(b" \n", b"\n")
-    if body.startswith((b" ", b"\n")) or body.count(b" ") != 4 * body.count(b"\n"):
-        return None
-    return _image_key(name), body
+    key = _image_key(data[:first].decode("utf-8", errors="replace"))
+    if data[-1] != 10:  # the last row without its newline
+        return key, data[second + 1 :] + b"\n"
+    return key, memoryview(data)[second + 1 :]
 
 
 def _word_digits(words: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -471,23 +461,35 @@ def _word_digits(words: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _parse_piece(
-    padded: bytes, chars: np.ndarray, words: np.ndarray, start: int, stop: int, rows: int
-) -> np.ndarray | None:
-    """The rows×5 values of ``padded[start:stop]`` (whole lines), or None if a line or field is not plain.
+    text: bytes, chars: np.ndarray, words: np.ndarray, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows×5 values, where each line ends) of ``text[start:stop]`` (whole lines), or None if not plain.
 
-    ``chars`` and ``words`` are ``padded`` as bytes and as the (unaligned) uint64 word at each byte.
+    Lines are five fields and a newline, single spaces between them; every line of the piece may end with
+    one more space (biubug6's writer leaves it), or none does. ``chars`` and ``words`` are ``text`` as bytes
+    and as the (unaligned) uint64 word at each byte; ``text[:start]`` ends with a separator.
     """
     piece = chars[start:stop]
-    if not _PLAIN_BYTES[piece].all():
+    kind = piece - np.uint8(45)  # '-' 0, '.' 1, '/' 2, digits 3 to 12; the separators and all else above
+    separators = np.flatnonzero(kind > 12)
+    if (kind == 2).any():
         return None
-    ends = np.flatnonzero((piece == 32) | (piece == 10))
-    if len(ends) != 5 * rows or not (piece[ends[4::5]] == 10).all():  # four spaces, then the newline
+    layout = piece[separators]
+    line_ends = separators[layout == 10]
+    rows = len(line_ends)
+    width = len(separators) // rows if rows and len(separators) in (5 * rows, 6 * rows) else 0
+    if not width or not (layout.reshape(rows, width)[:, :-1] == 32).all() or layout[-1] != 10:
+        return None  # four spaces (five with the trailing one) then the newline, every line
+    lengths = np.diff(separators, prepend=-1) - 1
+    if width == 6:  # the trailing space: an empty sixth field, left out
+        if (lengths[5::6] != 0).any():
+            return None
+        separators, lengths = separators.reshape(rows, 6)[:, :5].ravel(), lengths.reshape(rows, 6)[:, :5].ravel()
+    minus = np.flatnonzero(kind == 0)
+    before = chars[start - 1 + minus]
+    if not ((before == 32) | (before == 10)).all():  # a '-' only first
         return None
-    minus = np.flatnonzero(piece == 45)
-    if len(minus) and not np.isin(chars[start - 1 + minus], (32, 10)).all():  # a '-' only first
-        return None
-    lengths = np.diff(ends, prepend=-1) - 1
-    ends += start
+    ends = separators + start
     value, digits, _, after = _word_digits(words[ends - _WORD], np.minimum(lengths, _WORD))
     two = np.flatnonzero(lengths > _WORD)
     if len(two):  # fields of 9 to 16 bytes: the word before
@@ -508,38 +510,46 @@ def _parse_piece(
     long = np.flatnonzero((lengths > _LONGEST) | (value >= _EXACT))
     for field in long.tolist():  # float() itself, as the reference reads them
         try:
-            values[field] = float(padded[ends[field] - lengths[field] : ends[field]])
+            values[field] = float(text[ends[field] - lengths[field] : ends[field]])
         except ValueError:
             return None
-    return values.reshape(rows, 5)
+    return values.reshape(rows, 5), line_ends + start
 
 
-def _parse_plain(bodies: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, where each body's rows start, bodies to read line by line) of bodies checked by :func:`_plain_body`.
+def _parse_plain(bodies: list[bytes | memoryview]) -> list[np.ndarray | None]:
+    """The N×5 rows of each body from :func:`_plain_body`, or None for one to read line by line.
 
     One pass of NumPy over the bytes, a piece of whole files at a time: fields are found from the
-    separators (single spaces and newlines, five fields a line), checked (digits, '.' and '-' only, a '-'
-    only first, at most one '.', a digit) and converted, eight bytes at a time, to an exact integer
-    mantissa divided by a power of ten: the correctly rounded value ``float()`` gives. A field past 16
-    bytes or 2**53 is given to ``float()`` itself. A piece with anything else has its files flagged (their
-    rows are then read line by line).
+    separators (single spaces and newlines, five fields a line, a space that ends a line dropped),
+    checked (digits, '.' and '-' only, a '-' only first, at most one '.', a digit) and converted, eight
+    bytes at a time, to an exact integer mantissa divided by a power of ten: the correctly rounded value
+    ``float()`` gives. A field past 16 bytes or 2**53 is given to ``float()`` itself. A piece with anything
+    else has its files read line by line.
     """
-    padded = b" " * _LONGEST + b"".join(bodies)
-    chars = np.frombuffer(padded, np.uint8)
-    words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=padded, strides=(1,))
-    line_bounds = np.concatenate(([0], np.cumsum([body.count(b"\n") for body in bodies]))).astype(np.int64)
-    byte_bounds = _LONGEST + np.concatenate(([0], np.cumsum([len(body) for body in bodies]))).astype(np.int64)
-    values = np.zeros((int(line_bounds[-1]), 5))
-    bad = np.zeros(len(bodies), bool)
-    cuts = np.searchsorted(byte_bounds, np.arange(_LONGEST + _PIECE, byte_bounds[-1], _PIECE)).tolist()
+    pad = b"\n" * _LONGEST  # before the text: the first field follows a separator, its words stay inside
+    text = b"".join([pad, *bodies])
+    bounds = np.cumsum([_LONGEST, *map(len, bodies)], dtype=np.int64)
+    chars = np.frombuffer(text, np.uint8)
+    words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=text, strides=(1,))
+    found: list[np.ndarray | None] = [None] * len(bodies)
+    cuts = np.searchsorted(bounds, np.arange(_LONGEST + _PIECE, bounds[-1], _PIECE)).tolist()
     for first, last in itertools.pairwise(sorted({0, *cuts, len(bodies)})):
-        start, stop = int(line_bounds[first]), int(line_bounds[last])
-        rows = _parse_piece(padded, chars, words, int(byte_bounds[first]), int(byte_bounds[last]), stop - start)
-        if rows is None:
-            bad[first:last] = True
-        else:
-            values[start:stop] = rows
-    return values, line_bounds, bad
+        piece_bounds = bounds[first : last + 1]
+        parsed = _parse_piece(text, chars, words, int(piece_bounds[0]), int(piece_bounds[-1]))
+        if parsed is None and b" \n" in text[piece_bounds[0] : piece_bounds[-1]]:
+            # some lines end with a space and some do not: once more without those spaces
+            parts = [bytes(body).replace(b" \n", b"\n") for body in bodies[first:last]]
+            piece_text = b"".join([pad, *parts])
+            piece_bounds = np.cumsum([_LONGEST, *map(len, parts)], dtype=np.int64)
+            piece_chars = np.frombuffer(piece_text, np.uint8)
+            piece_words = np.ndarray((len(piece_chars) - _WORD + 1,), "<u8", piece_text, strides=(1,))
+            parsed = _parse_piece(piece_text, piece_chars, piece_words, _LONGEST, len(piece_text))
+        if parsed is not None:
+            values, line_ends = parsed
+            rows = np.searchsorted(line_ends, piece_bounds).tolist()
+            for index, (begin, end) in enumerate(itertools.pairwise(rows), start=first):
+                found[index] = values[begin:end]
+    return found
 
 
 def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.ndarray]]:
@@ -549,17 +559,16 @@ def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.nd
     at once by :func:`_parse_plain`; any other file is read line by line by :func:`_parse_rows_slowly`,
     which also says what is wrong with a bad one.
     """
-    plain: list[tuple[int, str, bytes]] = []
+    plain: list[tuple[int, str, bytes | memoryview]] = []
     results: list[tuple[str, np.ndarray] | None] = [None] * len(files)
     for index, (_, data) in enumerate(files):
         checked = _plain_body(data)
         if checked is not None:
             plain.append((index, *checked))
     if plain:
-        values, bounds, bad = _parse_plain([body for _, _, body in plain])
-        for (index, key, _), start, stop, flagged in zip(plain, bounds[:-1], bounds[1:], bad, strict=True):
-            if not flagged:
-                results[index] = (key, values[start:stop])
+        for (index, key, _), rows in zip(plain, _parse_plain([body for _, _, body in plain]), strict=True):
+            if rows is not None:
+                results[index] = (key, rows)
     for index, (path, data) in enumerate(files):
         if results[index] is None:
             key, lines_read = _split_lines(Path(path), data)
