@@ -153,3 +153,30 @@ def test_legacy_magic_number_is_torchs():
     from retinaface_export.checkpoint import LEGACY_MAGIC_NUMBER
 
     assert torch.serialization.MAGIC_NUMBER == LEGACY_MAGIC_NUMBER
+
+
+@pytest.mark.parametrize(
+    ("command", "user_value", "expected"),
+    [
+        ("retinaface-eval", None, "1"),  # elementwise arithmetic: OpenBLAS's thread pool only cost ~50 ms
+        ("retinaface-eval", "2", "2"),  # the user's setting wins
+        ("retinaface-export", None, None),  # other commands keep OpenBLAS's default
+    ],
+)
+def test_eval_starts_openblas_with_one_thread(command, user_value, expected):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_value is not None:
+        env["OPENBLAS_NUM_THREADS"] = user_value
+    code = (
+        "import atexit, os, sys; from retinaface_export.cli.entry import run; "
+        "atexit.register(lambda: print('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'), "
+        "'numpy' in sys.modules, file=sys.stderr)); "
+        f"sys.argv = [{command!r}, '--help']; run({command!r})"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"BLAS {expected} " in done.stderr
