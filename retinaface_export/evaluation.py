@@ -76,7 +76,8 @@ def _thresholds_above(scores: np.ndarray) -> np.ndarray:
     Exactly ``THRESHOLDS - searchsorted(thresholds[::-1], scores, side="right")``; the arithmetic guess is off
     by at most one either way and is corrected against the thresholds themselves (a searchsorted if not).
     """
-    guess = np.clip(np.ceil((1 - scores) * THRESHOLDS) - 1, 0, THRESHOLDS).astype(np.int64)
+    guess = np.ceil((1 - scores) * THRESHOLDS) - 1  # NaN (0/0 when every score is equal): 0, then checked
+    guess = np.clip(np.nan_to_num(guess, nan=0.0), 0, THRESHOLDS).astype(np.int64)
     for _ in range(2):
         guess += _THRESHOLDS[guess] > scores
         guess -= (guess > 0) & (_THRESHOLDS[guess - 1] <= scores)
@@ -238,9 +239,9 @@ def _stacked(predictions: list[np.ndarray], truth: GroundTruth) -> tuple[np.ndar
         if not isinstance(boxes, np.ndarray) or boxes.ndim != 2 or boxes.shape[1] != 5:
             raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
     counts = np.array([len(boxes) for boxes in predictions], dtype=np.int64)
-    stacked = np.concatenate(predictions).astype(float) if len(predictions) else np.zeros((0, 5))
-    finite = np.isfinite(stacked).all(axis=1)
-    if not finite.all():
+    stacked = np.concatenate(predictions, dtype=float, casting="unsafe") if len(predictions) else np.zeros((0, 5))
+    if not np.isfinite(stacked).all():
+        finite = np.isfinite(stacked).all(axis=1)
         event, name = truth.images[int(np.searchsorted(np.cumsum(counts), np.flatnonzero(~finite)[0], side="right"))]
         raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
     return stacked, counts

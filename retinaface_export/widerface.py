@@ -388,7 +388,7 @@ def _read_file_bytes(path: str) -> bytes:
     try:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_PREDICTION_FILE_BYTES:
-            os.set_blocking(fd, True)
+            # O_NONBLOCK "has no effect for regular files" (open(2)): no fcntl calls to clear it, per file
             chunks = [os.read(fd, info.st_size + 1)]
             while chunks[-1] and sum(map(len, chunks)) <= MAX_PREDICTION_FILE_BYTES:
                 chunks.append(os.read(fd, 1 << 16))
