@@ -412,7 +412,7 @@ _ODD_BREAK = re.compile(rb"[\r\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 # the time went to fresh memory.
 _WORD = 8
 _LONGEST = 2 * _WORD
-_PIECE = 1 << 17
+_PIECE = 1 << 18
 _EXACT = np.uint64(2**53)
 _POW10 = 10.0 ** np.arange(_LONGEST + 1)
 _POW10_INT = np.array([10**i for i in range(_WORD + 1)], dtype=np.uint64)
