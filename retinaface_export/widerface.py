@@ -104,18 +104,30 @@ def _check_ground_truth(
         ValueError: naming the first image that breaks a rule.
     """
     counts = np.array([len(b) for b in boxes], dtype=np.int64)
-    finite = np.isfinite(np.concatenate(boxes)).all(axis=1) if counts.sum() else np.ones(0, bool)
+    flat = np.concatenate(boxes) if counts.sum() else np.zeros((0, 4))
+    kept_counts = {s: np.array([len(k) for k in keep[s]], dtype=np.int64) for s in SETTINGS}
+    kept = {s: np.concatenate(keep[s]) if kept_counts[s].sum() else np.zeros(0, np.int64) for s in SETTINGS}
+    _check_flat(images, flat, counts, kept, kept_counts)
+
+
+def _check_flat(
+    images: list[tuple[str, str]],
+    boxes: np.ndarray,
+    counts: np.ndarray,
+    kept: dict[str, np.ndarray],
+    kept_counts: dict[str, np.ndarray],
+) -> None:
+    """:func:`_check_ground_truth` of the boxes and keep lists of every image one after the other (``counts`` each)."""
+    finite = np.isfinite(boxes).all(axis=1)
     if not finite.all():
         image = int(np.searchsorted(np.cumsum(counts), np.flatnonzero(~finite)[0], side="right"))
         raise ValueError(f"image {shown(images[image][1])} has NaN or infinite boxes")
     for setting in SETTINGS:
-        kept_counts = np.array([len(k) for k in keep[setting]], dtype=np.int64)
-        if not kept_counts.sum():
+        if not kept_counts[setting].sum():
             continue
-        kept = np.concatenate(keep[setting])
-        wrong = (kept < 1) | (kept > np.repeat(counts, kept_counts))
+        wrong = (kept[setting] < 1) | (kept[setting] > np.repeat(counts, kept_counts[setting]))
         if wrong.any():
-            image = int(np.searchsorted(np.cumsum(kept_counts), np.flatnonzero(wrong)[0], side="right"))
+            image = int(np.searchsorted(np.cumsum(kept_counts[setting]), np.flatnonzero(wrong)[0], side="right"))
             raise ValueError(f"{setting}: image {shown(images[image][1])} keeps boxes it does not have")
 
 
@@ -331,14 +343,18 @@ def read_ground_truth_npz(path: str | Path, key: str) -> GroundTruth:
             arrays = {name: npz[name] for name in npz.files}
         if int(arrays["format"][0]) != _CACHE_FORMAT or str(arrays["key"][0]) != key:
             raise ValueError("written for other .mat files or by another version")
-        events = tuple(check_plain_name(str(e)) for e in arrays["events"])
-        names = [check_plain_name(str(n)) for n in arrays["image_names"]]
-        images = [(events[int(e)], n) for e, n in zip(arrays["image_events"], names, strict=True)]
-        boxes = _pieces(arrays["boxes"].astype(float).reshape(-1, 4), arrays["box_counts"])
-        keep = {s: _pieces(arrays[f"keep_{s}"].astype(np.int64), arrays[f"keep_counts_{s}"]) for s in SETTINGS}
+        events = tuple(check_plain_name(str(e)) for e in arrays["events"].tolist())
+        names = [check_plain_name(str(n)) for n in arrays["image_names"].tolist()]
+        images = [(events[int(e)], n) for e, n in zip(arrays["image_events"].tolist(), names, strict=True)]
+        flat = arrays["boxes"].astype(float).reshape(-1, 4)
+        counts = arrays["box_counts"].astype(np.int64)
+        kept = {s: arrays[f"keep_{s}"].astype(np.int64) for s in SETTINGS}
+        kept_counts = {s: arrays[f"keep_counts_{s}"].astype(np.int64) for s in SETTINGS}
+        boxes = _pieces(flat, counts)
+        keep = {s: _pieces(kept[s], kept_counts[s]) for s in SETTINGS}
         if not (len(boxes) == len(images) and all(len(keep[s]) == len(images) for s in SETTINGS)):
             raise ValueError("its lists differ in length")
-        _check_ground_truth(images, boxes, keep)
+        _check_flat(images, flat, counts, kept, kept_counts)
     except (KeyError, IndexError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise FileError(path, f"not a ground-truth cache file for these .mat files ({type(exc).__name__})") from None
     return GroundTruth(events, tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
