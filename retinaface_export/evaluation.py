@@ -25,6 +25,8 @@ IOU_THRESHOLD = 0.5
 # (prediction, ground truth) pairs whose overlaps are computed at once: a few MB of temporaries, which stay in
 # the CPU's cache (a million at once spent more time in fresh memory than in arithmetic)
 _PAIRS_PER_CHUNK = 1 << 16
+# candidate_ranges compares a prediction with every face of an image that has at most this many
+_COMPARE_ALL = 4
 # the reference's thresholds, decreasing, then one below any score (the index past the last)
 _THRESHOLDS = np.append(1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS, -np.inf)
 
@@ -124,8 +126,8 @@ def candidate_ranges(
     overlap ``iw >= t·Wp`` and ``Wg <= Wp / t``, hence ``x1p + Wp·(t - 1/t) <= x1g <= x2p + boundary - t·Wp``;
     the bounds are widened (t taken 1% lower, a pixel more each side) so rounding can never leave a pair
     that reaches t out. A prediction that is not a proper box (or has a coordinate past ±1e5), one in an
-    image with a ground-truth box that is not, and every prediction when t <= 0, gets all of its image's
-    ground truth.
+    image with a ground-truth box that is not or with at most ``_COMPARE_ALL`` faces, and every prediction
+    when t <= 0, gets all of its image's ground truth.
 
     Returns:
         (order: sorted position -> ground-truth id, first, last + 1) with first/last positions in ``order``.
@@ -140,18 +142,23 @@ def candidate_ranges(
         return order, first_all, last_all
     t = iou_threshold * 0.99
     width = pred[:, 2] - pred[:, 0] + boundary
-    low = pred[:, 0] + width * (t - 1 / t) - 1
-    high = pred[:, 2] + boundary - t * width + 1
-    first = np.searchsorted(sorted_key, image * 1e7 + np.clip(low, -1e6, 1e6), side="left")
-    last = np.searchsorted(sorted_key, image * 1e7 + np.clip(high, -1e6, 1e6), side="right")
     gt_proper = (gt[:, 2] - gt[:, 0] + boundary > 0) & (gt[:, 3] - gt[:, 1] + boundary > 0)
     gt_proper &= (np.abs(gt) < 1e5).all(axis=1)
-    improper_image = np.zeros(len(gt_offsets) - 1, bool)  # (np.unique would import numpy.ma: 10 ms)
-    improper_image[gt_image[~gt_proper]] = True
+    # images whose faces are all compared: those with a ground-truth box that is not proper, and those with
+    # few faces (comparing them all costs less than searching; the pairs that cannot reach t just miss)
+    whole_image = np.diff(gt_offsets) <= _COMPARE_ALL  # (np.unique would import numpy.ma: 10 ms)
+    whole_image[gt_image[~gt_proper]] = True
     proper = (width > 0) & (pred[:, 3] - pred[:, 1] + boundary > 0) & (np.abs(pred[:, :4]) < 1e5).all(axis=1)
-    proper &= ~improper_image[image]
-    first = np.where(proper, np.clip(first, first_all, last_all), first_all)
-    last = np.where(proper, np.clip(last, first, last_all), last_all)
+    searched = np.flatnonzero(proper & ~whole_image[image])
+    first, last = first_all.copy(), last_all.copy()
+    if len(searched):
+        box, key = pred[searched], image[searched] * 1e7
+        low = box[:, 0] + width[searched] * (t - 1 / t) - 1
+        high = box[:, 2] + boundary - t * width[searched] + 1
+        found = np.searchsorted(sorted_key, key + np.clip(low, -1e6, 1e6), side="left")
+        first[searched] = np.clip(found, first_all[searched], last_all[searched])
+        found = np.searchsorted(sorted_key, key + np.clip(high, -1e6, 1e6), side="right")
+        last[searched] = np.clip(found, first[searched], last_all[searched])
     return order, first, last
 
 
