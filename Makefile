@@ -52,9 +52,11 @@ bench: install
 	$(BIN)/python scripts/bench_eval.py | tee $(BENCH)/eval.txt
 	$(BIN)/python scripts/bench_toolchain.py --markdown $(BENCH)/toolchain.md
 	$(BIN)/python scripts/bench_int8.py --bias-sizes --folds 3 --json $(BENCH)/int8.json --markdown $(BENCH)/int8.md
+	$(BIN)/python scripts/bench_precision.py $(BENCH)/mobilenet0.25 $(BENCH)/resnet50 --markdown $(BENCH)/precision.md
+	$(BIN)/python scripts/bench_detect.py --images 630 --markdown $(BENCH)/detect.md
 	$(BIN)/python scripts/bench_int8_search.py $(BENCH)/mobilenet0.25 $(BENCH)/resnet50 --markdown $(BENCH)/int8-search.md
-	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/int8.md $(BENCH)/int8-search.md \
-		$(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md $(BENCH)/edge.md
+	$(BIN)/python scripts/readme_bench.py $(BENCH)/toolchain.md $(BENCH)/precision.md $(BENCH)/int8.md $(BENCH)/int8-search.md \
+		$(BENCH)/detect.md $(BENCH)/mobilenet0.25.md $(BENCH)/resnet50.md $(BENCH)/edge.md
 
 # Regenerate the committed golden sets (after a deliberate numerics change only).
 golden: install

@@ -51,7 +51,10 @@ _TRUNCATION_MARKERS = ("zip archive", "central directory", "file not found", "un
 # torch's words when it advises weights_only=False: never shown to users.
 _ADVICE_MARKERS = ("weights_only", "trusted source", "torch.serialization", "add_safe_globals", "Please")
 # torch.load's refusal of a class or function while unpickling with weights_only=True.
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|unsupported GLOBAL ([\w.]+)")
+# What torch.save's own pickles name (tensor rebuilders, storages, OrderedDict): anything else is a payload.
+_TORCH_SAVE_GLOBALS = re.compile(r"^(torch\.[\w.]+|collections\.OrderedDict)$")
+_MAX_PICKLE_BYTES = 64 << 20
 # How torch.save files start: a zip archive, or (legacy format) a pickled magic number.
 _ZIP_MAGIC = b"PK\x03\x04"
 # torch.serialization.MAGIC_NUMBER, spelled out so that sniffing a file needs no torch (a test compares them)
@@ -134,6 +137,24 @@ def _pickle_globals(data: bytes) -> list[str] | None:
     return found
 
 
+def _foreign_globals(handle: BinaryIO) -> list[str]:
+    """Classes and functions other than torch.save's that the checkpoint's pickle names (read, never run).
+
+    For the message when torch refuses a pickle without naming what it holds (a ``STACK_GLOBAL`` payload).
+    """
+    try:
+        handle.seek(0)
+        with zipfile.ZipFile(handle) as archive:
+            infos = [i for i in archive.infolist() if i.filename.endswith("/data.pkl")]
+            if len(infos) != 1 or infos[0].file_size > _MAX_PICKLE_BYTES:
+                return []
+            data = archive.read(infos[0])
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return []
+    names = _pickle_globals(data) or []
+    return sorted({name for name in names if not _TORCH_SAVE_GLOBALS.match(name)})
+
+
 def _torch_reason(exc: BaseException) -> str:
     """Torch's first line, unless it is torch's advice (``weights_only=False``) rather than a reason."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -151,10 +172,11 @@ def _load_torch_file(path: Path, handle: BinaryIO) -> Any:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _UNSUPPORTED_GLOBAL.search(str(exc))
-        if refused:
+        foreign = [refused.group(1) or refused.group(2)] if refused else _foreign_globals(handle)
+        if foreign:
             raise CorruptCheckpointError(
                 path,
-                f"holds Python objects ({refused.group(1)}) that safe loading (weights_only=True) refuses; "
+                f"holds Python objects ({_names(foreign)}) that safe loading (weights_only=True) refuses; "
                 "re-save its state_dict with torch.save(model.state_dict(), path)",
             ) from None
         raise CorruptCheckpointError(

@@ -127,3 +127,7 @@ class MissingExtraError(UsageError):
             f"{purpose} needs the Python package {package!r}, which is not installed: "
             f'pip install "retinaface-export[{extra}]"'
         )
+
+
+class ProvenanceError(FileError):
+    """An artifact whose provenance (what it says it takes and gives) is malformed or out of bounds."""

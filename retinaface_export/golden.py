@@ -305,6 +305,14 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
             return {key: arrays[key] for key in arrays.files}
 
 
+def _check_rows(key: str, rows: np.ndarray, anchors: int) -> None:
+    """Sampled rows must be integers indexing the outputs at the case's size (not floats, not negative)."""
+    if rows.dtype.kind not in "iu":
+        raise ValueError(f"{key}/rows must hold integers, got {rows.dtype}")
+    if len(rows) and (rows.min() < 0 or rows.max() >= anchors):
+        raise ValueError(f"{key}/rows must be from 0 to {anchors - 1} (the anchors at that size)")
+
+
 def load_golden(folder: str | Path) -> GoldenSet:
     """Read a golden set, validating it as input: plain photo names, sizes within limits, tensors only.
 
@@ -326,6 +334,7 @@ def load_golden(folder: str | Path) -> GoldenSet:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise FileError(tensors_path, f"not readable golden tensors ({type(exc).__name__}: {reason})") from None
     try:
+        anchors = AnchorConfig.from_mapping(meta["checkpoint"]["anchors"])
         cases = []
         for case in meta["cases"]:
             size = check_size(*case["size"])
@@ -334,6 +343,7 @@ def load_golden(folder: str | Path) -> GoldenSet:
             rows, faces = arrays[f"{key}/rows"], arrays[f"{key}/faces"]
             if rows.ndim != 1 or faces.ndim != 2 or faces.shape[1] != 15:
                 raise ValueError(f"{key}: rows or faces have the wrong shape")
+            _check_rows(key, rows, anchors.num_anchors(size.height, size.width))
             if any(out.shape != (len(rows), w) for out, w in zip(outputs, OUTPUT_WIDTHS, strict=True)):
                 raise ValueError(f"{key}: outputs do not have one row per sampled row")
             cases.append(
@@ -347,7 +357,6 @@ def load_golden(folder: str | Path) -> GoldenSet:
                     faces=_faces_from_array(faces),
                 )
             )
-        anchors = AnchorConfig.from_mapping(meta["checkpoint"]["anchors"])
     except (KeyError, ValueError, TypeError, UsageError) as exc:
         raise FileError(folder, f"malformed golden set ({type(exc).__name__}: {exc})") from None
     return GoldenSet(folder, meta["checkpoint"], anchors, cases, meta)

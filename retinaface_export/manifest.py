@@ -2,13 +2,14 @@
 
 ``retinaface-export`` creates it; ``retinaface-convert`` extends it; ``retinaface-parity``,
 ``retinaface-bench`` and ``retinaface-detect`` read it. A manifest is input like any other file: it is
-validated where it is read (types, limits, file names that stay inside their folder), and a malformed one is
-one :class:`~retinaface_export.errors.ManifestError` naming the file and the field. Its JSON Schema ships
-with the package as ``manifest.schema.json`` (tests validate every manifest the commands write against it).
+validated where it is read (types, limits, file names that stay inside their folder, then the JSON Schema it
+ships with, ``manifest.schema.json``, so that the reader accepts nothing the schema rejects), and a malformed
+one is one :class:`~retinaface_export.errors.ManifestError` naming the file and the field.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from retinaface_export.anchors import AnchorConfig
 from retinaface_export.errors import InputFileError, ManifestError, OutsideFolderError, UsageError
 from retinaface_export.formats import FORMATS, runtime_libraries
 from retinaface_export.hashing import sha256_file
+from retinaface_export.json_schema import schema_problem
 from retinaface_export.postprocess.settings import PostprocessSpec
 from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import INPUT_FORMATS
@@ -42,6 +44,11 @@ _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]{0,254}$")
 def schema_path() -> Path:
     """The JSON Schema of manifests, as shipped with the package."""
     return Path(__file__).with_name(SCHEMA_NAME)
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return json.loads(schema_path().read_text(encoding="utf-8"))
 
 
 class _Fields:
@@ -367,6 +374,9 @@ class Manifest:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ManifestError(path, f"lists {duplicates[0]} more than once")
+        problem = schema_problem(data, _schema())
+        if problem:  # what the typed reads above let through and the shipped schema does not
+            raise ManifestError(path, f"does not follow {SCHEMA_NAME}: {problem}")
         return cls(checkpoint, artifacts, dict(versions), top.get("created", str, optional=True) or "")
 
     @classmethod

@@ -165,9 +165,18 @@ def _compare_faces(result: ArtifactParity, case: GoldenCase, faces: list, tolera
 
 
 def check_artifact(
-    export_dir: Path, artifact: ArtifactRecord, golden: GoldenSet, image_dirs: list[Path]
+    export_dir: Path,
+    artifact: ArtifactRecord,
+    golden: GoldenSet,
+    image_dirs: list[Path],
+    checkpoint: dict[str, Any],
 ) -> ArtifactParity:
-    """Parity of one manifest entry against ``golden``."""
+    """Parity of one manifest entry against ``golden``.
+
+    ``checkpoint`` is the manifest's checkpoint record: every entry of the artifact's provenance is compared
+    with the manifest (anchors, digests, variant, post-processing, INT8 record, OpenVINO's mean), not only
+    what describes the file (format, precision, size, batch, input format).
+    """
     tolerance = PRECISIONS[artifact.precision]
     result = ArtifactParity(
         path=artifact.path,
@@ -181,7 +190,8 @@ def check_artifact(
     )
     try:
         path = check_files(export_dir, artifact)
-        result.failures += provenance_problems(artifact.to_dict(), FORMATS[artifact.format].provenance_blocks(path))
+        blocks = FORMATS[artifact.format].provenance_blocks(path)
+        result.failures += provenance_problems(artifact.to_dict(), blocks, checkpoint)
     except RetinaFaceExportError as exc:
         result.failures.append(getattr(exc, "reason", str(exc)))
     except Exception as exc:  # each runtime's reader fails in its own types on a damaged file
@@ -253,5 +263,5 @@ def run_parity(export_dir: str | Path, goldens: list[GoldenSet], image_dirs: lis
     if not manifest.artifacts:
         report.failures.append("the manifest lists no artifacts: nothing to compare")
     for artifact in sorted(manifest.artifacts, key=lambda a: a.path):
-        report.artifacts.append(check_artifact(export_dir, artifact, matching[0], image_dirs))
+        report.artifacts.append(check_artifact(export_dir, artifact, matching[0], image_dirs, manifest.checkpoint))
     return report

@@ -15,8 +15,8 @@ the trained mobilenet0.25 as ONNX at 640x640 with batch 1 and with batch ``--bat
 
 Every runtime runs with its graph optimisations (``--optimize``, as a deployment, and a plain script using
 ONNX Runtime's defaults, runs it); ``--as-verified`` times the graph as written instead (the default of
-``retinaface-detect``). Prints the median images/s of each and its ratio to ``plain``. Not part of
-``make bench`` yet.
+``retinaface-detect``). Prints the median images/s of each and its ratio to ``plain``; ``make bench`` runs
+it over 630 photos and puts its table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Ray actors")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
     parser.add_argument("--as-verified", action="store_true", help="no graph optimisations (detect's default)")
+    parser.add_argument("--markdown", type=Path, help="write the table here too (make bench)")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
     from retinaface_export.cli.entry import no_telemetry
@@ -129,12 +130,22 @@ def main(argv: Iterable[str] | None = None) -> int:
                 rates[name].append(timed(run))
                 print(f"  repeat {repeat + 1}: {name} {rates[name][-1]:.1f} images/s", file=sys.stderr)
     base = statistics.median(rates["plain"])
-    print(f"{'engine':<12} {'images/s (median)':>18} {'vs plain':>9}   ({args.images} images, {args.repeats} runs)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines = [
+        f"**retinaface-detect over {args.images} mixed-size photos (mobilenet0.25, ONNX 640, "
+        f"{'graph as verified' if args.as_verified else '--optimize'}), medians of {args.repeats} runs in turns**",
+        "",
+        "| engine | images/s | vs plain loop |",
+        "|---|---:|---:|",
+    ]
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"{name:<12} {median:>18.1f} {median / base:>8.2f}x")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process (every engine, Ray's workers not counted): {peak:.0f} MB")
+        lines.append(f"| {name} | {median:.1f} | {median / base:.2f}× |")
+    lines += ["", f"Peak RSS of the process (every engine; Ray's workers not counted): {peak:.0f} MB.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
     return 0
 
 

@@ -6,8 +6,10 @@ Shared by the library tests (typed errors) and the CLI tests (message, exit code
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import shutil
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +76,28 @@ def _python_object(folder: Path) -> Path:
     return path
 
 
+class _Payload:
+    """Pickles as a call of ``os.getcwd`` (harmless): the shape of a pickle payload."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def _payload_reduce(folder: Path) -> Path:
+    return _save(folder, {"state_dict": _Payload()}, "payload.pth")
+
+
+def _payload_stack_global(folder: Path) -> Path:
+    """A torch.save zip whose data.pkl is a protocol-4 pickle (STACK_GLOBAL) calling ``os.getcwd``."""
+    source = _save(folder, _mnet(), "source.pth")
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(folder / "stack_global.pth", "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, pickle.dumps(_Payload(), protocol=4) if info.filename.endswith("/data.pkl") else data)
+    source.unlink()
+    return folder / "stack_global.pth"
+
+
 def _list_of_tensors(folder: Path) -> Path:
     return _save(folder, [torch.zeros(3)])
 
@@ -128,6 +152,18 @@ BAD_CHECKPOINTS = [
     BadCheckpoint("truncated-legacy", _truncated_legacy, errors.CorruptCheckpointError, "truncated or corrupt"),
     BadCheckpoint("text", _text, errors.CorruptCheckpointError, "not a PyTorch checkpoint"),
     BadCheckpoint("python-object", _python_object, errors.CorruptCheckpointError, "weights_only=True"),
+    BadCheckpoint(
+        "pickle-payload",
+        _payload_reduce,
+        errors.CorruptCheckpointError,
+        f"holds Python objects ({os.getcwd.__module__}.getcwd)",
+    ),
+    BadCheckpoint(
+        "pickle-payload-stack-global",
+        _payload_stack_global,
+        errors.CorruptCheckpointError,
+        f"holds Python objects ({os.getcwd.__module__}.getcwd)",
+    ),
     BadCheckpoint("not-a-dict", _list_of_tensors, errors.CorruptCheckpointError, "not a state dict"),
     BadCheckpoint(
         "backbone-only",

@@ -144,6 +144,8 @@ def test_detect_table(converted):
     assert title_line(stdout, f"faces (openvino, {model})"), stdout
     row = next(line for line in stdout.splitlines() if str(CROWD_PHOTO) in line)
     assert int(row.split("│")[2]) > 0, row  # the crowd photo's faces
+    header = next(line for line in stdout.splitlines() if "┃" in line)
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["image", "faces"], header
 
 
 def _cell(items: list) -> np.ndarray:

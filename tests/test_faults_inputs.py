@@ -138,6 +138,25 @@ def golden_set(tmp: Path, inputs: list[dict], tensors: bytes | None = None) -> P
 SEEDED = {"name": "synthetic-0", "photo": None, "photo_sha256": None, "seed": 0}
 
 
+def golden_with_rows(tmp: Path, rows: np.ndarray) -> Path:
+    """A golden set of one case at 320x320 whose sampled ``rows`` are given (outputs of matching length)."""
+    import io
+
+    key = "synthetic-0@320x320"
+    arrays = {f"{key}/rows": rows, f"{key}/faces": np.zeros((0, 15), np.float32)}
+    for name, width in zip(
+        ("face_rpn_bbox_pred", "face_rpn_cls_prob", "face_rpn_landmark_pred"), (4, 2, 10), strict=True
+    ):
+        arrays[f"{key}/{name}"] = np.zeros((len(rows), width), np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    folder = golden_set(tmp, [SEEDED], buffer.getvalue())
+    meta = json.loads((folder / "golden.json").read_text())
+    meta["cases"] = [{"input": "synthetic-0", "size": [320, 320], "input_sha256": "0" * 64, "ranges": [1, 1, 1]}]
+    (folder / "golden.json").write_text(json.dumps(meta))
+    return folder
+
+
 def _cell(items: list) -> np.ndarray:
     array = np.empty((len(items), 1), dtype=object)
     for i, item in enumerate(items):
@@ -510,6 +529,20 @@ FAULTS = [
         1,
         ("tensors.npz: not readable golden tensors",),
         ("Aborted",),
+    ),
+    Fault(
+        "golden-rows-are-floats",
+        parity_cli.main,
+        lambda t: [_p(t, "export"), "--golden", str(golden_with_rows(t, np.array([0.5, 1.5]))), "-q"],
+        1,
+        ("malformed golden set", "rows must hold integers, got float64"),
+    ),
+    Fault(
+        "golden-rows-beyond-the-anchors",
+        parity_cli.main,
+        lambda t: [_p(t, "export"), "--golden", str(golden_with_rows(t, np.array([-1, 5000]))), "-q"],
+        1,
+        ("malformed golden set", "rows must be from 0 to 4199"),
     ),
     # --- export folders (retinaface-convert reads the manifest)
     Fault(

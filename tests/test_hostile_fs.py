@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import psutil
 import pytest
+from test_faults_commit import SLOW_CLEANUP
 
 from retinaface_export.errors import FileError, ManifestError, OutputDirError, OutsideFolderError, UsageError
 from retinaface_export.safety import atomic
@@ -369,23 +370,9 @@ def test_a_hostile_record_in_a_staging_folder_is_no_record(tmp_path, record, mak
 
 # --- item 5: one stop delivered twice -----------------------------------------------------------------------
 
-STOPPED_TWICE = """
-import sys, time
-from pathlib import Path
-from retinaface_export.safety.atomic import staging_dir
-from retinaface_export.cli.entry import exit_interrupted, install_signal_handlers
-install_signal_handlers("cmd")
-try:
-    with staging_dir(Path(sys.argv[1])) as staging:
-        try:
-            print(staging, flush=True)
-            time.sleep(300)
-        finally:
-            print("cleaning up", flush=True)
-            time.sleep(1.5)  # as when worker threads finish the artifact they are building
-except KeyboardInterrupt as exc:
-    exit_interrupted("cmd", exc)
-"""
+# test_faults_commit's child whose clean-up takes 1.5 s instead of 300 (a second signal arrives meanwhile)
+STOPPED_TWICE = SLOW_CLEANUP.replace("time.sleep(300)  # as when", "time.sleep(1.5)  # as when")
+assert STOPPED_TWICE != SLOW_CLEANUP
 
 
 @pytest.mark.parametrize(("gap", "same_stop"), [(0.05, True), (0.8, False)], ids=["within a moment", "later"])

@@ -130,7 +130,7 @@ def test_provenance_describes_the_artifact(converted):
         assert blocks["retinaface_export"]["precision"] == record.precision
         assert blocks["retinaface_export"]["source_sha256"] == record.source.sha256
         row = json.loads(manifest.to_json())["artifacts"][manifest.artifacts.index(record)]
-        assert provenance_problems(row, blocks) == []
+        assert provenance_problems(row, blocks, manifest.checkpoint) == []
 
 
 def test_parity_judges_the_artifacts(converted, tmp_path):

@@ -74,10 +74,11 @@ def test_the_int8_row_records_its_search_and_views_no_step_fitted_on(folders):
 def test_every_provenance_block_describes_its_artifact(folders):
     checked = 0
     for folder in folders:
-        for record in Manifest.read(folder).artifacts:
+        manifest = Manifest.read(folder)
+        for record in manifest.artifacts:
             blocks = FORMATS[record.format].provenance_blocks(folder / record.path)
             assert "retinaface_export" in blocks
-            assert provenance_problems(record.to_dict(), blocks) == [], record.path
+            assert provenance_problems(record.to_dict(), blocks, manifest.checkpoint) == [], record.path
             checked += len(blocks)
     assert checked >= 10
 
@@ -212,3 +213,56 @@ def test_every_ir_tells_model_api_readers_how_to_feed_it(folders):
             assert (marks > 100) == (record.precision != "int8"), record.path
             checked += 1
     assert checked == 5
+
+
+# ---------------------------------------------------------------- the reader and its schema are one (issue 25)
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    """A synthetic mobilenet0.25 TorchScript at 320 (a few seconds): a real manifest to mutate."""
+    from retinaface_export.cli.export import main as export_main
+
+    folder = tmp_path_factory.mktemp("small")
+    args = ["--size", "320", "--format", "torchscript", "--output-dir", str(folder), "-q"]
+    assert CliRunner().invoke(export_main, args, catch_exceptions=False).exit_code == 0
+    return folder
+
+
+# What the typed reader used to accept although manifest.schema.json rejects it (mutation, what the error says).
+SCHEMA_ONLY = {
+    "unknown top-level field": (_set(["evil"], 1), "'evil' is not a field of it"),
+    "created missing": (_delete(["created"]), "'created' is missing"),
+    "checkpoint path missing": (_delete(["checkpoint", "path"]), "checkpoint: 'path' is missing"),
+    "checkpoint sha256 missing": (_delete(["checkpoint", "sha256"]), "checkpoint: 'sha256' is missing"),
+    "unknown artifact field": (_set(["artifacts", 0, "evil"], 1), "artifacts[0]: 'evil' is not a field of it"),
+    "unknown tensor field": (_set(["artifacts", 0, "inputs", 0, "evil"], 1), "is not a field of it"),
+    "unknown post-processing field": (_set(["artifacts", 0, "postprocess", "evil"], 1), "is not a field of it"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMA_ONLY))
+def test_the_reader_refuses_what_the_schema_refuses(small_export, tmp_path, name):
+    mutation, fragment = SCHEMA_ONLY[name]
+    folder = tmp_path / "export"
+    shutil.copytree(small_export, folder)
+    data = _mutate(json.loads((folder / "manifest.json").read_text()), mutation)
+    with pytest.raises(jsonschema.ValidationError):  # the row is one the schema rejects
+        jsonschema.validate(data, json.loads(schema_path().read_text()))
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError) as caught:
+        Manifest.read(folder)
+    message = str(caught.value)
+    assert message.startswith(f"{folder / 'manifest.json'}: ") and "\n" not in message, message
+    assert fragment in message, message
+
+
+def test_the_shipped_schema_uses_only_what_the_reader_checks(small_export):
+    from retinaface_export.json_schema import schema_problem, unknown_keywords
+
+    schema = json.loads(schema_path().read_text())
+    assert unknown_keywords(schema) == set()
+    data = json.loads((small_export / "manifest.json").read_text())
+    jsonschema.validate(data, schema)
+    assert schema_problem(data, schema) is None
+    Manifest.read(small_export)

@@ -245,3 +245,92 @@ def test_record_golden_round_trip(tmp_path, real_weights):
     assert sum((tmp_path / "g" / n).stat().st_size for n in ("golden.json", "tensors.npz")) < 200_000
     for case in again.cases:
         assert len(case.rows) <= 256 + 768 and len(case.outputs[0]) == len(case.rows)
+
+
+# ------------------------------------------------ every provenance entry against the manifest (issue 25)
+
+
+@pytest.fixture(scope="module")
+def small_real_export(real_weights, tmp_path_factory):
+    """The trained checkpoint as ONNX at 320 and its OpenVINO IR (a few seconds; the packaged golden set fits)."""
+    folder = tmp_path_factory.mktemp("provenance")
+    export_checkpoint(
+        load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",)), folder
+    )
+    convert_export(folder, ConvertOptions("openvino"))
+    return folder
+
+
+def _onnx_entry(key, value):
+    """Set (value not None) or drop one metadata entry of the ONNX artifact."""
+
+    def edit(folder):
+        path = next(folder.glob("*.onnx"))
+        model = onnx.load(str(path))
+        kept = [p for p in model.metadata_props if p.key != key]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        if value is not None:
+            model.metadata_props.add(key=key, value=json.dumps(value))
+        onnx.save(model, str(path))
+        return path.name
+
+    return edit
+
+
+def _ir_mean(folder):
+    path = next(folder.glob("*.xml"))
+    text = path.read_text()
+    assert '<mean_values value="104 117 123" />' in text
+    path.write_text(text.replace('<mean_values value="104 117 123" />', '<mean_values value="0 0 0" />'))
+    return path.name
+
+
+def _manifest_entry(where, value):
+    def edit(folder):
+        path = folder / "manifest.json"
+        manifest = json.loads(path.read_text())
+        target = manifest
+        for key in where[:-1]:
+            target = target[key]
+        target[where[-1]] = value
+        path.write_text(json.dumps(manifest))
+        return None
+
+    return edit
+
+
+_WIDE_VARIANCE = {"min_sizes": [[16, 32], [64, 128], [256, 512]], "steps": [8, 16, 32], "variance": [0.2, 0.2]}
+_SMALL_FACES = {"min_sizes": [[8, 16], [32, 64], [128, 256]], "steps": [8, 16, 32], "variance": [0.1, 0.2]}
+# (edit of the export folder returning the artifact it rewrote, what parity's failure says)
+PROVENANCE_LIES = {
+    "anchors-variance": (_onnx_entry("anchors", _WIDE_VARIANCE), "says anchors="),
+    "checkpoint-sha256": (_onnx_entry("checkpoint_sha256", "0" * 64), "says checkpoint_sha256="),
+    "state-dict-sha256": (_onnx_entry("checkpoint_state_dict_sha256", "1" * 64), "says checkpoint_state_dict_sha256="),
+    "variant": (_onnx_entry("variant", "resnet50"), "says variant='resnet50'"),
+    "postprocess": (_onnx_entry("postprocess", {"mode": "decode"}), "says postprocess="),
+    "int8-record-on-fp32": (_onnx_entry("int8", {"accuracy": {"f1_drop": 0.0}}), "has int8"),
+    "anchors-missing": (_onnx_entry("anchors", None), "lacks anchors"),
+    "model-info-mean": (_ir_mean, "says mean_values='0 0 0', the manifest says '104 117 123'"),
+    "manifest-anchors": (_manifest_entry(["checkpoint", "anchors"], _SMALL_FACES), "says anchors="),
+    "manifest-file-sha256": (_manifest_entry(["checkpoint", "sha256"], None), "says checkpoint_sha256="),
+}
+
+
+def test_the_unedited_small_export_passes(small_real_export, golden_sets):
+    report = run_parity(small_real_export, golden_sets, [])
+    assert report.passed, [a.failures for a in report.artifacts]
+
+
+@pytest.mark.parametrize("lie", PROVENANCE_LIES)
+def test_every_provenance_entry_is_compared_with_the_manifest(small_real_export, golden_sets, tmp_path, lie):
+    """Issue 25: parity compared five keys, so anchors, digests, variant, post-processing, the INT8 record or
+    OpenVINO's mean could disagree with the manifest and parity passed while detect decoded differently."""
+    edit, says = PROVENANCE_LIES[lie]
+    folder = copy_export(small_real_export, tmp_path / "export")
+    edited = edit(folder)
+    if edited:
+        _rewrite_sha(folder, edited)
+    report = run_parity(folder, golden_sets, [])
+    failures = [f for a in report.artifacts for f in a.failures]
+    assert not report.passed and any(says in f for f in failures), failures

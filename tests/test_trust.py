@@ -166,7 +166,8 @@ def test_payload_injected_into_our_own_archive_is_refused(tmp_path, exported):
     injected = code.replace(line, b"%s = torch.add(%s, %s)" % (target, call, payload))
     assert injected != code
     path = rewrite(source, tmp_path / source.name, {name: injected})
-    refused(path, "retinaface.py is not code retinaface-export writes")
+    message = refused(path, "is not code retinaface-export writes")
+    assert re.search(r"retinaface(/___torch_mangle_\d+)?\.py' is not code", message), message  # numbered or not
     assert not marker.exists()
     torch.jit.load(str(path))(torch.zeros(1, 3, 64, 64))
     assert marker.exists()
@@ -179,7 +180,7 @@ class _Global:
 @pytest.mark.parametrize(
     "fault, says",
     [
-        ("extra-code-file", "evil.py is not code retinaface-export writes"),
+        ("extra-code-file", "evil.py' is not code retinaface-export writes"),
         ("missing-code-file", "is missing"),
         ("extra-entry", "entry 'extra/notes.txt' is not in archives retinaface-export writes"),
         ("stack-global", "data.pkl builds objects with STACK_GLOBAL"),
@@ -355,3 +356,212 @@ def test_garbage_and_special_files(tmp_path):
     onnx_refused(tmp_path / "m.onnx", "not an ONNX model")
     with pytest.raises(InputFileError, match="is a character device"):
         check_onnx_file("/dev/zero")
+
+
+# ---------------------------------------------------------------- torch's class numbering (issue 25, item 1)
+
+
+def _numbered_twins(source: Path) -> tuple[str, str]:
+    """Two numbered container classes of the same kind: erasing torch's numbers makes their files look alike."""
+    with zipfile.ZipFile(source) as archive:
+        files = {n: archive.read(n) for n in archive.namelist() if re.search(r"container/___torch_mangle_\d+\.py$", n)}
+    by_kind: dict[bytes, list[str]] = {}
+    for name, code in files.items():
+        by_kind.setdefault(re.sub(rb"___torch_mangle_\d+", b"", code), []).append(name)
+    return next(tuple(sorted(names)[:2]) for names in by_kind.values() if len(names) > 1)
+
+
+def _swap_code(source: Path, target: Path) -> Path:
+    first, second = _numbered_twins(source)
+    with zipfile.ZipFile(source) as archive:
+        return rewrite(source, target, {first: archive.read(second), second: archive.read(first)})
+
+
+def _swap_classes_in_data_pkl(source: Path, target: Path) -> Path:
+    """The module tree rewired: two numbered classes' objects trade classes in data.pkl (code untouched)."""
+    first, second = (re.search(r"___torch_mangle_\d+", n).group(0).encode() for n in _numbered_twins(source))
+    name = entry(source, r"^[^/]+/data\.pkl$")
+    with zipfile.ZipFile(source) as archive:
+        data = archive.read(name)
+    pattern = re.compile(b"(?:" + re.escape(first) + b"|" + re.escape(second) + rb")(?=\s)")
+    swapped = pattern.sub(lambda m: second if m.group(0) == first else first, data)
+    assert swapped != data
+    return rewrite(source, target, {name: swapped})
+
+
+SWAPS = {"code-files-swapped": _swap_code, "data-pkl-classes-swapped": _swap_classes_in_data_pkl}
+
+
+@pytest.mark.parametrize("swap", SWAPS)
+def test_classes_swapped_under_torch_numbering_are_refused(tmp_path, exported, swap):
+    """``tsx_ts_mangle_swap_detect``: the check used to erase ``___torch_mangle_N`` and accept these."""
+    path = SWAPS[swap](ts_file(exported), tmp_path / ts_file(exported).name)
+    refused(path, "its code is not what retinaface-export writes")
+
+
+def test_numbering_does_not_matter_where_it_is_consistent(tmp_path, exported):
+    """The in-process export (numbered classes) passes, and so does the same archive renumbered throughout."""
+    source = ts_file(exported)
+    with zipfile.ZipFile(source) as archive:
+        numbers = sorted({int(n) for n in re.findall(r"___torch_mangle_(\d+)", " ".join(archive.namelist()))})
+        shift = {str(n).encode(): str(n + 1000).encode() for n in numbers}
+        renumbered = {
+            re.sub(r"___torch_mangle_(\d+)", lambda m: f"___torch_mangle_{int(m.group(1)) + 1000}", info.filename): (
+                re.sub(rb"___torch_mangle_(\d+)", lambda m: b"___torch_mangle_" + shift[m.group(1)], archive.read(info))
+                if not _is_storage(info.filename)
+                else archive.read(info)
+            )
+            for info in archive.infolist()
+        }
+    target = tmp_path / source.name
+    with zipfile.ZipFile(target, "w") as out:
+        for name, data in renumbered.items():
+            out.writestr(name, data)
+    check_torchscript_archive(target)
+
+
+def _is_storage(name: str) -> bool:
+    return re.search(r"/(data|traced_inputs)/\d+$", name) is not None
+
+
+def test_detect_parity_and_bench_refuse_the_swapped_archive(tmp_path, exported):
+    from retinaface_export.cli import bench as bench_cli
+    from retinaface_export.cli import detect as detect_cli
+    from retinaface_export.golden import find_golden_sets
+    from retinaface_export.hashing import sha256_file
+    from retinaface_export.manifest import Manifest
+    from retinaface_export.parity import check_artifact, packaged_golden_root
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    swapped = _swap_code(ts_file(exported), folder / ts_file(exported).name)
+    manifest = json.loads((exported / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] == swapped.name]
+    manifest["artifacts"][0] |= {"sha256": sha256_file(swapped), "bytes": swapped.stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    photo = tmp_path / "photo.png"
+    import cv2
+
+    cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
+    runs = {
+        "detect": CliRunner().invoke(detect_cli.main, [str(photo), "--model", str(swapped), "-q"]),
+        "bench": CliRunner().invoke(bench_cli.main, [str(folder), "--no-eager", "--runs", "3", "--mode", "latency"]),
+    }
+    for command, result in runs.items():
+        assert result.exit_code == 1, (command, result.output)
+        assert "refused before loading" in result.stderr and "Traceback" not in result.output, (command, result.output)
+    read = Manifest.read(folder)
+    verdict = check_artifact(
+        folder, read.artifacts[0], find_golden_sets(packaged_golden_root())[0], [], read.checkpoint
+    )
+    assert not verdict.passed and "refused before loading" in " ".join(verdict.failures), verdict.failures
+
+
+# ---------------------------------------------------------------- provenance is input (issue 25, items 2 and 3)
+
+# What an artifact may claim, crafted: every row must be one line naming the file, never a traceback.
+BAD_PROVENANCE = {
+    "anchors-a-string": ("anchors", "abc", "expected a table of min_sizes"),
+    "anchors-step-0": (
+        "anchors",
+        {"min_sizes": [[16, 32], [64, 128], [256, 512]], "steps": [0, 16, 32], "variance": [0.1, 0.2]},
+        "steps must hold positive integers",
+    ),
+    "anchors-10000-per-cell": (
+        "anchors",
+        {"min_sizes": [[16] * 10**4] * 3, "steps": [8, 16, 32], "variance": [0.1, 0.2]},
+        "anchors per cell",
+    ),
+    "input-size-0x0": ("input_size", [0, 0], "sides must be positive multiples of 32"),
+    "input-size-a-string": ("input_size", "abc", "'input_size' must be [height, width]"),
+    "input-size-99968": ("input_size", [99968, 99968], "above the largest allowed side"),
+    "batch-a-string": ("batch", "abc", "'batch' must be an integer"),
+    "batch-huge": ("batch", 10**9, "above the largest allowed batch"),
+    "postprocess-unknown": ("postprocess", {"mode": "abc"}, "unknown post-processing"),
+    "top-k-huge": ("postprocess", {"mode": "nms", "top_k": 10**12}, "--top-k must be from 1 to 200000"),
+    "input-format-unknown": ("input_format", "abc", "unknown input format"),
+    "precision-unknown": ("precision", "fp64", "unknown precision 'fp64'"),
+    "mean-nan": ("mean_bgr", ["NaN", 1, 2], "'mean_bgr' must be three finite numbers"),
+}
+
+
+def _onnx_with(source: Path, target: Path, key: str, value: Any) -> Path:
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = json.dumps(value)
+            break
+    else:
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(model, str(target))
+    return target
+
+
+def _torchscript_with(source: Path, target: Path, key: str, value: Any) -> Path:
+    name = entry(source, r"extra/provenance\.json$")
+    with zipfile.ZipFile(source) as archive:
+        provenance = json.loads(archive.read(name))
+    return rewrite(source, target, {name: json.dumps(provenance | {key: value}).encode()})
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("case", BAD_PROVENANCE)
+def test_crafted_provenance_is_one_line_never_a_traceback(tmp_path, exported, case, fmt):
+    from retinaface_export.cli import detect as detect_cli
+
+    key, value, says = BAD_PROVENANCE[case]
+    if fmt == "onnx":
+        model = _onnx_with(onnx_file(exported), tmp_path / onnx_file(exported).name, key, value)
+    else:
+        model = _torchscript_with(ts_file(exported), tmp_path / ts_file(exported).name, key, value)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(_PNG_64)
+    result = CliRunner().invoke(detect_cli.main, [str(photo), "--model", str(model), "-q"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{model}: malformed provenance" in lines[0] and says in lines[0], lines
+
+
+def _png(height: int, width: int) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+_PNG_64 = _png(64, 64)
+
+
+def test_trust_check_builds_no_reference_from_an_unbounded_claim(tmp_path, exported, monkeypatch):
+    """A claim of NMS with 10,000 anchors per cell used to make the check build that reference (OOM)."""
+    from retinaface_export.converters.torchscript import trust
+
+    built = []
+    original = trust._traced_archive
+
+    def guarded(variant: str, post: str) -> bytes:
+        built.append(post)
+        assert len(post) < 10_000, "a reference was built from an unbounded claim"
+        return original(variant, post)
+
+    monkeypatch.setattr(trust, "_traced_archive", guarded)
+    monkeypatch.setattr(trust, "_REFERENCES", {})
+    anchors = {"min_sizes": [[16] * 10**4] * 3, "steps": [8, 16, 32], "variance": [0.1, 0.2]}
+    path = _torchscript_with(ts_file(exported), tmp_path / "x.torchscript.pt", "postprocess", {"mode": "nms"})
+    path = _torchscript_with(path, tmp_path / "y.torchscript.pt", "anchors", anchors)
+    check_torchscript_archive(path)  # the code is ours (raw outputs); the claim is refused where it is used
+    assert built == [""]
+
+
+@pytest.mark.parametrize("what", ["provenance", "pickle"])
+def test_oversized_torchscript_entries_are_refused(tmp_path, exported, what):
+    """What the check keeps of an archive is bounded: provenance.json and each pickle at most 1 MiB."""
+    source, target = ts_file(exported), tmp_path / "x.torchscript.pt"
+    if what == "provenance":
+        _torchscript_with(source, target, "pad", "x" * (2 << 20))
+        refused(target, "provenance.json larger than")
+    else:
+        rewrite(source, target, {entry(source, r"^[^/]+/data\.pkl$"): b"\x80\x02" + b"N0" * (1 << 20) + b"N."})
+        refused(target, "data.pkl larger than")

@@ -24,6 +24,7 @@ from retinaface_export.converters.ncnn.trust import CheckedArtifact, check_ncnn_
 from retinaface_export.errors import UsageError
 from retinaface_export.extras import import_extra
 from retinaface_export.format_api import Runner, Runtime
+from retinaface_export.provenance import checked_provenance
 
 EXTRA = "ncnn"
 _REDUCED_OFF = {
@@ -77,9 +78,11 @@ def ncnn_runner(path: Path, threads: int | None = None) -> tuple[dict[str, Any],
 
     Raises:
         UntrustedArtifactError: the files are not what retinaface-export writes (see ``trust``).
+        ProvenanceError: the sidecar's provenance is malformed or out of bounds.
         UsageError: (when run) an input of another size than a fixed-size artifact's.
     """
     checked = check_ncnn_artifact(path)
+    checked_provenance(path, checked.provenance)  # its precision and size choose options below: validated first
     ncnn = ncnn_module()
     net = open_net(checked, threads)
     fixed = _fixed_size(checked.provenance)

@@ -359,13 +359,15 @@ def main(
         if threads is None and engine == "local":
             threads = runtime_threads()  # one CPU left for decoding
         detector = Detector.from_artifact(artifact, config, threads=threads, optimize=optimize)
+        for notice in detector.backend.notices:
+            log.warning("%s: %s", artifact, notice)
     batch = batch_size_for(detector, batch_size)
     outputs = _Outputs(
         JsonLines(predictions, resume) if predictions is not None else None,
         widerface_predictions,
         json_path,
         output_dir,
-        titled_table(f"faces ({detector.backend.name}, {detector.backend.source})") if not streaming else None,
+        _faces_table(detector) if not streaming else None,
     )
     done = outputs.stream.done if outputs.stream is not None else set()
     if done:
@@ -401,6 +403,13 @@ def main(
     outputs.finish(quiet)
     if outputs.failures:
         raise click.exceptions.Exit(1)
+
+
+def _faces_table(detector: Detector) -> Table:
+    table = titled_table(f"faces ({detector.backend.name}, {detector.backend.source})")
+    table.add_column("image")
+    table.add_column("faces", justify="right")
+    return table
 
 
 class _Outputs:

@@ -9,18 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from retinaface_export.anchors import AnchorConfig
 from retinaface_export.checkpoint import LoadedCheckpoint
 from retinaface_export.eager import eager_runner
-from retinaface_export.errors import FileError, RetinaFaceExportError, UsageError
+from retinaface_export.errors import FileError, RetinaFaceExportError
 from retinaface_export.format_api import ArtifactFormat, Runner
 from retinaface_export.formats import FORMATS, format_for_path
 from retinaface_export.postprocess.settings import PostprocessSpec
-from retinaface_export.preprocess import DEFAULT_INPUT_FORMAT, INPUT_FORMATS, to_network_input
+from retinaface_export.preprocess import INPUT_FORMATS, to_network_input
+from retinaface_export.provenance import checked_provenance
 from retinaface_export.sizes import InputSize
 
 
@@ -40,6 +40,11 @@ class Backend:
     prepare: Callable[[np.ndarray], np.ndarray] = to_network_input
     # What the model computes after the network (raw outputs, decoded boxes, or NMS'd detections).
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    # How an image is fitted to a fixed input: "letterbox" (aspect kept, padded) or "stretch", as the artifact
+    # tells its clients (an OpenVINO IR's rt_info/model_info resize_type)
+    resize: str = "letterbox"
+    # What the artifact tells other clients about its input that its provenance does not back (the CLI warns).
+    notices: tuple[str, ...] = ()
 
 
 def eager_backend(checkpoint: LoadedCheckpoint, input_size: InputSize | None = None) -> Backend:
@@ -62,15 +67,12 @@ def format_of(path: Path) -> ArtifactFormat:
     return fmt
 
 
-def _input_size(value: Any) -> InputSize | None:
-    return None if value == "dynamic" else InputSize(int(value[0]), int(value[1]))
-
-
 def artifact_backend(path: str | Path, threads: int | None = None, optimize: bool = False) -> Backend:
     """Open an exported artifact with its runtime, configured from the provenance inside it.
 
     Raises:
         FileError: missing file, unknown type, unreadable, or without retinaface-export provenance.
+        ProvenanceError: its provenance is malformed or out of bounds.
     """
     path = Path(path)
     if not path.is_file():
@@ -85,24 +87,32 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
         raise  # refused by the trust checks (their message names the file and the reason), or no runtime
     except Exception as exc:  # each runtime's loader fails in its own types on a damaged file
         raise FileError(path, f"cannot read {fmt.name} artifact ({type(exc).__name__}: {exc})") from exc
-    missing = {"anchors", "input_size", "batch"} - provenance.keys()
-    if missing:
-        raise FileError(path, f"no retinaface-export provenance ({', '.join(sorted(missing))} missing)")
-    batch = provenance["batch"]
-    try:
-        postprocess = PostprocessSpec.from_record(provenance.get("postprocess"))
-    except UsageError as exc:
-        raise FileError(path, f"unreadable post-processing in its provenance ({exc})") from exc
-    input_format = provenance.get("input_format", DEFAULT_INPUT_FORMAT)
-    if input_format not in INPUT_FORMATS:
-        raise FileError(path, f"unknown input format {input_format!r} in its provenance")
+    claimed = checked_provenance(path, provenance)
     return Backend(
         name=fmt.backend,
         source=str(path),
         run=run,
-        anchors=AnchorConfig.from_mapping(provenance["anchors"]),
-        input_size=_input_size(provenance["input_size"]),
-        batch=None if batch == "dynamic" else int(batch),
-        prepare=INPUT_FORMATS[input_format],
-        postprocess=postprocess,
+        anchors=claimed.anchors,
+        input_size=claimed.input_size,
+        batch=claimed.batch,
+        prepare=INPUT_FORMATS[claimed.input_format],
+        postprocess=claimed.postprocess,
+        resize=fmt.client_resize(path),
+        notices=tuple(fmt.input_notices(path, provenance)),
     )
+
+
+def input_notices(path: str | Path) -> list[str]:
+    """What the artifact at ``path`` tells other clients about its input that its provenance does not back.
+
+    Reads nothing for formats that state nothing to other clients; [] for a file that cannot be read (opening
+    it reports that).
+    """
+    path = Path(path)
+    try:
+        fmt = format_of(path)
+        if type(fmt).input_notices is ArtifactFormat.input_notices:
+            return []
+        return fmt.input_notices(path, fmt.read_provenance(path))
+    except Exception:  # an unreadable or refused file: the command that opens it says why
+        return []

@@ -221,8 +221,8 @@ def eager_checkpoint(manifest: Manifest) -> tuple[LoadedCheckpoint | None, str |
         synthetic generator no longer makes the exported weights).
 
     Raises:
-        CheckpointError: the checkpoint file is there but is not the one exported (sha256 differs), or
-            fails to load.
+        CheckpointError: the checkpoint file is there but is not the one exported (its sha256 or, always,
+            its state dict's sha256 differs from the manifest's), or fails to load.
     """
     record = manifest.checkpoint
     variant = get_variant(record["variant"])
@@ -230,7 +230,7 @@ def eager_checkpoint(manifest: Manifest) -> tuple[LoadedCheckpoint | None, str |
         variant = variant.with_anchors(AnchorConfig.from_mapping(record["anchors"]))
     if record.get("synthetic"):
         checkpoint = synthetic_checkpoint(variant)
-        if record.get("state_dict_sha256") not in (None, checkpoint.state_dict_sha256):
+        if record.get("state_dict_sha256") != checkpoint.state_dict_sha256:
             return None, "eager skipped: this version's synthetic weights differ from the exported ones"
         return checkpoint, None
     path = Path(record["path"])
@@ -240,7 +240,13 @@ def eager_checkpoint(manifest: Manifest) -> tuple[LoadedCheckpoint | None, str |
         raise CheckpointError(
             path, "sha256 differs from the export's manifest: not the checkpoint these artifacts were made from"
         )
-    return load_checkpoint(path, backbone=variant.name, anchors=variant.anchors), None
+    checkpoint = load_checkpoint(path, backbone=variant.name, anchors=variant.anchors)
+    if checkpoint.state_dict_sha256 != record.get("state_dict_sha256"):  # the file's sha256 may be null
+        raise CheckpointError(
+            path,
+            "state dict sha256 differs from the export's manifest: not the weights these artifacts were made from",
+        )
+    return checkpoint, None
 
 
 def checkpoint_model(manifest: Manifest, cache: OnceCache) -> Callable[[], torch.nn.Module]:
