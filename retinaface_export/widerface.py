@@ -11,6 +11,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from functools import cached_property
@@ -103,18 +104,30 @@ def _check_ground_truth(
         ValueError: naming the first image that breaks a rule.
     """
     counts = np.array([len(b) for b in boxes], dtype=np.int64)
-    finite = np.isfinite(np.concatenate(boxes)).all(axis=1) if counts.sum() else np.ones(0, bool)
+    flat = np.concatenate(boxes) if counts.sum() else np.zeros((0, 4))
+    kept_counts = {s: np.array([len(k) for k in keep[s]], dtype=np.int64) for s in SETTINGS}
+    kept = {s: np.concatenate(keep[s]) if kept_counts[s].sum() else np.zeros(0, np.int64) for s in SETTINGS}
+    _check_flat(images, flat, counts, kept, kept_counts)
+
+
+def _check_flat(
+    images: list[tuple[str, str]],
+    boxes: np.ndarray,
+    counts: np.ndarray,
+    kept: dict[str, np.ndarray],
+    kept_counts: dict[str, np.ndarray],
+) -> None:
+    """:func:`_check_ground_truth` of the boxes and keep lists of every image one after the other (``counts`` each)."""
+    finite = np.isfinite(boxes).all(axis=1)
     if not finite.all():
         image = int(np.searchsorted(np.cumsum(counts), np.flatnonzero(~finite)[0], side="right"))
         raise ValueError(f"image {shown(images[image][1])} has NaN or infinite boxes")
     for setting in SETTINGS:
-        kept_counts = np.array([len(k) for k in keep[setting]], dtype=np.int64)
-        if not kept_counts.sum():
+        if not kept_counts[setting].sum():
             continue
-        kept = np.concatenate(keep[setting])
-        wrong = (kept < 1) | (kept > np.repeat(counts, kept_counts))
+        wrong = (kept[setting] < 1) | (kept[setting] > np.repeat(counts, kept_counts[setting]))
         if wrong.any():
-            image = int(np.searchsorted(np.cumsum(kept_counts), np.flatnonzero(wrong)[0], side="right"))
+            image = int(np.searchsorted(np.cumsum(kept_counts[setting]), np.flatnonzero(wrong)[0], side="right"))
             raise ValueError(f"{setting}: image {shown(images[image][1])} keeps boxes it does not have")
 
 
@@ -330,14 +343,18 @@ def read_ground_truth_npz(path: str | Path, key: str) -> GroundTruth:
             arrays = {name: npz[name] for name in npz.files}
         if int(arrays["format"][0]) != _CACHE_FORMAT or str(arrays["key"][0]) != key:
             raise ValueError("written for other .mat files or by another version")
-        events = tuple(check_plain_name(str(e)) for e in arrays["events"])
-        names = [check_plain_name(str(n)) for n in arrays["image_names"]]
-        images = [(events[int(e)], n) for e, n in zip(arrays["image_events"], names, strict=True)]
-        boxes = _pieces(arrays["boxes"].astype(float).reshape(-1, 4), arrays["box_counts"])
-        keep = {s: _pieces(arrays[f"keep_{s}"].astype(np.int64), arrays[f"keep_counts_{s}"]) for s in SETTINGS}
+        events = tuple(check_plain_name(str(e)) for e in arrays["events"].tolist())
+        names = [check_plain_name(str(n)) for n in arrays["image_names"].tolist()]
+        images = [(events[int(e)], n) for e, n in zip(arrays["image_events"].tolist(), names, strict=True)]
+        flat = arrays["boxes"].astype(float).reshape(-1, 4)
+        counts = arrays["box_counts"].astype(np.int64)
+        kept = {s: arrays[f"keep_{s}"].astype(np.int64) for s in SETTINGS}
+        kept_counts = {s: arrays[f"keep_counts_{s}"].astype(np.int64) for s in SETTINGS}
+        boxes = _pieces(flat, counts)
+        keep = {s: _pieces(kept[s], kept_counts[s]) for s in SETTINGS}
         if not (len(boxes) == len(images) and all(len(keep[s]) == len(images) for s in SETTINGS)):
             raise ValueError("its lists differ in length")
-        _check_ground_truth(images, boxes, keep)
+        _check_flat(images, flat, counts, kept, kept_counts)
     except (KeyError, IndexError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise FileError(path, f"not a ground-truth cache file for these .mat files ({type(exc).__name__})") from None
     return GroundTruth(events, tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
@@ -387,7 +404,7 @@ def _read_file_bytes(path: str) -> bytes:
     try:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_PREDICTION_FILE_BYTES:
-            os.set_blocking(fd, True)
+            # O_NONBLOCK "has no effect for regular files" (open(2)): no fcntl calls to clear it, per file
             chunks = [os.read(fd, info.st_size + 1)]
             while chunks[-1] and sum(map(len, chunks)) <= MAX_PREDICTION_FILE_BYTES:
                 chunks.append(os.read(fd, 1 << 16))
@@ -401,139 +418,154 @@ def _read_file_bytes(path: str) -> bytes:
     return read_regular_bytes(Path(path), "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
 
 
-# splitlines() breaks lines at these too (\r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029): a header with any
-# of them is read by the line-by-line path
-_LINE_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+# splitlines() breaks lines at these too (\r, \v, \f, \x1c-\x1e, and once decoded \x85, \u2028, \u2029; a lone
+# \x85 byte decodes to U+FFFD): a header with any of them is read by the line-by-line path
+_ODD_BREAK = re.compile(rb"[\r\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 # Fields are read eight bytes at a time as little-endian uint64 words (SWAR): the word that ends a field
-# and, for a field of 9 to 16 bytes, the word before it. Longer fields, and mantissas past 2**53 (which
-# would not convert exactly), are given to float().
+# and, for a field of 9 to 15 bytes, the word before it (at most 15 digits: below 2**53, so the mantissa
+# converts exactly). Fields of 16 bytes and more are given to float(). The text is read in pieces of about
+# _PIECE bytes (whole files): on the whole text at once, most of the time went to fresh memory, and small
+# pieces spend it on NumPy's per-call overhead.
 _WORD = 8
 _LONGEST = 2 * _WORD
-_EXACT = np.uint64(2**53)
+_PIECE = 1 << 18
 _POW10 = 10.0 ** np.arange(_LONGEST + 1)
-_POW10_INT = np.array([10**i for i in range(_LONGEST + 1)], dtype=np.uint64)
+_POW10_INT = np.array([10**i for i in range(_WORD + 1)], dtype=np.uint64)
 _LOW_BITS = np.uint64(0x0101010101010101)
-_ZEROS = np.uint64(0x3030303030303030)
-# _FIELD_MASK[k]: the last k bytes of a word (a field's own bytes when it is k bytes long)
-_FIELD_MASK = np.array([0] + [((1 << (8 * k)) - 1) << (8 * (_WORD - k)) for k in range(1, _WORD + 1)], np.uint64)
-# _FIRST_BYTE[k]: the low bit of the first of those k bytes (where a '-' may stand)
-_FIRST_BYTE = np.array([0] + [1 << (8 * (_WORD - k)) for k in range(1, _WORD + 1)], np.uint64)
+# _FIELD_LOW[k]: the low bit of each of the last k bytes of a word (a field's own bytes when it is k long)
+_FIELD_LOW = np.array([sum(1 << (8 * (_WORD - 1 - i)) for i in range(k)) for k in range(_WORD + 1)], np.uint64)
 
 
-def _byte_count(flags: np.ndarray) -> np.ndarray:
-    """How many bytes of each word have their low bit set (the word holds only 0/1 bytes)."""
-    return ((flags * _LOW_BITS) >> np.uint64(56)).astype(np.int64)
+def _plain_body(data: bytes) -> tuple[str, bytes | memoryview] | None:
+    """(image key, body ending in a newline) of a file the one-pass parser may read, or None.
 
-
-def _eight_digits(words: np.ndarray) -> np.ndarray:
-    """The values of eight ASCII digits packed in little-endian uint64 words (first byte most significant)."""
-    v = words - _ZEROS
-    v = (v * np.uint64(10) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
-    v = (v * np.uint64(100) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
-    return (v * np.uint64(10000) + (v >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
-
-
-def _read_word(words: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(value of its digits, '.' flags, '-' flags, first-byte flag) of the last ``size`` bytes of each word.
-
-    The bytes are digits, '.' or '-' (the caller checked): a digit has bit 4 set ('0'-'9' are 0x30-0x39),
-    '.' and '-' (0x2e, 0x2d) do not and differ in bit 0. Every other byte reads as '0'.
-    """
-    mask = _FIELD_MASK[size]
-    low = mask & _LOW_BITS
-    digit = ((words >> np.uint64(4)) & low) * np.uint64(0xFF)
-    other = low & ~((words >> np.uint64(4)) & low)
-    minus = other & words
-    dot = other & ~words
-    value = _eight_digits((words & digit) | (_ZEROS & ~digit))
-    return value, dot, minus, _FIRST_BYTE[size]
-
-
-def _plain_body(data: bytes) -> tuple[str, bytes] | None:
-    """(image key, body ending in a newline) of a file the one-pass parser reads as the reference does, or None.
-
-    None for a file the reference's line-by-line reading could see differently: another line break, not
-    four spaces a line (an optional trailing space apart, as biubug6's writer leaves). :func:`_parse_plain`
-    checks each line, field and byte of the body.
+    None for a file whose first two lines the reference's ``splitlines()`` could see differently (another
+    line break) or that has no second line. :func:`_parse_plain` checks each line, field and byte of the body.
     """
     first = data.find(b"\n")
     second = data.find(b"\n", first + 1) if first >= 0 else -1
-    if second < 0:
+    if second < 0 or _ODD_BREAK.search(data, 0, second):
         return None
-    header = data[: second + 1].decode("utf-8", errors="replace")
-    if any(mark in header for mark in _LINE_BREAKS):
-        return None
-    name = data[:first].decode("utf-8", errors="replace")
-    body = data[second + 1 :]
-    if body and not body.endswith(b"\n"):
-        body += b"\n"
-    body = body.replace(b" \n", b"\n")
-    if body.startswith((b" ", b"\n")) or body.count(b" ") != 4 * body.count(b"\n"):
-        return None
-    return _image_key(name), body
+    key = _image_key(data[:first].decode("utf-8", errors="replace"))
+    if data[-1] != 10:  # the last row without its newline
+        return key, data[second + 1 :] + b"\n"
+    return key, memoryview(data)[second + 1 :]
 
 
-def _parse_plain(blob: bytes, lines_per_file: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, files to read line by line) of bodies checked by :func:`_plain_body`, joined in ``blob``.
+def _word_digits(words: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(value of its digits, digit flags, '.' flags, digits after the '.') of the last ``size`` bytes of each word.
 
-    One pass of NumPy over the bytes: fields are found from the separators (single spaces and newlines,
-    five fields a line), checked (digits, '.' and '-' only, a '-' only first, at most one '.', a digit)
-    and converted, eight bytes at a time, to an exact integer mantissa divided by a power of ten: the
-    correctly rounded value ``float()`` gives. A field past 16 bytes or 2**53 is given to ``float()``
-    itself. A file with anything else is flagged (its rows are then read line by line).
+    The bytes are digits, '.' or '-' (the caller checked): a digit has bit 4 set ('0'-'9' are 0x30-0x39),
+    '.' and '-' (0x2e, 0x2d) do not and differ in bit 0. A word's first byte is its lowest (little-endian);
+    the digits before a '.' move up one byte over it, so the digits stand together whatever the '.'. The
+    eight digits are then summed in three multiplications (Lemire's "parse eight digits").
     """
-    padded = b" " * _LONGEST + blob
-    chars = np.frombuffer(padded, np.uint8)
-    separator = (chars == 32) | (chars == 10)
-    ends = np.flatnonzero(separator)[_LONGEST:]
-    rows = len(ends) // 5
-    bad_file = np.zeros(len(lines_per_file), bool)
-    file_of_row = np.repeat(np.arange(len(lines_per_file)), lines_per_file)
-    if len(ends) != 5 * rows or rows != len(file_of_row):  # cannot happen after _plain_body; be safe
-        return np.zeros((0, 5)), ~bad_file
-    layout = chars[ends].reshape(rows, 5)
-    bad_row = (layout[:, :4] != 32).any(axis=1) | (layout[:, 4] != 10)
-    # a byte that is not a digit, '.', '-' (45 to 57, but '/') or a separator spoils its row
-    odd = np.flatnonzero(((chars - np.uint8(45) > 12) | (chars == 47)) & ~separator)
-    bad_row[np.searchsorted(ends, odd) // 5] = True
-    lengths = np.diff(ends, prepend=_LONGEST - 1) - 1
-    # every (unaligned) eight bytes of the text as a little-endian word
-    words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=padded, strides=(1,))
-    low_size = np.minimum(lengths, _WORD)
-    value, dots, minus, first = _read_word(words[ends - _WORD], low_size)
-    dot_count, minus_count = _byte_count(dots), _byte_count(minus)
-    fraction = np.zeros(len(ends), np.int64)
-    has_dot = dots != 0
-    # the bytes after the dot: the dot's flag is 1 << 8·i for the i-th byte of the word
-    fraction[has_dot] = _WORD - 1 - (np.log2(dots[has_dot].astype(float)).astype(np.int64) >> 3)
-    minus_ok = (minus == 0) | ((minus == first) & (lengths <= _WORD))
-    two = np.flatnonzero((lengths > _WORD) & (lengths <= _LONGEST))
-    if len(two):  # fields of 9 to 16 bytes: the word before
-        high, high_dots, high_minus, high_first = _read_word(words[ends[two] - _LONGEST], lengths[two] - _WORD)
-        value[two] += high * np.uint64(10**_WORD)
-        dot_count[two] += _byte_count(high_dots)
-        minus_count[two] += _byte_count(high_minus)
-        in_high = high_dots != 0
-        fraction[two[in_high]] = _LONGEST - 1 - (np.log2(high_dots[in_high].astype(float)).astype(np.int64) >> 3)
-        minus_ok[two] = (minus[two] == 0) & ((high_minus == 0) | (high_minus == high_first))
-    bad_field = (dot_count > 1) | (minus_count > 1) | ~minus_ok | (lengths - minus_count - dot_count < 1)
-    # a dot read as a '0': the integer part stands one place too high
-    tail = value % _POW10_INT[fraction]
-    mantissa = np.where(dot_count == 1, (value - tail) // np.uint64(10) + tail, value)
-    values = mantissa.astype(float) / _POW10[fraction]
-    values[minus_count == 1] *= -1.0
-    long = np.flatnonzero((lengths > _LONGEST) | (mantissa >= _EXACT))
-    if len(long):  # float() itself, as the reference reads them
-        spans = zip(long.tolist(), (ends[long] - lengths[long]).tolist(), ends[long].tolist(), strict=True)
-        for field, start, end in spans:
-            try:
-                values[field], bad_field[field] = float(padded[start:end]), False
-            except ValueError:
-                bad_field[field] = True
-    bad_row |= bad_field.reshape(rows, 5).any(axis=1)
-    values = values.reshape(rows, 5)
-    bad_file[file_of_row[bad_row]] = True
-    return values, bad_file
+    field = _FIELD_LOW[size]
+    digit = (words >> np.uint64(4)) & field
+    dot = (field ^ digit) & ~words
+    above = ~((dot << np.uint64(1)) - np.uint64(1))  # the bits above the '.' (none without one)
+    after = ((digit & above) * _LOW_BITS) >> np.uint64(56)
+    nibbles = words & (digit * np.uint64(0x0F))
+    moved = nibbles & (dot - np.minimum(dot, np.uint64(1)))  # the digits before the '.'
+    nibbles ^= moved
+    nibbles |= moved << np.uint64(8)
+    v = nibbles * np.uint64(10) + (nibbles >> np.uint64(8))  # each even byte: two digits
+    pairs = np.uint64(0x000000FF000000FF)
+    v = (v & pairs) * np.uint64(100 + (1_000_000 << 32)) + ((v >> np.uint64(16)) & pairs) * np.uint64(
+        1 + (10_000 << 32)
+    )
+    return v >> np.uint64(32), digit, dot, after
+
+
+def _parse_piece(
+    text: bytes, chars: np.ndarray, words: np.ndarray, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows×5 values, where each line ends) of ``text[start:stop]`` (whole lines), or None if not plain.
+
+    Lines are five fields and a newline, single spaces between them; every line of the piece may end with
+    one more space (biubug6's writer leaves it), or none does. ``chars`` and ``words`` are ``text`` as bytes
+    and as the (unaligned) uint64 word at each byte; ``text[:start]`` ends with a separator.
+    """
+    piece = chars[start:stop]
+    kind = piece - np.uint8(45)  # '-' 0, '.' 1, '/' 2, digits 3 to 12; the separators and all else above
+    separators = np.flatnonzero(kind > 12)
+    if (kind == 2).any():
+        return None
+    layout = piece[separators]
+    line_ends = separators[layout == 10]
+    rows = len(line_ends)
+    width = len(separators) // rows if rows and len(separators) in (5 * rows, 6 * rows) else 0
+    if not width or not (layout.reshape(rows, width)[:, :-1] == 32).all() or layout[-1] != 10:
+        return None  # four spaces (five with the trailing one) then the newline, every line
+    lengths = np.diff(separators, prepend=-1) - 1
+    if width == 6:  # the trailing space: an empty sixth field, left out
+        if (lengths[5::6] != 0).any():
+            return None
+        separators, lengths = separators.reshape(rows, 6)[:, :5].ravel(), lengths.reshape(rows, 6)[:, :5].ravel()
+    minus = np.flatnonzero(kind == 0)
+    before = chars[start - 1 + minus]
+    if not ((before == 32) | (before == 10)).all():  # a '-' only first
+        return None
+    ends = separators + start
+    value, digit, dot, after = _word_digits(words[ends - _WORD], np.minimum(lengths, _WORD))
+    malformed = ((dot & (dot - np.uint64(1))) != 0) | (digit == 0)  # two '.' in the word, or no digit
+    two = np.flatnonzero(lengths > _WORD)
+    if len(two):  # fields of 9 to 16 bytes: the word before (the last word holds at least six digits)
+        high, _, high_dot, high_after = _word_digits(
+            words[ends[two] - _LONGEST], np.minimum(lengths[two] - _WORD, _WORD)
+        )
+        low_digits = (digit[two] * _LOW_BITS) >> np.uint64(56)
+        value[two] += high * _POW10_INT[low_digits]
+        after[two] = np.where(high_dot != 0, high_after + low_digits, after[two])
+        malformed[two] |= (high_dot & (high_dot - np.uint64(1)) != 0) | ((high_dot != 0) & (dot[two] != 0))
+    long = lengths >= _LONGEST  # 16 digits may pass 2**53, longer fields are not read here: float() reads them
+    if (malformed & ~long).any():
+        return None
+    values = value.astype(float) / _POW10[after]
+    values[np.searchsorted(ends, minus + start)] *= -1.0  # a '-' stands first: its field ends next
+    long = np.flatnonzero(long)
+    for field in long.tolist():  # float() itself, as the reference reads them
+        try:
+            values[field] = float(text[ends[field] - lengths[field] : ends[field]])
+        except ValueError:
+            return None
+    return values.reshape(rows, 5), line_ends + start
+
+
+def _parse_plain(bodies: list[bytes | memoryview]) -> list[np.ndarray | None]:
+    """The N×5 rows of each body from :func:`_plain_body`, or None for one to read line by line.
+
+    One pass of NumPy over the bytes, a piece of whole files at a time: fields are found from the
+    separators (single spaces and newlines, five fields a line, a space that ends a line dropped),
+    checked (digits, '.' and '-' only, a '-' only first, at most one '.', a digit) and converted, eight
+    bytes at a time, to an exact integer mantissa divided by a power of ten: the correctly rounded value
+    ``float()`` gives. A field of 16 bytes or more is given to ``float()`` itself. A piece with anything
+    else has its files read line by line.
+    """
+    pad = b"\n" * _LONGEST  # before the text: the first field follows a separator, its words stay inside
+    text = b"".join([pad, *bodies])
+    bounds = np.cumsum([_LONGEST, *map(len, bodies)], dtype=np.int64)
+    chars = np.frombuffer(text, np.uint8)
+    words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=text, strides=(1,))
+    found: list[np.ndarray | None] = [None] * len(bodies)
+    cuts = np.searchsorted(bounds, np.arange(_LONGEST + _PIECE, bounds[-1], _PIECE)).tolist()
+    for first, last in itertools.pairwise(sorted({0, *cuts, len(bodies)})):
+        piece_bounds = bounds[first : last + 1]
+        parsed = _parse_piece(text, chars, words, int(piece_bounds[0]), int(piece_bounds[-1]))
+        if parsed is None and b" \n" in text[piece_bounds[0] : piece_bounds[-1]]:
+            # some lines end with a space and some do not: once more without those spaces
+            parts = [bytes(body).replace(b" \n", b"\n") for body in bodies[first:last]]
+            piece_text = b"".join([pad, *parts])
+            piece_bounds = np.cumsum([_LONGEST, *map(len, parts)], dtype=np.int64)
+            piece_chars = np.frombuffer(piece_text, np.uint8)
+            piece_words = np.ndarray((len(piece_chars) - _WORD + 1,), "<u8", piece_text, strides=(1,))
+            parsed = _parse_piece(piece_text, piece_chars, piece_words, _LONGEST, len(piece_text))
+        if parsed is not None:
+            values, line_ends = parsed
+            rows = np.searchsorted(line_ends, piece_bounds).tolist()
+            for index, (begin, end) in enumerate(itertools.pairwise(rows), start=first):
+                found[index] = values[begin:end]
+    return found
 
 
 def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.ndarray]]:
@@ -543,20 +575,16 @@ def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.nd
     at once by :func:`_parse_plain`; any other file is read line by line by :func:`_parse_rows_slowly`,
     which also says what is wrong with a bad one.
     """
-    plain: list[tuple[int, str, bytes]] = []
+    plain: list[tuple[int, str, bytes | memoryview]] = []
     results: list[tuple[str, np.ndarray] | None] = [None] * len(files)
     for index, (_, data) in enumerate(files):
         checked = _plain_body(data)
         if checked is not None:
             plain.append((index, *checked))
-    blob = b"".join(body for _, _, body in plain)
     if plain:
-        lines = np.array([body.count(b"\n") for _, _, body in plain], dtype=np.int64)
-        values, bad = _parse_plain(blob, lines)
-        bounds = np.concatenate(([0], np.cumsum(lines)))
-        for (index, key, _), start, stop, flagged in zip(plain, bounds[:-1], bounds[1:], bad, strict=True):
-            if not flagged:
-                results[index] = (key, values[start:stop])
+        for (index, key, _), rows in zip(plain, _parse_plain([body for _, _, body in plain]), strict=True):
+            if rows is not None:
+                results[index] = (key, rows)
     for index, (path, data) in enumerate(files):
         if results[index] is None:
             key, lines_read = _split_lines(Path(path), data)

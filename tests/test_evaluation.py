@@ -39,6 +39,20 @@ def tiny_truth(keep_easy, keep_medium, keep_hard):
     return GroundTruth(("0--E",), (("0--E", "img"),), boxes, {k: v for k, v in keep.items()})
 
 
+def test_thresholds_per_score_equal_the_reference_search():
+    # the first counted threshold of each score is computed, not searched: every threshold, a float either side
+    # of it, the ends, and NaN (all scores equal normalise to 0/0) against the search the reference's loop is
+    from retinaface_export import evaluation
+
+    thresholds = 1 - (np.arange(1000) + 1) / 1000
+    near = np.concatenate([thresholds, np.nextafter(thresholds, 2), np.nextafter(thresholds, -1)])
+    scores = np.concatenate([near, np.random.default_rng(5).random(10_000), [0.0, 1.0, np.nan]])
+    scores = scores[np.isnan(scores) | ((scores >= 0) & (scores <= 1))]
+    expected = 1000 - np.searchsorted(thresholds[::-1], scores, side="right")
+    assert np.array_equal(evaluation._thresholds_above(scores), expected)
+    assert np.array_equal(evaluation._thresholds_above(scores[:-1]), expected[:-1])  # without NaN: the arithmetic
+
+
 def test_hand_computed_ap():
     # one hit on box 1 (score 0.9) and one false positive (0.5): normalised to 1.0 and 0.0
     truth = tiny_truth([1], [2], [1, 2])

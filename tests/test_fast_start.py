@@ -141,6 +141,10 @@ def test_eval_of_predictions_imports_no_model_runtime(tmp_path):
     result = run_importtime(console_script("retinaface-eval", *args))
     assert_light(result, "retinaface-eval --predictions", allowed=("scipy",))
     assert result.stdout.splitlines()[0] == '{"easy": 1.0, "medium": 1.0, "hard": 1.0}'
+    # rich took ~60 ms of a ~0.4 s command: the AP table and the logs are drawn without it
+    imported = {m.group(2).split(".")[0] for m in map(_LINE.match, result.stderr.splitlines()) if m}
+    assert "rich" not in imported
+    assert "WIDER FACE val AP (1 images)" in result.stderr and "│ 1.0000 │ 1.0000 │ 1.0000 │" in result.stderr
 
 
 def test_legacy_magic_number_is_torchs():
@@ -149,3 +153,30 @@ def test_legacy_magic_number_is_torchs():
     from retinaface_export.checkpoint import LEGACY_MAGIC_NUMBER
 
     assert torch.serialization.MAGIC_NUMBER == LEGACY_MAGIC_NUMBER
+
+
+@pytest.mark.parametrize(
+    ("command", "user_value", "expected"),
+    [
+        ("retinaface-eval", None, "1"),  # elementwise arithmetic: OpenBLAS's thread pool only cost ~50 ms
+        ("retinaface-eval", "2", "2"),  # the user's setting wins
+        ("retinaface-export", None, None),  # other commands keep OpenBLAS's default
+    ],
+)
+def test_eval_starts_openblas_with_one_thread(command, user_value, expected):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_value is not None:
+        env["OPENBLAS_NUM_THREADS"] = user_value
+    code = (
+        "import atexit, os, sys; from retinaface_export.cli.entry import run; "
+        "atexit.register(lambda: print('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'), "
+        "'numpy' in sys.modules, file=sys.stderr)); "
+        f"sys.argv = [{command!r}, '--help']; run({command!r})"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"BLAS {expected} " in done.stderr

@@ -19,22 +19,38 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from retinaface_export.cli.entry import exit_interrupted, no_telemetry
 from retinaface_export.errors import RetinaFaceExportError, UsageError
 from retinaface_export.progress import progress_listener
 from retinaface_export.sizes import InputSize, parse_size
 
+if TYPE_CHECKING:  # rich is imported where a console, table or bar is made: retinaface-eval prints without it
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-stderr = Console(stderr=True)
+_consoles: dict[str, Console] = {}
+
+
+def stderr_console() -> Console:
+    """The rich console on standard error that logs and progress bars share (made, and rich imported, on first use)."""
+    if "stderr" not in _consoles:
+        from rich.console import Console
+
+        _consoles["stderr"] = Console(stderr=True)
+    return _consoles["stderr"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "stderr":  # ``from retinaface_export.cli.common import stderr``: the shared console
+        return stderr_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MultiValueCommand(click.Command):
@@ -135,10 +151,29 @@ def warn_input_notices(command: str, export_dir: Path) -> None:
             logging.getLogger(f"retinaface_export.cli.{command}").warning("%s: %s", path, notice)
 
 
-def configure_logging(quiet: bool, verbose: bool = False) -> None:
-    """Library logs go to stderr through rich; ``--quiet`` keeps warnings and errors only."""
+class PlainHandler(logging.Handler):
+    """Log records as ``LEVEL    message`` lines on whatever ``sys.stderr`` is when they are emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"{record.levelname:<8} {self.format(record)}\n")
+            sys.stderr.flush()
+        except Exception:  # logging's own rule: a failing handler reports and goes on
+            self.handleError(record)
+
+
+def configure_logging(quiet: bool, verbose: bool = False, plain: bool = False) -> None:
+    """Library logs go to stderr through rich (``plain``: as plain lines, without importing rich).
+
+    ``--quiet`` keeps warnings and errors only.
+    """
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
+    if plain:
+        handler: logging.Handler = PlainHandler()
+    else:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=stderr_console(), show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("filelock").setLevel(max(level, logging.INFO))  # its DEBUG lines narrate every poll
 
@@ -178,8 +213,10 @@ def reported_progress(quiet: bool) -> Iterator[Progress]:
     parity's artifacts) gets a bar of its own, removed when it is done. Nothing shows for steps the library
     does not report. Yields the :class:`rich.progress.Progress`, for bars of the caller's own.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, disable=quiet, transient=True) as progress:
+    with Progress(*columns, console=stderr_console(), disable=quiet, transient=True) as progress:
         bars: dict[str, Any] = {}
 
         def on_progress(label: str, done: int, total: int) -> None:
@@ -213,6 +250,8 @@ def wide_console(stderr_output: bool = False) -> Console:
 
     Rich wraps table cells to 80 columns when output is piped; a log or CI page should get whole names.
     """
+    from rich.console import Console
+
     console = Console(stderr=stderr_output)
     return console if console.is_terminal else Console(stderr=stderr_output, width=100_000)
 
@@ -223,6 +262,8 @@ def titled_table(title: str) -> Table:
     Rich wraps a title to its table's width; a narrow table (detect's two columns) cut the model's path in
     two even on a pipe, where :func:`wide_console` gives tables all the width they ask for.
     """
+    from rich.table import Table
+
     return Table(title=title, min_width=len(title))
 
 
