@@ -78,6 +78,10 @@ def conversions_for(variant: str) -> list[list[str]]:
         kept = [arg for arg in conversion if arg not in skipped]
         if "int8" not in kept and "--calibration" in kept:
             kept = kept[: kept.index("--calibration")]
+        if "--precision" in kept:
+            after = kept[kept.index("--precision") + 1 :]
+            if not after or after[0].startswith("--"):
+                continue  # every precision of this conversion is NOT_JUDGED for the variant
         result.append(kept)
     return result
 
