@@ -334,12 +334,6 @@ def test_the_budget_is_a_positive_number_of_seconds(photos):
             ConvertOptions("openvino", ("int8",), calibration=photos, int8_budget=bad)
 
 
-def test_most_evaluations_counts_nncf_restorer_steps():
-    # 10 groups, 2 iterations: float + INT8, 10 rankings, and per iteration one evaluation and one re-ranking
-    assert most_evaluations(10, 2) == 2 + 10 + 2 * (1 + 10)
-    assert most_evaluations(3, None) == 2 + 3 + 3 * (1 + 3)  # no limit: at most one iteration per group
-
-
 @pytest.mark.slow
 def test_unreachable_accuracy_target_raises(synthetic_model, samples):
     onnx_model, _ = synthetic_model

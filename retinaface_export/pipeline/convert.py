@@ -326,7 +326,7 @@ def int8_request(job: Job, photos: PhotoSplit, checkpoint: dict[str, Any], optio
 
 def photo_cases(
     job: Job,
-    staged: Path,
+    runner: Runner,
     source: Runner,
     views_of: Callable[[InputSize], list[np.ndarray]],
     metric_at: Callable[[InputSize], Metric],
@@ -334,10 +334,10 @@ def photo_cases(
     """Strict detection F1 of the written artifact against its source on ``views_of(size)``, per size and batch.
 
     At every size and batch the artifact claims (a dynamic one: its verified sizes, batches 1 and 2), the
-    artifact runs in its own runtime with its optimisations, fed as its input format says; the source
-    (FP32) in ONNX Runtime. Returns the cases (size, batch, F1) and how many views were run.
+    artifact runs in ``runner`` (its own runtime with its optimisations, opened once by the caller), fed as its
+    input format says; the source (FP32) in ONNX Runtime. Returns the cases (size, batch, F1) and how many
+    views were run.
     """
-    runner = job.fmt.open_runner(staged, optimize=True)
     prepare = INPUT_FORMATS[job.input_format]
     cases, samples = [], 0
     for size in job.verify_sizes:
@@ -363,8 +363,9 @@ def accuracy_check(job: Job, staged: Path, source: Runner, request: Int8Request)
         AccuracyDropError: the drop is above the target and the request does not allow it.
     """
     validation = request.photos.validation
-    cases, samples = photo_cases(job, staged, source, validation.views, request.metric)
-    held_cases, held_samples = photo_cases(job, staged, source, validation.held_out_views, request.metric)
+    runner = job.fmt.open_runner(staged, optimize=True)
+    cases, samples = photo_cases(job, runner, source, validation.views, request.metric)
+    held_cases, held_samples = photo_cases(job, runner, source, validation.held_out_views, request.metric)
     metric = request.metric()
     f1 = min(case["f1"] for case in cases)
     held_out_f1 = min(case["f1"] for case in held_cases)
@@ -428,7 +429,8 @@ def detection_rule_check(
     def metric_at(size: InputSize) -> Metric:
         return strict_f1(anchors, size, postprocess)
 
-    cases, samples = photo_cases(job, staged, source, photos.views, metric_at)
+    runner = job.fmt.open_runner(staged, optimize=True)
+    cases, samples = photo_cases(job, runner, source, photos.views, metric_at)
     f1 = min(case["f1"] for case in cases)
     passed = f1 >= tolerance.min_f1 - 1e-9
     if not passed and not synthetic:
