@@ -132,6 +132,25 @@ def size_option(default: str) -> Callable[[F], F]:
     )
 
 
+def warn_input_notices(command: str, export_dir: Path) -> None:
+    """One warning line per artifact of EXPORT_DIR whose client metadata its provenance does not back.
+
+    The commands feed an artifact as its provenance says; this is for what another client, reading the metadata
+    (OpenVINO ``model_info``), would do differently. Nothing when the manifest cannot be read (the command
+    reports that).
+    """
+    from retinaface_export.inference.backends import input_notices
+    from retinaface_export.manifest import Manifest
+
+    try:
+        paths = [export_dir / record.path for record in Manifest.read(export_dir).artifacts]
+    except RetinaFaceExportError:
+        return
+    for path in paths:
+        for notice in input_notices(path):
+            logging.getLogger(f"retinaface_export.cli.{command}").warning("%s: %s", path, notice)
+
+
 class PlainHandler(logging.Handler):
     """Log records as ``LEVEL    message`` lines on whatever ``sys.stderr`` is when they are emitted."""
 
