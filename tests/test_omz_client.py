@@ -44,7 +44,7 @@ def irs(tmp_path_factory, real_weights) -> dict[str, Path]:
     export_checkpoint(
         load_checkpoint(real_weights), ExportOptions(sizes=(InputSize(SIZE, SIZE),), formats=("onnx",)), out
     )
-    convert_export(out, ConvertOptions("openvino"))
+    convert_export(out, ConvertOptions("openvino", precisions=("fp32", "fp16")))
     convert_export(out, ConvertOptions("openvino", input_format="f32-nchw"))
     stem = f"retinaface_mobilenet0.25_{SIZE}x{SIZE}_fp32"
     return {"plain": out / f"{stem}.xml", "drop-in": out / f"{stem}_mean.xml"}
@@ -148,8 +148,12 @@ def test_every_ir_states_layout_mean_scale_colour_order_and_resize(mode, input_f
     assert info["model_type"] == "RetinaFace-PyTorch" and RT_SECTION not in info
 
 
-def test_detect_warns_once_when_model_info_contradicts_the_provenance(irs, tmp_path):
-    """Item 4 of issue 24: our commands follow the provenance; a model_info that says otherwise is told, once."""
+PLAIN_NOTICE = "leaves the mean to its client (model_info mean_values 104 117 123"
+
+
+def test_detect_warns_once_about_the_mean_model_info_leaves_to_the_client_or_contradicts(irs, tmp_path):
+    """Item 4 of issue 24: a plain IR (the client subtracts the mean) is told in one line, with what a client must
+    set; the drop-in IR is not; an IR whose model_info contradicts its provenance is told which is followed."""
     folder = tmp_path / "edited"
     folder.mkdir()
     source = irs["drop-in"]
@@ -157,8 +161,29 @@ def test_detect_warns_once_when_model_info_contradicts_the_provenance(irs, tmp_p
     text = source.read_text().replace('<mean_values value="0 0 0" />', '<mean_values value="104 117 123" />')
     (folder / source.name).write_text(text)
     image = str(require(SHARED / "images") / "wider_sample_1.jpg")
-    for path, warned in ((folder / source.name, True), (source, False), (irs["plain"], False)):
+    contradiction = "model_info says the client subtracts 104 117 123; its provenance: the mean is inside"
+    for path, plain, contradicted in ((folder / source.name, 0, 1), (source, 0, 0), (irs["plain"], 1, 0)):
         result = CliRunner().invoke(detect_main, [image, "--model", str(path), "-q"])
         assert result.exit_code == 0, result.output
         said = " ".join(result.output.split())
-        assert said.count("model_info says the client subtracts 104 117 123") == (1 if warned else 0), said
+        assert said.count(PLAIN_NOTICE) == plain and said.count(contradiction) == contradicted, (path, said)
+        if plain:
+            assert "--mean_values 104 117 123" in said and "--embed-mean" in said
+
+
+@pytest.mark.parametrize("command", ["parity", "bench"])
+def test_parity_and_bench_warn_once_for_the_plain_irs_of_a_folder(irs, tmp_path, command):
+    """One line for the plain IRs of the folder (FP32 and FP16), none for the drop-in IR."""
+    from retinaface_export.cli.bench import main as bench_main
+    from retinaface_export.cli.parity import main as parity_main
+
+    folder = tmp_path / "export"
+    shutil.copytree(irs["plain"].parent, folder)
+    if command == "parity":
+        result = CliRunner().invoke(parity_main, [str(folder)])
+    else:
+        args = [str(folder), "--mode", "latency", "--runs", "5", "--warmup", "0", "--no-eager"]
+        result = CliRunner().invoke(bench_main, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.count(PLAIN_NOTICE) == 1 and "and 1 more" in said, said

@@ -76,6 +76,24 @@ def test_nms_artifacts_give_the_raw_artifacts_faces(folder, crowd_photo, name, t
     assert float(np.max(np.abs(scores))) <= 1e-3
 
 
+@pytest.mark.parametrize("name", [n for n in NMS_ARTIFACTS if n.endswith(".xml")])
+def test_nms_irs_tell_model_api_readers_how_to_feed_them(folder, name):
+    from retinaface_export.converters.openvino.runtime import openvino_core
+
+    _, out = folder
+    model = openvino_core().read_model(str(out / name))
+    info = {key: value.astype(str) for key, value in model.get_rt_info()["model_info"].items()}
+    assert info == {
+        "model_type": "RetinaFace-PyTorch",
+        "mean_values": "104 117 123",
+        "scale_values": "1 1 1",
+        "reverse_input_channels": "False",
+        "resize_type": "standard",
+        "layout": "data:NCHW",
+        "postprocess": "nms",
+    }
+
+
 def test_nms_artifact_refuses_settings_it_cannot_give(folder):
     _, out = folder
     result = CliRunner().invoke(

@@ -179,25 +179,40 @@ class OpenVinoFormat(ArtifactFormat):
         return "stretch" if str(info.get("resize_type", "")) == "standard" else "letterbox"
 
     def input_notices(self, path: Path, provenance: dict[str, Any]) -> list[str]:
-        """An IR whose ``model_info`` says the client subtracts the mean, when its provenance does not say so too.
+        """What a client configured from the IR's ``model_info`` must know about the mean, in one line.
 
-        Our commands feed an IR as its provenance's ``input_format`` says (no such entry: the mean subtracted,
-        as for a plain IR); OMZ clients feed it as ``model_info`` says. A plain IR of ours agrees with itself
-        and gets no notice: this is for IRs whose provenance lacks the entry or contradicts ``model_info``.
+        Our commands feed an IR as its provenance's ``input_format`` says; OMZ clients feed it as ``model_info``
+        says. A plain IR (the client subtracts the mean) gets a notice that clients ignoring ``model_info``
+        (OMZ demos given no ``--mean_values``) lose faces with it (issue 24, item 4); an IR whose ``model_info``
+        contradicts its provenance about the mean gets one saying which the commands follow.
         """
         mean = str(self.provenance_blocks(path).get("model_info", {}).get("mean_values", "")).split()
         try:
             values = [float(v) for v in mean]
         except ValueError:
             values = []
-        if not values or not any(values):
-            return []  # nothing said, or the mean is inside
-        stated = " ".join(mean)
         recorded = provenance.get("input_format")
-        if recorded is None:
-            return [f"model_info says the client subtracts {stated}; no input format in its provenance: subtracting it"]
-        if recorded != DEFAULT_INPUT_FORMAT:
-            return [f"model_info says the client subtracts {stated}; its provenance: the mean is inside ({recorded})"]
+        stated = " ".join(mean)
+        if values and any(values):  # model_info: the client subtracts the mean
+            if recorded is None:
+                return [
+                    f"model_info says the client subtracts {stated}; no input format in its provenance: subtracting it"
+                ]
+            if recorded != DEFAULT_INPUT_FORMAT:
+                return [
+                    f"model_info says the client subtracts {stated}; its provenance: the mean is inside ({recorded})"
+                ]
+            return [
+                f"leaves the mean to its client (model_info mean_values {stated}, subtracted here): a client that "
+                f"ignores model_info must subtract it or loses faces (OMZ demos: --mean_values {stated}); "
+                "the drop-in IR (retinaface-convert --to openvino --embed-mean) needs nothing"
+            ]
+        if recorded == DEFAULT_INPUT_FORMAT:  # the client must subtract it, and model_info does not say so
+            said = f"says mean_values {stated}" if values else "gives no mean_values"
+            means = " ".join(f"{m:g}" for m in MEAN_BGR)
+            return [
+                f"model_info {said}, but the IR expects its client to subtract {means} (its provenance): subtracting it"
+            ]
         return []
 
     def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
