@@ -254,6 +254,17 @@ class ArtifactFormat:
         """
         return None
 
+    def client_resize(self, path: Path) -> str:
+        """How the artifact tells its clients to fit an image to its fixed size.
+
+        ``letterbox`` (aspect kept, padded bottom/right with the mean) or ``stretch`` (the whole image resized).
+        """
+        return "letterbox"
+
+    def input_notices(self, path: Path, provenance: dict[str, Any]) -> list[str]:
+        """What the artifact tells other clients about its input that its provenance does not back ([] if nothing)."""
+        return []
+
     def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
         """Every block of metadata inside the artifact by name (tests check each describes the artifact)."""
         return {"retinaface_export": self.read_provenance(path)}

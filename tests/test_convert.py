@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,13 +12,16 @@ from click.testing import CliRunner
 from conftest import CROWD_PHOTO, SHARED, photo_input, require
 from retinaface_export.cli.convert import main
 from retinaface_export.converters.openvino.runtime import openvino_core
-from retinaface_export.detection.compare import compare_faces
+from retinaface_export.detection.compare import compare_faces, tolerant_f1
 from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.formats import FORMATS
+from retinaface_export.golden import FACE_THRESHOLD
 from retinaface_export.hashing import sha256_file
 from retinaface_export.images import read_image
+from retinaface_export.inference.backends import artifact_backend
 from retinaface_export.inference.detector import Detector
 from retinaface_export.pipeline.convert import ConvertOptions, convert_export
+from retinaface_export.precision import PRECISIONS
 from retinaface_export.preprocess import to_raw_nchw, to_u8_nhwc
 from retinaface_export.sizes import STANDARD_SIZES, InputSize
 
@@ -112,23 +116,26 @@ def test_int8_keeps_the_faces_of_fp32(converted, crowd_photo, size):
         manifest, format="openvino", precision="fp32", size=[size, size], input_format="f32-nchw-minus-mean"
     )
     int8 = artifact(manifest, format="openvino", precision="int8", size=[size, size])
-    reference = Detector.from_artifact(out / fp32["path"]).detect(crowd_photo)
-    agreement = compare_faces(reference, Detector.from_artifact(out / int8["path"]).detect(crowd_photo))
-    if len(reference) >= 10:
-        assert agreement.f1 >= 0.95, agreement
-    else:
-        # At 320 the crowd is tiny: FP32 finds 6 faces, one at score 0.507 and three more at 0.48-0.50, so F1
-        # at a hard 0.5 cut measures INT8's ±0.03 score noise on one face. Judge what matters there: no
-        # confident face (>= 0.6) lost, no confident face invented (INT8 searched down to 0.4 and back).
-        loose = DetectionConfig(score_threshold=0.4)
-        fp32_loose = Detector.from_artifact(out / fp32["path"], loose).detect(crowd_photo)
-        int8_loose = Detector.from_artifact(out / int8["path"], loose).detect(crowd_photo)
-        for confident, other in (
-            (reference, int8_loose),
-            (Detector.from_artifact(out / int8["path"]).detect(crowd_photo), fp32_loose),
-        ):
+    rule = PRECISIONS["int8"]
+    loose = DetectionConfig(score_threshold=FACE_THRESHOLD - rule.score_margin - 1e-6)
+    for resize in ("letterbox", "stretch"):  # as ONNX artifacts are fed, and as IRs are (model_info: standard)
+        backends = [replace(artifact_backend(out / e["path"]), resize=resize) for e in (fp32, int8)]
+        reference, found = (Detector(backend).detect(crowd_photo) for backend in backends)
+        assert len(reference) >= 5, resize  # the crowd at 320 is the smallest: 6 faces letterboxed
+        # the INT8 rule parity judges by: a face above 0.5 on one side is found above 0.5 - margin on the other
+        tolerant = tolerant_f1(
+            *(Detector(backend, loose).detect(crowd_photo) for backend in backends), FACE_THRESHOLD, rule.score_margin
+        )
+        assert tolerant >= rule.min_f1, (resize, tolerant)
+        if resize == "letterbox" and len(reference) >= 10:
+            # Strict F1 at the hard cut, letterboxed, where calibration's views are. Stretched, two thirds of the
+            # crowd's faces score within 0.4-0.6 at 416 (20 of 31), so INT8's +-0.03 score noise flips a few
+            # (strict F1 0.92-0.97 over the sizes, every face above 0.6 kept both ways): the tolerant rule judges.
+            assert compare_faces(reference, found).f1 >= 0.95, (resize, compare_faces(reference, found))
+        # no confident face lost, no confident face invented, at any size and either feed
+        for confident, other in ((reference, Detector(backends[1], loose)), (found, Detector(backends[0], loose))):
             strong = [face for face in confident if face.score >= 0.6]
-            assert len(strong) >= 5 and compare_faces(strong, other).matched == len(strong)
+            assert compare_faces(strong, other.detect(crowd_photo)).matched == len(strong), resize
     # judged when written on the photos held out of calibration, against the accuracy target (issue 14's goal)
     photos = int8["conversion"]["int8"]
     assert photos["calibration"]["images"] == 5 and photos["validation"]["images"] == 2

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -201,7 +202,11 @@ def exported_640(real_weights, tmp_path_factory):
     ],
 )
 def test_artifacts_at_640_give_eager_faces(real_weights, crowd_photo, exported_640, artifact):
-    eager = Detector(eager_backend(load_checkpoint(real_weights), InputSize(640, 640)))
+    backend = eager_backend(load_checkpoint(real_weights), InputSize(640, 640))
+    # an IR is fed stretched, as its model_info tells clients (resize_type standard); the others letterboxed
+    resize = "stretch" if artifact.endswith(".xml") else "letterbox"
+    assert Detector.from_artifact(exported_640 / artifact).backend.resize == resize
+    eager = Detector(dataclasses.replace(backend, resize=resize))
     expected = _as_arrays(eager.detect(crowd_photo))
     got = _as_arrays(Detector.from_artifact(exported_640 / artifact).detect(crowd_photo))
     assert len(expected[0]) > 50

@@ -202,7 +202,11 @@ def test_every_ir_tells_model_api_readers_how_to_feed_it(folders):
             if record.format != "openvino":
                 continue
             model = openvino_core().read_model(str(folder / record.path))
-            info = {key: model.get_rt_info(["model_info", key]).astype(str) for key in ("mean_values", "layout")}
+            info = {key: value.astype(str) for key, value in model.get_rt_info()["model_info"].items()}
+            # colour order, scale, resize and wrapper stated in every IR, INT8 ones too (every mode: test_omz_client)
+            assert info["reverse_input_channels"] == "False" and info["scale_values"] == "1 1 1", record.path
+            assert info["resize_type"] == "standard" and info["model_type"] == "RetinaFace-PyTorch", record.path
+            assert info["postprocess"] == record.postprocess["mode"], record.path
             raw_pixels = record.input_format != "f32-nchw-minus-mean"
             assert info["mean_values"] == ("0 0 0" if raw_pixels else "104 117 123"), record.path
             assert info["layout"] == ("data:NHWC" if record.input_format == "u8-nhwc" else "data:NCHW")

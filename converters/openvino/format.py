@@ -110,8 +110,12 @@ def finish_ir(base, job: Job, int8: Int8Request | None, provenance: dict[str, An
 def model_info(job: Job) -> dict[str, str]:
     """``rt_info/model_info``: what OpenVINO Model API-style readers configure their preprocessing from.
 
-    ``mean_values`` is what the client must subtract (none when the IR subtracts it itself); BGR in, so no
-    channel reversal; letterboxed like ``retinaface-detect`` (aspect kept, padded bottom/right).
+    ``mean_values`` is what the client must subtract (``0 0 0`` when the IR subtracts it itself); BGR in, so no
+    channel reversal; ``resize_type standard``: the whole image stretched to the input, as ``retinaface-detect``
+    then feeds the IR too (:meth:`OpenVinoFormat.client_resize`). That is the one resize whose boxes OMZ's
+    ``RetinaFacePyTorch`` wrapper maps back right: its post-processing divides by the two stretch ratios and
+    undoes no padding, so a ``fit_to_window*`` letterbox of any kind puts its boxes in the wrong place
+    (``tests/test_omz_client.py``).
     """
     embedded = job.input_format != DEFAULT_INPUT_FORMAT
     return {
@@ -119,7 +123,7 @@ def model_info(job: Job) -> dict[str, str]:
         "mean_values": "0 0 0" if embedded else " ".join(f"{m:g}" for m in MEAN_BGR),
         "scale_values": "1 1 1",
         "reverse_input_channels": "False",
-        "resize_type": "fit_to_window_letterbox",
+        "resize_type": "standard",
         "layout": f"{INPUT_NAME}:{'NHWC' if job.input_format == RAW_U8_INPUT else 'NCHW'}",
         "postprocess": job.postprocess.mode,
     }
@@ -168,6 +172,48 @@ class OpenVinoFormat(ArtifactFormat):
 
     def read_provenance(self, path: Path) -> dict[str, Any]:
         return self.provenance_blocks(path).get(RT_SECTION, {})
+
+    def client_resize(self, path: Path) -> str:
+        """``stretch`` when the IR's ``model_info`` says ``resize_type standard`` (what this version writes)."""
+        info = self.provenance_blocks(path).get("model_info", {})
+        return "stretch" if str(info.get("resize_type", "")) == "standard" else "letterbox"
+
+    def input_notices(self, path: Path, provenance: dict[str, Any]) -> list[str]:
+        """What a client configured from the IR's ``model_info`` must know about the mean, in one line.
+
+        Our commands feed an IR as its provenance's ``input_format`` says; OMZ clients feed it as ``model_info``
+        says. A plain IR (the client subtracts the mean) gets a notice that clients ignoring ``model_info``
+        (OMZ demos given no ``--mean_values``) lose faces with it (issue 24, item 4); an IR whose ``model_info``
+        contradicts its provenance about the mean gets one saying which the commands follow.
+        """
+        mean = str(self.provenance_blocks(path).get("model_info", {}).get("mean_values", "")).split()
+        try:
+            values = [float(v) for v in mean]
+        except ValueError:
+            values = []
+        recorded = provenance.get("input_format")
+        stated = " ".join(mean)
+        if values and any(values):  # model_info: the client subtracts the mean
+            if recorded is None:
+                return [
+                    f"model_info says the client subtracts {stated}; no input format in its provenance: subtracting it"
+                ]
+            if recorded != DEFAULT_INPUT_FORMAT:
+                return [
+                    f"model_info says the client subtracts {stated}; its provenance: the mean is inside ({recorded})"
+                ]
+            return [
+                f"leaves the mean to its client (model_info mean_values {stated}, subtracted here): a client that "
+                f"ignores model_info must subtract it or loses faces (OMZ demos: --mean_values {stated}); "
+                "the drop-in IR (retinaface-convert --to openvino --embed-mean) needs nothing"
+            ]
+        if recorded == DEFAULT_INPUT_FORMAT:  # the client must subtract it, and model_info does not say so
+            said = f"says mean_values {stated}" if values else "gives no mean_values"
+            means = " ".join(f"{m:g}" for m in MEAN_BGR)
+            return [
+                f"model_info {said}, but the IR expects its client to subtract {means} (its provenance): subtracting it"
+            ]
+        return []
 
     def provenance_blocks(self, path: Path) -> dict[str, dict[str, Any]]:
         """Every rt_info section that holds key/value entries (OpenVINO's own version strings left out)."""

@@ -267,8 +267,9 @@ def measure_latency(model: _Model, image: np.ndarray, size: InputSize, settings:
     """One request at a time: the network, pre-processing, post-processing and the whole pipeline, in turns."""
     backend = model.backend
     batch = backend.batch or 1
-    box = Letterbox.fit(image.shape[0], image.shape[1], size.height, size.width)
-    data = backend.prepare(_batch_of(image, size, batch))
+    fit = Letterbox.stretch if backend.resize == "stretch" else Letterbox.fit  # as retinaface-detect fits it
+    box = fit(image.shape[0], image.shape[1], size.height, size.width)
+    data = backend.prepare(np.repeat(box.apply(image)[None], batch, axis=0))
     outputs = backend.run(data)
     config = DetectionConfig()
     detector = Detector(backend, config)

@@ -26,6 +26,7 @@ from retinaface_export.cli.common import (
     not_an_option,
     stderr,
     titled_table,
+    warn_input_notices,
     wide_console,
 )
 from retinaface_export.errors import UsageError
@@ -252,6 +253,7 @@ def main(
         [("--json", json_path), ("--plot", plot_path), ("--markdown", markdown_path)],
         [("EXPORT_DIR", export_dir), ("--image", image)],
     )
+    warn_input_notices(COMMAND, export_dir)
     if plot_path:
         from retinaface_export.bench.plot import require_matplotlib
 

@@ -132,6 +132,30 @@ def size_option(default: str) -> Callable[[F], F]:
     )
 
 
+def warn_input_notices(command: str, export_dir: Path) -> None:
+    """One warning line per kind of notice the artifacts of EXPORT_DIR give about their client metadata.
+
+    The commands feed an artifact as its provenance says; this is for what another client, reading the metadata
+    (OpenVINO ``model_info``), must do or would do differently. Artifacts with the same notice share one line
+    (the first named, the others counted). Nothing when the manifest cannot be read (the command reports that).
+    """
+    from retinaface_export.inference.backends import input_notices
+    from retinaface_export.manifest import Manifest
+
+    try:
+        paths = [export_dir / record.path for record in Manifest.read(export_dir).artifacts]
+    except RetinaFaceExportError:
+        return
+    named: dict[str, list[Path]] = {}
+    for path in paths:
+        for notice in input_notices(path):
+            named.setdefault(notice, []).append(path)
+    log = logging.getLogger(f"retinaface_export.cli.{command}")
+    for notice, where in named.items():
+        others = f" and {len(where) - 1} more" if len(where) > 1 else ""
+        log.warning("%s%s: %s", where[0], others, notice)
+
+
 class PlainHandler(logging.Handler):
     """Log records as ``LEVEL    message`` lines on whatever ``sys.stderr`` is when they are emitted."""
 

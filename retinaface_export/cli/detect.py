@@ -359,6 +359,8 @@ def main(
         if threads is None and engine == "local":
             threads = runtime_threads()  # one CPU left for decoding
         detector = Detector.from_artifact(artifact, config, threads=threads, optimize=optimize)
+        for notice in detector.backend.notices:
+            log.warning("%s: %s", artifact, notice)
     batch = batch_size_for(detector, batch_size)
     outputs = _Outputs(
         JsonLines(predictions, resume) if predictions is not None else None,

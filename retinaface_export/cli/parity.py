@@ -17,6 +17,7 @@ from retinaface_export.cli.common import (
     not_an_option,
     reported_progress,
     titled_table,
+    warn_input_notices,
     wide_console,
     write_json,
 )
@@ -111,6 +112,7 @@ def main(
         [("--json", json_path), ("--junit", junit_path)],
         [("EXPORT_DIR", export_dir), ("--golden", golden), *(("--images", folder) for folder in image_dirs)],
     )
+    warn_input_notices(COMMAND, export_dir)
     with reported_progress(quiet):
         report = run_parity(export_dir, find_golden_sets(golden or packaged_golden_root()), list(image_dirs))
     to_stdout = json_to_stdout(json_path)

@@ -28,6 +28,11 @@ class Letterbox:
         resized_w = max(1, min(width, round(image_width * scale)))
         return cls(image_height, image_width, resized_h, resized_w, height, width)
 
+    @classmethod
+    def stretch(cls, image_height: int, image_width: int, height: int, width: int) -> Letterbox:
+        """The whole image resized to the canvas, aspect not kept (OMZ's ``standard`` resize): no padding."""
+        return cls(image_height, image_width, height, width, height, width)
+
     def apply(self, image: np.ndarray) -> np.ndarray:
         """The image resized (bilinear) and padded with the mean colour, which the network sees as zero."""
         import cv2  # here, not at the top: OpenCV costs ~0.1 s to import and most commands never resize

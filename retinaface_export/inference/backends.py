@@ -40,6 +40,11 @@ class Backend:
     prepare: Callable[[np.ndarray], np.ndarray] = to_network_input
     # What the model computes after the network (raw outputs, decoded boxes, or NMS'd detections).
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    # How an image is fitted to a fixed input: "letterbox" (aspect kept, padded) or "stretch", as the artifact
+    # tells its clients (an OpenVINO IR's rt_info/model_info resize_type)
+    resize: str = "letterbox"
+    # What the artifact tells other clients about its input that its provenance does not back (the CLI warns).
+    notices: tuple[str, ...] = ()
 
 
 def eager_backend(checkpoint: LoadedCheckpoint, input_size: InputSize | None = None) -> Backend:
@@ -92,4 +97,22 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
         batch=claimed.batch,
         prepare=INPUT_FORMATS[claimed.input_format],
         postprocess=claimed.postprocess,
+        resize=fmt.client_resize(path),
+        notices=tuple(fmt.input_notices(path, provenance)),
     )
+
+
+def input_notices(path: str | Path) -> list[str]:
+    """What the artifact at ``path`` tells other clients about its input that its provenance does not back.
+
+    Reads nothing for formats that state nothing to other clients; [] for a file that cannot be read (opening
+    it reports that).
+    """
+    path = Path(path)
+    try:
+        fmt = format_of(path)
+        if type(fmt).input_notices is ArtifactFormat.input_notices:
+            return []
+        return fmt.input_notices(path, fmt.read_provenance(path))
+    except Exception:  # an unreadable or refused file: the command that opens it says why
+        return []

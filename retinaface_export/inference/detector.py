@@ -32,8 +32,10 @@ class PreparedImage:
 class Detector:
     """RetinaFace post-processing over any backend.
 
-    Fixed-size artifacts get each image letterboxed (aspect kept, padded) and their boxes mapped back;
-    eager models and dynamic artifacts run at each image's own resolution, as the reference does.
+    Fixed-size artifacts get each image letterboxed (aspect kept, padded), or stretched where the artifact tells
+    its clients so (OpenVINO IRs: ``model_info`` ``resize_type standard``, what OMZ's wrappers do), and their
+    boxes mapped back; eager models and dynamic artifacts run at each image's own resolution, as the reference
+    does.
     """
 
     def __init__(self, backend: Backend, config: DetectionConfig | None = None) -> None:
@@ -83,7 +85,8 @@ class Detector:
         height, width = image.shape[:2]
         if size is None:
             return PreparedImage(self.backend.prepare(image[None]), height, width, None)
-        box = Letterbox.fit(height, width, size.height, size.width)
+        fit = Letterbox.stretch if self.backend.resize == "stretch" else Letterbox.fit
+        box = fit(height, width, size.height, size.width)
         return PreparedImage(self.backend.prepare(box.apply(image)[None]), height, width, box)
 
     def detect_prepared(self, images: list[PreparedImage]) -> list[list[Face]]:
