@@ -127,14 +127,16 @@ class Traced:
         self.env = env
         self.runs: list[str] = []
 
-    def run(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, name: str, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         """``python -m retinaface_export <args>`` (no -q: the tables print too); fails the test if it fails."""
         command = [sys.executable, "-m", "retinaface_export", *args]
         strace_log = self.folder / f"{name}.strace"
         if self.strace:
             command = [*self.strace, "-o", str(strace_log), *command]
         env = self.env | (extra_env or {})
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         assert done.returncode == 0, f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         self.runs.append(name)
         return done
@@ -295,3 +297,35 @@ def test_parent_still_runs_our_handler_after_forking():
         [sys.executable, "-c", PARENT_AFTER_FORK], capture_output=True, text=True, timeout=60, env=env
     )
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
+
+
+def test_detect_joining_a_cluster_makes_no_outside_connection(tmp_path, traced):
+    """retinaface-detect --ray-address joins a cluster started apart (``ray start --head`` on loopback, see
+    started_ray.py). The cluster runs under the same tracers as the command, from its start, and its workers
+    (which run our actors) load the audit hook too. Its environment has neither the libraries' telemetry
+    switches nor a consent file, as a user's cluster may not, and the model is an OpenVINO IR, which the actors
+    import OpenVINO for. Before the fix the command's own process looked for the machine's address through
+    8.8.8.8 and then waited on that address, which a cluster on loopback does not listen on."""
+    pytest.importorskip("ray")
+    from started_ray import ray_start_head
+
+    weights, images = require(REAL_WEIGHTS), require(IMAGES)
+    out = tmp_path / "out"
+    traced.run("export", "export", "--weights", str(weights), "--size", "320", "--format", "onnx",
+               "--output-dir", str(out))  # fmt: skip
+    traced.run("openvino", "convert", str(out), "--to", "openvino", "--precision", "fp32")
+    model = next(out.glob("*.xml"))
+    faces = tmp_path / "faces.jsonl"
+    wrapper = (*traced.strace, "-o", str(traced.folder / "cluster.strace")) if traced.strace else ()
+    fresh = {name: None for name in (*NO_TELEMETRY_ENV, ALLOW_TELEMETRY_ENV)} | {
+        name: traced.env[name] for name in ("PYTHONPATH", "RETINAFACE_TEST_NETWORK_LOG")
+    }
+    with ray_start_head(fresh, wrapper) as cluster:
+        traced.run("detect-joined", "detect", str(images), "--model", str(model), "--predictions", str(faces),
+                   "--engine", "ray", "--ray-address", cluster.address, extra_env=cluster.driver_env,
+                   timeout=180)  # fmt: skip
+    traced.runs.append("cluster")
+    assert len(faces.read_text().splitlines()) == len(list(images.glob("*.jpg")))
+    audit, syscalls = traced.attempts()
+    assert not audit, f"outside connection attempts (Python stacks):\n{audit[:6000]}"
+    assert not syscalls, f"outside connect() calls under strace: {syscalls}"

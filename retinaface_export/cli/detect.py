@@ -170,11 +170,32 @@ def _check_engine_options(
             raise UsageError("--threads is for --engine local; with --engine ray, --cpus-per-worker sets them")
         from retinaface_export.inference.ray_engine import import_ray
 
-        import_ray(local=ray_options["--ray-address"] is None)  # a missing extra is said before anything runs
+        import_ray()  # a missing extra is said before anything runs
         return
     given = [flag for flag, value in ray_options.items() if value is not None]
     if given:
         raise UsageError(f"{', '.join(given)} go with --engine ray")
+
+
+def _ray_workers(ray_options: dict) -> tuple[int, int]:
+    """(actors, CPUs per actor) for --engine ray."""
+    return ray_options["--num-workers"] or 2, ray_options["--cpus-per-worker"] or 1
+
+
+@contextmanager
+def _engine_session(engine: str, ray_options: dict) -> Iterator[None]:
+    """For --engine ray, the cluster joined (or a local one started) for the block.
+
+    A cluster that cannot be joined is said before any output file is created; a joined one is left running.
+    """
+    if engine != "ray":
+        yield
+        return
+    from retinaface_export.inference.ray_engine import ray_cluster
+
+    workers, cpus = _ray_workers(ray_options)
+    with ray_cluster(ray_options["--ray-address"], workers * cpus):
+        yield
 
 
 def _results(
@@ -194,12 +215,13 @@ def _results(
     from retinaface_export.inference.ray_engine import detect_with_ray
 
     assert artifact is not None
+    workers, cpus = _ray_workers(ray_options)
     return detect_with_ray(
         artifact,
         paths,
         config,
-        num_workers=ray_options["--num-workers"] or 2,
-        threads_per_worker=ray_options["--cpus-per-worker"] or 1,
+        num_workers=workers,
+        threads_per_worker=cpus,
         batch_size=batch_size,
         address=ray_options["--ray-address"],
         optimize=optimize,
@@ -362,47 +384,48 @@ def main(
         for notice in detector.backend.notices:
             log.warning("%s: %s", artifact, notice)
     batch = batch_size_for(detector, batch_size)
-    outputs = _Outputs(
-        JsonLines(predictions, resume) if predictions is not None else None,
-        widerface_predictions,
-        json_path,
-        output_dir,
-        _faces_table(detector) if not streaming else None,
-    )
-    done = outputs.stream.done if outputs.stream is not None else set()
-    if done:
-        log.info("%s: %d images already recorded; skipping them", predictions, len(done))
-    if listed is not None:
-        listed = [(path, name) for path, name in listed if str(path) not in done]
-        todo: Iterable[Path] = [path for path, _ in listed]
-        outputs.png_names = iter([name for _, name in listed])
-    else:
-        todo = (path for path in iter_images(images, empty) if str(path) not in done)
+    with _engine_session(engine, ray_options):  # Ray joined or started before anything is written
+        outputs = _Outputs(
+            JsonLines(predictions, resume) if predictions is not None else None,
+            widerface_predictions,
+            json_path,
+            output_dir,
+            _faces_table(detector) if not streaming else None,
+        )
+        done = outputs.stream.done if outputs.stream is not None else set()
+        if done:
+            log.info("%s: %d images already recorded; skipping them", predictions, len(done))
+        if listed is not None:
+            listed = [(path, name) for path, name in listed if str(path) not in done]
+            todo: Iterable[Path] = [path for path, _ in listed]
+            outputs.png_names = iter([name for _, name in listed])
+        else:
+            todo = (path for path in iter_images(images, empty) if str(path) not in done)
 
-    for message in folder_errors:
-        click.echo(f"{COMMAND}: error: {message}", err=True)
-    outputs.failures = len(folder_errors)
-    keep = output_dir is not None
-    results = _results(engine, detector, artifact, todo, config, batch, decode_threads, keep, optimize, ray_options)
-    try:
-        with _progress_bar(len(listed) if listed is not None else None, quiet) as (progress, task):
-            for result in results:
-                outputs.take(result)
-                progress.advance(task)
-    except KeyboardInterrupt as exc:
-        if outputs.stream is not None:  # every line written so far is whole: the file is valid, --resume goes on
-            log.warning("%s: %d images recorded before the stop; --resume goes on", predictions, outputs.images)
-            exc.committed = True  # type: ignore[attr-defined]
-        raise
-    finally:
-        if outputs.stream is not None:
-            outputs.stream.close()
-    for folder in empty:
-        click.echo(f"{COMMAND}: error: {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder", err=True)
-        outputs.failures += 1
-    outputs.finish(quiet)
-    if outputs.failures:
-        raise click.exceptions.Exit(1)
+        for message in folder_errors:
+            click.echo(f"{COMMAND}: error: {message}", err=True)
+        outputs.failures = len(folder_errors)
+        keep = output_dir is not None
+        results = _results(engine, detector, artifact, todo, config, batch, decode_threads, keep, optimize, ray_options)
+        try:
+            with _progress_bar(len(listed) if listed is not None else None, quiet) as (progress, task):
+                for result in results:
+                    outputs.take(result)
+                    progress.advance(task)
+        except KeyboardInterrupt as exc:
+            if outputs.stream is not None:  # every line written so far is whole: the file is valid, --resume goes on
+                log.warning("%s: %d images recorded before the stop; --resume goes on", predictions, outputs.images)
+                exc.committed = True  # type: ignore[attr-defined]
+            raise
+        finally:
+            if outputs.stream is not None:
+                outputs.stream.close()
+        for folder in empty:
+            click.echo(f"{COMMAND}: error: {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder", err=True)
+            outputs.failures += 1
+        outputs.finish(quiet)
+        if outputs.failures:
+            raise click.exceptions.Exit(1)
 
 
 def _faces_table(detector: Detector) -> Table:

@@ -8,7 +8,10 @@ Images are read by the actors: on several machines, the paths must name the same
 shared file system). Ray Data retries the tasks of an actor that dies, so no image is lost.
 
 With no address, a local Ray is started for the run (its CPUs limited to what the actors need, no
-dashboard, usage statistics off) and stopped at the end; with one, the run joins that cluster.
+dashboard, usage statistics off) and stopped at the end; with one, the run joins that cluster as a driver and
+leaves it running (``ray.shutdown`` only disconnects a driver). An address nothing answers at is said at once
+(Ray itself would retry for minutes); a cluster with token authentication needs ``RAY_AUTH_MODE=token`` and its
+token (Ray sends a token to an address given explicitly only when told to).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import dataclasses
 import json
 import logging
 import os
+import socket
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +41,8 @@ USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 # arguments, which Ray Data itself puts in the object store); failures that matter reach us as exceptions.
 BACKEND_LOG_ENV = "RAY_BACKEND_LOG_LEVEL"
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+_PROBE_SECONDS = 5.0
 
 
 def _faces_json(faces: tuple[Face, ...]) -> str:
@@ -84,7 +91,7 @@ _PROXY_ENV = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROX
 
 
 @contextmanager
-def _no_outside_http(local: bool) -> Iterator[None]:
+def _no_outside_http() -> Iterator[None]:
     """While a local Ray starts, its processes' HTTP goes to a closed loopback port.
 
     Ray 2.60's dashboard process asks the Azure, GCP and AWS metadata servers (169.254.169.254,
@@ -93,9 +100,6 @@ def _no_outside_http(local: bool) -> Iterator[None]:
     variables, so the questions end on loopback. The processes Ray starts inherit the variables; this
     process gets its own back once they are started.
     """
-    if not local:
-        yield
-        return
     saved = {name: os.environ.get(name) for name in _PROXY_ENV}
     os.environ.update({"HTTP_PROXY": _NOWHERE, "http_proxy": _NOWHERE, "HTTPS_PROXY": _NOWHERE})
     os.environ.update({"https_proxy": _NOWHERE, "NO_PROXY": "", "no_proxy": ""})
@@ -109,24 +113,99 @@ def _no_outside_http(local: bool) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def import_ray(local: bool) -> Any:
+def import_ray() -> Any:
     """The ``ray`` module with Ray Data, set up so that no run reaches the network on its own.
-
-    Args:
-        local: a cluster of this machine alone will be started (set before Ray is first imported).
 
     Raises:
         MissingExtraError: Ray is not installed (``pip install "retinaface-export[ray]"``).
     """
     os.environ.setdefault(USAGE_STATS_ENV, "0")  # no usage statistics: no command reaches the network
     os.environ.setdefault(BACKEND_LOG_ENV, "fatal")
-    if local:
-        # a cluster on loopback: without this Ray finds the machine's address by a UDP connect to 8.8.8.8
-        # (the switch is named for Windows and macOS, but read on every system, when ray is imported)
-        os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
+    # Read on every system when ray is imported (the switch is named for Windows and macOS). Without it Ray finds
+    # the machine's address by a UDP connect to 8.8.8.8: a local cluster would listen on that address, and a
+    # driver joining by a loopback address (127.0.0.1:PORT, localhost:PORT) would have it rewritten to that
+    # address, which a cluster started on loopback does not listen on (Ray then retries for minutes). A driver
+    # joining an existing cluster takes its node's address from the cluster, so nothing else changes for it.
+    os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     ray = import_extra("ray", "ray", "--engine ray")
     import_extra("ray.data", "ray", "--engine ray")
     return ray
+
+
+def check_address(address: str, timeout: float = _PROBE_SECONDS) -> None:
+    """Something answers at ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``; ``auto`` is left to Ray).
+
+    Ray retries a cluster address nothing answers at for about 14 minutes before it gives up; one TCP
+    connection to the address the user named says it at once.
+
+    Raises:
+        UsageError: the address is malformed, or nothing answers there within ``timeout`` seconds.
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address}: not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        message = f"--ray-address {address}: cannot join the Ray cluster (nothing answers there: {reason})"
+        raise UsageError(message) from exc
+
+
+def _causes(exc: BaseException) -> str:
+    texts = []
+    while exc is not None and len(texts) < 8:
+        texts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return "\n".join(texts)
+
+
+def _join_error(address: str, exc: BaseException) -> UsageError:
+    """One line for a failed ``ray.init(address=...)``: a token refused or missing says what to set."""
+    causes = _causes(exc)
+    if any(sign in causes for sign in ("Unauthenticated", "InvalidAuthToken", "AuthenticationError")):
+        if os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
+            return UsageError(f"--ray-address {address}: the Ray cluster refused our token (RAY_AUTH_TOKEN, "
+                              "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token must hold the cluster's token)")  # fmt: skip
+        return UsageError(
+            f"--ray-address {address}: the Ray cluster asks for a token: set RAY_AUTH_MODE=token, "
+            "with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+        )
+    return UsageError(f"--ray-address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})")
+
+
+@contextmanager
+def _stderr_to_debug_log() -> Iterator[None]:
+    """Whatever is written to file descriptor 2 in the block goes to the debug log instead.
+
+    While a driver joins a cluster, Ray's C++ client logs each failed attempt on stderr before its own log
+    settings apply (``RAY_BACKEND_LOG_LEVEL`` is not read yet); the command says what failed in one line.
+    """
+    read_end, write_end = os.pipe()
+    saved = os.dup(2)
+    kept: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 65536):
+            kept.append(chunk)
+
+    reader = threading.Thread(target=drain, name="ray-join-stderr", daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)  # the pipe's last write end closes: the reader sees its end
+        os.close(saved)
+        reader.join(5)
+        os.close(read_end)
+        if text := b"".join(kept).decode(errors="replace").strip():
+            log.debug("Ray while joining the cluster:\n%s", text)
 
 
 @contextmanager
@@ -142,26 +221,31 @@ def ray_cluster(address: str | None, num_cpus: int) -> Iterator[Any]:
 
     Raises:
         MissingExtraError: Ray is not installed.
-        UsageError: the cluster cannot be joined.
+        UsageError: the cluster cannot be joined (nothing answers at ``address``, a token is missing or
+            refused), or a local one cannot be started.
     """
-    ray = import_ray(local=address is None)
+    ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address:
-        options["address"] = address
+        check_address(address)
+        try:
+            with _stderr_to_debug_log():
+                ray.init(address=address, **options)  # a driver of that cluster: none of the local settings
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            raise _join_error(address, exc) from exc
     else:
-        options.update(num_cpus=num_cpus, include_dashboard=False)
-    try:
-        with _no_outside_http(local=not address):
-            ray.init(**options)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") from exc
+        try:
+            with _no_outside_http():
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UsageError(f"--engine ray: cannot start a local Ray ({exc})") from exc
     try:
         yield ray
     finally:
-        ray.shutdown()
+        ray.shutdown()  # stops a local Ray; a joined cluster only loses this driver
 
 
 def detect_with_ray(
@@ -191,7 +275,7 @@ def detect_with_ray(
         FileError: no such artifact.
         UsageError: the cluster cannot be joined (once the results are asked for).
     """
-    import_ray(local=address is None)  # a missing extra is said before anything runs
+    import_ray()  # a missing extra is said before anything runs
     if not Path(artifact).is_file():
         raise FileError(artifact, "no such artifact file")
     settings = {
