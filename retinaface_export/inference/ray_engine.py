@@ -22,8 +22,9 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +92,10 @@ _PROXY_ENV = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROX
 
 
 @contextmanager
-def _no_outside_http() -> Iterator[None]:
-    """While a local Ray starts, its processes' HTTP goes to a closed loopback port.
-
-    Ray 2.60's dashboard process asks the Azure, GCP and AWS metadata servers (169.254.169.254,
-    metadata.google.internal) which cloud it runs on as it starts, even with usage statistics off
-    (``UsageStatsHead.run`` calls ``get_cluster_config_to_report`` first). Its ``requests`` honour the proxy
-    variables, so the questions end on loopback. The processes Ray starts inherit the variables; this
-    process gets its own back once they are started.
-    """
-    saved = {name: os.environ.get(name) for name in _PROXY_ENV}
-    os.environ.update({"HTTP_PROXY": _NOWHERE, "http_proxy": _NOWHERE, "HTTPS_PROXY": _NOWHERE})
-    os.environ.update({"https_proxy": _NOWHERE, "NO_PROXY": "", "no_proxy": ""})
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the block (the processes started in it inherit them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -111,6 +104,21 @@ def _no_outside_http() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _no_outside_http() -> AbstractContextManager[None]:
+    """While a local Ray starts, its processes' HTTP goes to a closed loopback port.
+
+    Ray 2.60's dashboard process asks the Azure, GCP and AWS metadata servers (169.254.169.254,
+    metadata.google.internal) which cloud it runs on as it starts, even with usage statistics off
+    (``UsageStatsHead.run`` calls ``get_cluster_config_to_report`` first). Its ``requests`` honour the proxy
+    variables, so the questions end on loopback. The processes Ray starts inherit the variables; this
+    process gets its own back once they are started.
+    """
+    return _environment(
+        {"HTTP_PROXY": _NOWHERE, "http_proxy": _NOWHERE, "HTTPS_PROXY": _NOWHERE}
+        | {"https_proxy": _NOWHERE, "NO_PROXY": "", "no_proxy": ""}
+    )
 
 
 def import_ray() -> Any:
@@ -183,7 +191,8 @@ def _stderr_to_debug_log() -> Iterator[None]:
     """Whatever is written to file descriptor 2 in the block goes to the debug log instead.
 
     While a driver joins a cluster, Ray's C++ client logs each failed attempt on stderr before its own log
-    settings apply (``RAY_BACKEND_LOG_LEVEL`` is not read yet); the command says what failed in one line.
+    settings apply (``RAY_BACKEND_LOG_LEVEL`` is not read yet); the command says what failed in one line. A
+    local start logs that it read ``RAY_BACKEND_LOG_LEVEL`` there too.
     """
     read_end, write_end = os.pipe()
     saved = os.dup(2)
@@ -236,16 +245,23 @@ def ray_cluster(address: str | None, num_cpus: int) -> Iterator[Any]:
                 ray.init(address=address, **options)  # a driver of that cluster: none of the local settings
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
             raise _join_error(address, exc) from exc
-    else:
         try:
-            with _no_outside_http():
+            yield ray
+        finally:
+            ray.shutdown()  # a joined cluster only loses this driver
+        return
+    # A local cluster listens on loopback only: no token. Ray 2.60 would otherwise write ~/.ray/auth_token (outside
+    # the folders the user named), which also turns token authentication on for later clusters of that user.
+    with _environment({AUTH_MODE_ENV: os.environ.get(AUTH_MODE_ENV) or "disabled"}):
+        try:
+            with _no_outside_http(), _stderr_to_debug_log():
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UsageError(f"--engine ray: cannot start a local Ray ({exc})") from exc
-    try:
-        yield ray
-    finally:
-        ray.shutdown()  # stops a local Ray; a joined cluster only loses this driver
+        try:
+            yield ray
+        finally:
+            ray.shutdown()  # stops the local Ray
 
 
 def detect_with_ray(
@@ -299,6 +315,8 @@ def _results(
         context.enable_progress_bars = False  # the command draws its own
         context.print_on_execution_start = False
         _quiet_ray_data()
+        # fewer images than actors: Ray Data says some actors will idle (the command's progress shows the run)
+        warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning, "ray.data")
         rows = max(1, settings["batch_size"] or 1) * 4  # paths per actor call: several network batches
         dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // rows))).map_batches(
             _DetectActor,
