@@ -4,6 +4,7 @@ APs must equal the reference's to the last digit (``==``), prediction files must
 the reference's line-by-line reader gives.
 """
 
+import itertools
 import json
 import logging
 import shutil
@@ -21,6 +22,7 @@ from retinaface_export.cli.evaluate import main
 from retinaface_export.errors import EvaluationError, FileError
 from retinaface_export.evaluation import evaluate
 from retinaface_export.widerface import (
+    SETTINGS,
     GroundTruth,
     ground_truth_key,
     ground_truth_npz,
@@ -160,6 +162,79 @@ def test_awkward_boxes_and_thresholds_equal_reference(truth, iou):
     # the kernel's arithmetic broadcast (crowded images make the element-by-element one slow)
     slow = reference_evaluate(preds, small.boxes, small.keep, iou_thresh=iou, overlaps_fn=vectorised_overlaps)
     assert evaluate(preds, small, iou) == slow
+
+
+def edge_faces(rng, iou, boundary, images=60):
+    """Per image one prediction (x1 y1 x2 y2) and faces at the edge of reaching ``iou`` with it: widths and
+    heights t, 1 and 1/t times its own (±0.1%), edges aligned either side or shifted by (1 - t) of its size,
+    so their centres lie as far from its own as IoU >= t allows; plus random faces. Corners, images, offsets.
+    """
+    preds, faces, counts = [], [], []
+    for _ in range(images):
+        x1, y1 = rng.uniform(0, 500, 2)
+        w, h = rng.uniform(4, 300, 2)
+        preds.append([x1, y1, x1 + w - boundary, y1 + h - boundary])
+        own = []
+        for _ in range(24):
+            sides = []
+            for start, size in ((x1, w), (y1, h)):
+                scale = rng.choice([iou, 1.0, 1 / iou]) * (1 + rng.uniform(-1e-3, 1e-3))
+                size_g = size * scale
+                at = rng.choice([start, start + size - size_g, start + (1 - iou) * size, start - (1 - iou) * size_g])
+                sides.append((at, at + size_g - boundary))
+            own.append([sides[0][0], sides[1][0], sides[0][1], sides[1][1]])
+        own += [[x, y, x + s, y + s] for x, y, s in rng.uniform([0, 0, 4], [600, 600, 200], (6, 3))]
+        faces += own
+        counts.append(len(own))
+    return np.array(preds), np.arange(images), np.array(faces), np.concatenate(([0], np.cumsum(counts)))
+
+
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
+def test_faces_at_the_edge_of_the_search_reach_are_compared(iou):
+    # the search compares a prediction only with faces whose centres lie near enough to reach the threshold:
+    # every hit of an all-pairs search over faces built at that distance must still be found, with its best face
+    from retinaface_export import evaluation
+
+    pred, image, faces, offsets = edge_faces(np.random.default_rng(int(iou * 10)), iou, boundary=1.0)
+    xywh = faces.copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    spans = list(itertools.pairwise(offsets.tolist()))
+    truth = GroundTruth(
+        ("0--E",),
+        tuple(("0--E", f"img{i}") for i in image),
+        tuple(xywh[a:b] for a, b in spans),
+        {s: tuple(np.arange(1, b - a + 1) for a, b in spans) for s in SETTINGS},
+    )
+    hit, face = evaluation._hits(np.ascontiguousarray(pred.T), image, truth, iou)
+    expected_hit, expected_face = [], []
+    for i in image:
+        overlaps = evaluation.bbox_overlaps(pred[i : i + 1], truth.corners[offsets[i] : offsets[i + 1]])[0]
+        if overlaps.max() >= iou:
+            expected_hit.append(i)
+            expected_face.append(offsets[i] + overlaps.argmax())
+    assert 10 < len(expected_hit) < len(image)  # the faces straddle the threshold
+    assert hit.tolist() == expected_hit and face.tolist() == expected_face
+
+
+@pytest.mark.parametrize("boundary", [0.0, 1.0])
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
+def test_candidate_ranges_hold_every_face_that_reaches_the_threshold(iou, boundary):
+    # both conventions: the official +1 pixel (boundary 1) and the OMZ checker's (0, which --protocol omz uses)
+    from retinaface_export import evaluation
+    from retinaface_export.omz_protocol import _overlaps
+
+    pred, image, faces, offsets = edge_faces(np.random.default_rng(int(iou * 10) + 7), iou, boundary)
+    order, first, last = evaluation.candidate_ranges(pred, image, faces, offsets, iou, boundary)
+    reaching = 0
+    for i in image:
+        own = faces[offsets[i] : offsets[i + 1]]
+        if boundary:
+            overlaps = evaluation.bbox_overlaps(pred[i : i + 1], own)[0]
+        else:
+            overlaps = _overlaps(np.repeat(pred[i : i + 1], len(own), axis=0), own)
+        reaching += int((overlaps >= iou).sum())
+        assert set(offsets[i] + np.flatnonzero(overlaps >= iou)) <= set(order[first[i] : last[i]].tolist())
+    assert reaching > 10
 
 
 def test_bad_prediction_arrays_are_refused(truth):
