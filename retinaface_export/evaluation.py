@@ -258,11 +258,20 @@ def _stacked(predictions: list[np.ndarray], truth: GroundTruth) -> tuple[np.ndar
             raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
     counts = np.array([len(boxes) for boxes in predictions], dtype=np.int64)
     stacked = np.concatenate(predictions, dtype=float, casting="unsafe") if len(predictions) else np.zeros((0, 5))
-    if not np.isfinite(stacked).all():
-        finite = np.isfinite(stacked).all(axis=1)
+    return _finite(stacked, counts, truth), counts
+
+
+def _finite(rows: np.ndarray, counts: np.ndarray, truth: GroundTruth) -> np.ndarray:
+    """``rows`` (checked to be finite) for ``counts`` rows per ground-truth image.
+
+    Raises:
+        EvaluationError: naming the first image with a value that is not.
+    """
+    if not np.isfinite(rows).all():
+        finite = np.isfinite(rows).all(axis=1)
         event, name = truth.images[int(np.searchsorted(np.cumsum(counts), np.flatnonzero(~finite)[0], side="right"))]
         raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
-    return stacked, counts
+    return rows
 
 
 def evaluate(
@@ -281,7 +290,33 @@ def evaluate(
     Raises:
         EvaluationError: predictions that are not N×5 finite numbers, or not one array per image.
     """
-    boxes, counts = _stacked(predictions, truth)
+    return _evaluate(*_stacked(predictions, truth), truth, iou_threshold)
+
+
+def evaluate_rows(
+    rows: np.ndarray, counts: np.ndarray, truth: GroundTruth, iou_threshold: float = IOU_THRESHOLD
+) -> dict[str, float]:
+    """:func:`evaluate` of every image's predictions in one array (as ``read_prediction_rows`` reads them).
+
+    Args:
+        rows: R×5 ``x y w h score``: the rows of each ground-truth image in turn (``truth.images`` order).
+        counts: how many rows each ground-truth image has.
+        truth: the validation ground truth.
+        iou_threshold: the overlap that makes a hit.
+
+    Raises:
+        EvaluationError: rows that are not R×5 finite numbers, or counts that do not add up to them.
+    """
+    rows, counts = np.asarray(rows, dtype=float), np.asarray(counts)
+    if rows.ndim != 2 or rows.shape[1] != 5:
+        raise EvaluationError(f"predictions of shape {rows.shape} are not rows of 5 numbers (x y w h score)")
+    if counts.shape != (len(truth.images),) or (counts < 0).any() or counts.sum() != len(rows):
+        raise EvaluationError(f"row counts for {len(counts)} images do not match {len(rows)} rows and the ground truth")
+    return _evaluate(_finite(rows, counts, truth), counts, truth, iou_threshold)
+
+
+def _evaluate(boxes: np.ndarray, counts: np.ndarray, truth: GroundTruth, iou_threshold: float) -> dict[str, float]:
+    """:func:`evaluate` of checked rows (``counts`` per image); ``boxes`` is not changed."""
     image = np.repeat(np.arange(len(counts)), counts)
     scores = boxes[:, 4]
     max_score = max(float(scores.max()), 0.0) if len(scores) else 0.0

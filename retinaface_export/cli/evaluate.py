@@ -26,7 +26,7 @@ from retinaface_export.cli.common import (
     write_json,
 )
 from retinaface_export.errors import FileError, UsageError
-from retinaface_export.evaluation import evaluate
+from retinaface_export.evaluation import evaluate_rows
 from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs, require_folder
 from retinaface_export.widerface import (
     GroundTruth,
@@ -35,7 +35,8 @@ from retinaface_export.widerface import (
     load_ground_truth,
     prediction_text,
     read_ground_truth_npz,
-    read_predictions,
+    read_prediction_rows,
+    split_rows,
 )
 
 if TYPE_CHECKING:
@@ -275,7 +276,7 @@ def main(
     refuse_outputs_over_inputs([("--json", json_path), ("--save-predictions", save_predictions)], inputs)
     truth = _ground_truth(gt_dir, cache_dir)
     if predictions is not None:
-        preds = read_predictions(predictions, truth)
+        rows, counts = read_prediction_rows(predictions, truth)  # every image's rows in one array
     else:
         assert images_root is not None
         if (artifact is None) == (weights is None):
@@ -283,13 +284,14 @@ def main(
         require_folder(images_root, "images folder")
         detector = _detector(artifact, weights, anchors, origin_size)
         preds = _run_model(detector, images_root, truth, long_side, save_predictions, quiet)
+        rows, counts = np.concatenate([np.zeros((0, 5)), *preds]), np.array([len(p) for p in preds], np.int64)
     if protocol == "omz":
         from retinaface_export.omz_protocol import evaluate_omz
 
-        result: dict[str, float | str] = {"protocol": "omz", "map": evaluate_omz(preds, truth)}
+        result: dict[str, float | str] = {"protocol": "omz", "map": evaluate_omz(split_rows(rows, counts), truth)}
         columns = {"mAP (OMZ accuracy checker)": float(result["map"])}
     else:
-        aps = evaluate(preds, truth)
+        aps = evaluate_rows(rows, counts, truth)
         result, columns = dict(aps), aps
     if json_path:
         write_json(json_path, result, indent=None)
