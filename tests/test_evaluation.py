@@ -22,13 +22,14 @@ from retinaface_export.cli.evaluate import main
 from retinaface_export.errors import EvaluationError, FileError
 from retinaface_export.evaluation import evaluate
 from retinaface_export.widerface import (
+    CACHE_SUFFIX,
     SETTINGS,
     GroundTruth,
+    ground_truth_cache,
     ground_truth_key,
-    ground_truth_npz,
     load_ground_truth,
     prediction_text,
-    read_ground_truth_npz,
+    read_ground_truth_cache,
     read_predictions,
 )
 
@@ -594,19 +595,24 @@ def test_ground_truth_is_parsed_once_per_process(truth):
 
 def test_ground_truth_cache_round_trip(tmp_path, truth):
     key = ground_truth_key(GT_DIR)
-    (tmp_path / "gt.npz").write_bytes(ground_truth_npz(truth, key))
-    again = read_ground_truth_npz(tmp_path / "gt.npz", key)
+    (tmp_path / "gt.npys").write_bytes(ground_truth_cache(truth, key))
+    again = read_ground_truth_cache(tmp_path / "gt.npys", key)
     assert again.events == truth.events and again.images == truth.images
     assert all(np.array_equal(a, b) for a, b in zip(again.boxes, truth.boxes, strict=True))
     for setting in ("easy", "medium", "hard"):
         assert all(np.array_equal(a, b) for a, b in zip(again.keep[setting], truth.keep[setting], strict=True))
+    # what scoring reads comes with it, as the per-image lists give it
+    fresh = GroundTruth(truth.events, truth.images, truth.boxes, truth.keep)
+    assert np.array_equal(again.offsets, fresh.offsets) and np.array_equal(again.corners, fresh.corners)
+    assert all(np.array_equal(again.counted[s], fresh.counted[s]) for s in SETTINGS)
+    assert again.kept_total == fresh.kept_total
     preds = random_predictions(truth, 2)
     assert evaluate(preds, again) == evaluate(preds, truth)
     with pytest.raises(FileError, match="not a ground-truth cache file"):
-        read_ground_truth_npz(tmp_path / "gt.npz", "0" * 64)  # written for other .mat files
-    (tmp_path / "bad.npz").write_bytes(b"PK not a zip")
+        read_ground_truth_cache(tmp_path / "gt.npys", "0" * 64)  # written for other .mat files
+    (tmp_path / "bad.npys").write_bytes(b"\x93NUMPY not a cache")
     with pytest.raises(FileError, match="not a ground-truth cache file"):
-        read_ground_truth_npz(tmp_path / "bad.npz", key)
+        read_ground_truth_cache(tmp_path / "bad.npys", key)
 
 
 def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatch):
@@ -619,7 +625,7 @@ def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatc
     assert first.exit_code == 0, first.output
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "cache"])
     (cached,) = cache.iterdir()
-    assert cached.name == f"wider_val_ground_truth-{ground_truth_key(GT_DIR)}.npz"
+    assert cached.name == f"wider_val_ground_truth-{ground_truth_key(GT_DIR)}{CACHE_SUFFIX}"
     # a second process would find it: with the in-process copy and scipy out of the way, it still scores
     monkeypatch.setattr(widerface, "_LOADED", {})
     monkeypatch.setattr(widerface, "_parse_mats", lambda *a: pytest.fail("parsed the .mat files again"))
@@ -633,7 +639,7 @@ def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatc
     assert third.exit_code == 0 and json.loads(third.stdout) == json.loads(first.stdout)
     squeezed = "".join(third.stderr.split())  # the log handler wraps long lines
     assert f"{cached.name}:notaground-truthcachefile" in squeezed and "rebuildingit" in squeezed
-    assert read_ground_truth_npz(cached, ground_truth_key(GT_DIR)).images == truth.images
+    assert read_ground_truth_cache(cached, ground_truth_key(GT_DIR)).images == truth.images
 
 
 def test_cli_cache_dir_problems(tmp_path, truth, monkeypatch):

@@ -29,12 +29,13 @@ from retinaface_export.errors import FileError, UsageError
 from retinaface_export.evaluation import evaluate_rows
 from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs, require_folder
 from retinaface_export.widerface import (
+    CACHE_SUFFIX,
     GroundTruth,
+    ground_truth_cache,
     ground_truth_key,
-    ground_truth_npz,
     load_ground_truth,
     prediction_text,
-    read_ground_truth_npz,
+    read_ground_truth_cache,
     read_prediction_rows,
     split_rows,
 )
@@ -138,10 +139,10 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
     import logging
 
     key = ground_truth_key(gt_dir)
-    cached = cache_dir / f"wider_val_ground_truth-{key}.npz"
+    cached = cache_dir / f"wider_val_ground_truth-{key}{CACHE_SUFFIX}"
     if cached.exists():
         try:
-            return read_ground_truth_npz(cached, key)
+            return read_ground_truth_cache(cached, key)
         except FileError as exc:
             logging.getLogger(__name__).warning("%s; rebuilding it", exc)
     truth = load_ground_truth(gt_dir)
@@ -154,7 +155,7 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
     from retinaface_export.safety.atomic import atomic_write_bytes
 
     try:
-        atomic_write_bytes(cached, ground_truth_npz(truth, key))
+        atomic_write_bytes(cached, ground_truth_cache(truth, key))
     except OSError as exc:  # a cache only saves time: say so and go on
         reason = exc.strerror or type(exc).__name__
         logging.getLogger(__name__).warning(
@@ -231,7 +232,7 @@ def ap_table(title: str, columns: dict[str, float], encoding: str | None = "utf-
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the parsed ground truth in this folder (one .npz named by the .mat files' sha256): later runs "
+    help="Keep the parsed ground truth in this folder (one file named by the .mat files' sha256): later runs "
     "read it instead of the .mat files. Nothing is cached without it.",
 )
 @json_option("the APs (schema: retinaface_export/eval.schema.json)")
