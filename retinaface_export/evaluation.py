@@ -28,8 +28,8 @@ IOU_THRESHOLD = 0.5
 _PAIRS_PER_CHUNK = 1 << 16
 # candidate_ranges compares a prediction with every face of an image that has at most this many
 _COMPARE_ALL = 4
-# the reference's thresholds, decreasing, then one below any score (the index past the last)
-_THRESHOLDS = np.append(1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS, -np.inf)
+# the reference's thresholds, decreasing, then two below any score (the index past the last, and one more)
+_THRESHOLDS = np.append(1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS, [-np.inf, -np.inf])
 
 
 def bbox_overlaps(boxes: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -74,18 +74,25 @@ def _first_counted_threshold(scores: np.ndarray, image: np.ndarray) -> np.ndarra
 
 
 def _thresholds_above(scores: np.ndarray) -> np.ndarray:
-    """How many of the reference's thresholds lie above each score (scores in [0, 1]): a guess, then corrected.
+    """How many of the reference's thresholds lie above each score (scores in [0, 1]): counted from a guess.
 
-    Exactly ``THRESHOLDS - searchsorted(thresholds[::-1], scores, side="right")``; the arithmetic guess is off
-    by at most one either way and is corrected against the thresholds themselves (a searchsorted if not).
+    Exactly ``THRESHOLDS - searchsorted(thresholds[::-1], scores, side="right")``. The arithmetic guess is
+    off by at most one either way, so the count is at most two past ``guess - 1``: those two thresholds
+    are compared with the score. The counts are checked (the threshold below each is not above the score,
+    the one above it is) and searched for if any is not.
     """
-    guess = np.ceil((1 - scores) * THRESHOLDS) - 1  # NaN (0/0 when every score is equal): 0, then checked
-    guess = np.clip(np.nan_to_num(guess, nan=0.0), 0, THRESHOLDS).astype(np.int64)
-    for _ in range(2):
-        guess += _THRESHOLDS[guess] > scores
-        guess -= (guess > 0) & (_THRESHOLDS[guess - 1] <= scores)
-    if (_THRESHOLDS[guess] <= scores).all() and ((guess == 0) | (_THRESHOLDS[guess - 1] > scores)).all():
-        return guess
+    guess = np.ceil((1 - scores) * THRESHOLDS) - 2  # NaN (0/0 when every score is equal): 0, then checked
+    start = np.clip(np.nan_to_num(guess, nan=0.0), 0, THRESHOLDS - 1).astype(np.int64)
+    count = start + (_THRESHOLDS[start] > scores) + (_THRESHOLDS[start + 1] > scores)
+    # the count is right if it stopped short of two (the threshold after it is not above the score) or the
+    # third one is not above it either, and if it moved or started at 0 or after a threshold above the score
+    whole = count < start + 2
+    whole |= _THRESHOLDS[start + 2] <= scores
+    moved = count > start
+    moved |= start == 0
+    moved |= _THRESHOLDS[start - 1] > scores
+    if whole.all() and moved.all():
+        return count
     return THRESHOLDS - np.searchsorted(_THRESHOLDS[THRESHOLDS - 1 :: -1], scores, side="right")
 
 
@@ -128,33 +135,32 @@ def _search(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`candidate_ranges` of boxes by coordinate (4×N rows), and each prediction's reach along y.
 
-    The reach is how far its faces' y centres may lie from its own (the bound of :func:`_reach`), infinite
-    where its faces are not narrowed down.
+    The reach is how far the y centres of faces that can reach the threshold lie from its own (the bound of
+    :func:`_reach`): finite for every proper prediction that lies within ±1e5, in any image (a face that is
+    not a proper box cannot reach a threshold above 0 at all), infinite for the others and when t <= 0.
     """
     gt_image = np.repeat(np.arange(len(gt_offsets) - 1), np.diff(gt_offsets))
     # a sort key that keeps images apart: centres clipped far outside any photo, images 1e7 apart
     gt_key = gt_image * 1e7 + np.clip((gt[0] + gt[2] + boundary) / 2, -1e6, 1e6)
     order = np.argsort(gt_key, kind="stable")
-    first, last = gt_offsets[image], gt_offsets[image + 1]
-    y_reach = np.full(len(image), np.inf)
+    first, last = gt_offsets[:-1][image], gt_offsets[1:][image]
     if iou_threshold <= 0 or not gt.shape[1]:
-        return order, first, last, y_reach
+        return order, first, last, np.full(len(image), np.inf)
+    reach = _reach(iou_threshold * 0.99)
+    x_reach = (pred[2] - pred[0] + boundary) * reach + 1
+    y_reach = (pred[3] - pred[1] + boundary) * reach + 1
+    centre = (pred[0] + pred[2] + boundary) / 2
+    # proper predictions (infinite and negative sizes are not) whose reach lies well inside the keys' range
+    bounded = (x_reach > 1) & (y_reach > 1) & (np.abs(centre) + x_reach < 1e5)
+    bounded &= np.abs(pred[1] + pred[3] + boundary) / 2 + y_reach < 1e5
+    y_reach[~bounded] = np.inf
     # images whose faces are all compared: those with a face that is not a proper box or is far out (past
-    # ±1e5), and those with few faces (comparing them all costs less than searching)
+    # ±1e5: its key may be clipped), and those with few faces (comparing them all costs less than searching)
     whole_image = np.diff(gt_offsets) <= _COMPARE_ALL  # (np.unique would import numpy.ma: 10 ms)
     gt_width, gt_height = gt[2] - gt[0] + boundary, gt[3] - gt[1] + boundary
     odd = ~((gt_width > 0) & (gt_height > 0) & (np.abs(gt) < 1e5).all(axis=0))
     whole_image[gt_image[odd]] = True
-    reach = _reach(iou_threshold * 0.99)
-    x_reach = (pred[2] - pred[0] + boundary) * reach + 1
-    centre = (pred[0] + pred[2] + boundary) / 2
-    # proper predictions whose window lies well inside the key's range (infinite and negative widths do not)
-    searched = (x_reach > 1) & (np.abs(centre) + x_reach < 1e5)
-    searched &= ~whole_image[image]
-    y_reach[searched] = (pred[3, searched] - pred[1, searched] + boundary) * reach + 1
-    searched &= y_reach > 1
-    y_reach[~searched] = np.inf
-    searched = np.flatnonzero(searched)
+    searched = np.flatnonzero(bounded & ~whole_image[image])
     if len(searched):
         sorted_key, low, high = gt_key[order], first[searched], last[searched]
         centre, x_reach = image[searched] * 1e7 + centre[searched], x_reach[searched]
@@ -196,14 +202,14 @@ def _hits(
     ``pred`` holds x1 y1 x2 y2 rows (4×N), ``image`` each one's image. The best is the reference's ``argmax``
     over the image's faces: the highest IoU, ties to the lowest id. Only the faces that can reach the
     threshold are compared (a prediction whose best is below it has no hit, whichever face that is): those
-    :func:`candidate_ranges` finds whose y centre is also near enough (the same bound), in chunks of at most
-    ``_PAIRS_PER_CHUNK`` (prediction, face) pairs.
+    :func:`candidate_ranges` finds whose y centre is also near enough (the same bound, in every image), in
+    chunks of at most ``_PAIRS_PER_CHUNK`` (prediction, face) pairs.
     """
     gt, offsets = truth.corners, truth.offsets
     order, first, last, y_reach = _search(pred, image, gt.T, offsets, iou_threshold, 1.0)
     gt = np.ascontiguousarray(gt[order].T)
-    # clipped so that no difference is inf - inf (NaN); where the faces were narrowed down they lie within
-    # ±1e5, and a prediction's centre clipped from past ±1e7 is only brought nearer to them
+    # clipped so that no difference is inf - inf (NaN): the faces that can reach the threshold of a prediction
+    # with a finite reach have centres within ±2e5, never clipped
     centre = np.clip((pred[1] + pred[3] + 1) / 2, -1e7, 1e7)
     gt_centre = np.clip((gt[1] + gt[3] + 1) / 2, -1e7, 1e7)
     hit_pred, hit_gt = [], []

@@ -17,7 +17,7 @@ from reference_evaluation import read_pred_file, reference_evaluate, vectorised_
 from scipy.io import savemat
 
 from conftest import SHARED, require
-from retinaface_export import widerface
+from retinaface_export import evaluation, widerface
 from retinaface_export.cli.evaluate import main
 from retinaface_export.errors import EvaluationError, FileError
 from retinaface_export.evaluation import evaluate
@@ -45,8 +45,6 @@ def tiny_truth(keep_easy, keep_medium, keep_hard):
 def test_thresholds_per_score_equal_the_reference_search():
     # the first counted threshold of each score is computed, not searched: every threshold, a float either side
     # of it, the ends, and NaN (all scores equal normalise to 0/0) against the search the reference's loop is
-    from retinaface_export import evaluation
-
     thresholds = 1 - (np.arange(1000) + 1) / 1000
     near = np.concatenate([thresholds, np.nextafter(thresholds, 2), np.nextafter(thresholds, -1)])
     scores = np.concatenate([near, np.random.default_rng(5).random(10_000), [0.0, 1.0, np.nan]])
@@ -194,8 +192,6 @@ def edge_faces(rng, iou, boundary, images=60):
 def test_faces_at_the_edge_of_the_search_reach_are_compared(iou):
     # the search compares a prediction only with faces whose centres lie near enough to reach the threshold:
     # every hit of an all-pairs search over faces built at that distance must still be found, with its best face
-    from retinaface_export import evaluation
-
     pred, image, faces, offsets = edge_faces(np.random.default_rng(int(iou * 10)), iou, boundary=1.0)
     xywh = faces.copy()
     xywh[:, 2:] -= xywh[:, :2]
@@ -221,7 +217,6 @@ def test_faces_at_the_edge_of_the_search_reach_are_compared(iou):
 @pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
 def test_candidate_ranges_hold_every_face_that_reaches_the_threshold(iou, boundary):
     # both conventions: the official +1 pixel (boundary 1) and the OMZ checker's (0, which --protocol omz uses)
-    from retinaface_export import evaluation
     from retinaface_export.omz_protocol import _overlaps
 
     pred, image, faces, offsets = edge_faces(np.random.default_rng(int(iou * 10) + 7), iou, boundary)
@@ -299,6 +294,65 @@ def test_unknown_image_and_missing_events_are_warned(tmp_path, truth, caplog):
         "no event folder" in caplog.text and "3225 of 3226 ground-truth images have no prediction file" in caplog.text
     )
     assert len(preds) == 3226 and len(preds[0]) == 1
+
+
+@pytest.mark.parametrize("layout", ["plain", "with a file read line by line"])
+def test_prediction_rows_come_in_ground_truth_order_last_file_of_an_image_winning(tmp_path, layout):
+    # files in name order: b.txt names image 2 (read first, counted first), a.txt and c.txt both name image 0
+    # (the later, c.txt, counts: the reference's dict), d.txt names an image not in the ground truth
+    images = [("0--E", "img0"), ("0--E", "img1"), ("0--E", "img2")]
+    keep = {s: (np.array([1]),) * 3 for s in SETTINGS}
+    small = GroundTruth(("0--E",), tuple(images), (np.array([[10.0, 10.0, 20.0, 20.0]]),) * 3, keep)
+    rows = {
+        "a": np.array([[1.0, 2.0, 3.0, 4.0, 0.5]]),
+        "b": np.array([[5.0, 6.0, 7.0, 8.0, 0.25], [9.0, 9.0, 9.0, 9.0, 0.125]]),
+        "c": np.array([[10.0, 10.0, 20.0, 20.0, 0.75]]),
+        "d": np.array([[1.0, 1.0, 1.0, 1.0, 1.0]]),
+    }
+    (tmp_path / "0--E").mkdir()
+    for file, name in (("a", "img0"), ("b", "img2"), ("c", "img0"), ("d", "stray")):
+        text = prediction_text(name, rows[file])
+        if file == "c" and layout != "plain":
+            text = text.replace("0.7500000000", "7.5e-1")  # an exponent: read line by line
+        (tmp_path / "0--E" / f"{file}.txt").write_text(text)
+    got, counts = widerface.read_prediction_rows(tmp_path, small)
+    assert counts.tolist() == [1, 0, 2]
+    assert np.array_equal(got, np.vstack([rows["c"], rows["b"]]))
+    split = widerface.split_rows(got, counts)
+    assert [len(p) for p in split] == [1, 0, 2] and np.array_equal(split[2], rows["b"])
+    assert evaluation.evaluate_rows(got, counts, small) == evaluate(split, small)
+
+
+def test_evaluate_rows_refuses_rows_that_do_not_match(truth):
+    small = subset(truth, 40)
+    preds = random_predictions(small, 0)
+    rows, counts = np.vstack(preds), np.array([len(p) for p in preds])
+    aps = evaluation.evaluate_rows(rows, counts, small)
+    assert aps == evaluate(preds, small) and all(0 < ap < 1 for ap in aps.values())
+    with pytest.raises(EvaluationError, match="row counts"):
+        evaluation.evaluate_rows(rows, counts + 1, small)
+    with pytest.raises(EvaluationError, match="row counts"):
+        evaluation.evaluate_rows(rows, counts[:2], small)
+    with pytest.raises(EvaluationError, match="rows of 5"):
+        evaluation.evaluate_rows(rows[:, :4], counts, small)
+    image = int(np.flatnonzero(counts[1:])[0]) + 1  # an image with rows after the first
+    rows[counts[:image].sum(), 2] = np.inf  # its first row
+    with pytest.raises(EvaluationError, match=f"{small.images[image][0]}/{small.images[image][1]}"):
+        evaluation.evaluate_rows(rows, counts, small)
+
+
+def test_images_turn_the_cycle_collector_back_on(tmp_path, truth):
+    # the console script turns it off for a short run over prediction files; a model run is a long one
+    import gc
+
+    (tmp_path / "images").mkdir()
+    gc.disable()
+    try:
+        result = CliRunner().invoke(main, ["--images", str(tmp_path / "images"), "--ground-truth", str(GT_DIR)])
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+    assert result.exit_code == 2 and "give exactly one of --model ARTIFACT or --weights CKPT" in result.output
 
 
 def _cell(items):

@@ -156,14 +156,15 @@ def test_legacy_magic_number_is_torchs():
 
 
 @pytest.mark.parametrize(
-    ("command", "user_value", "expected"),
+    ("command", "user_value", "expected", "collecting"),
     [
-        ("retinaface-eval", None, "1"),  # elementwise arithmetic: OpenBLAS's thread pool only cost ~50 ms
-        ("retinaface-eval", "2", "2"),  # the user's setting wins
-        ("retinaface-export", None, None),  # other commands keep OpenBLAS's default
+        # elementwise arithmetic: OpenBLAS's thread pool only cost ~50 ms; the cycle collector ~8 ms
+        ("retinaface-eval", None, "1", False),
+        ("retinaface-eval", "2", "2", False),  # the user's setting wins
+        ("retinaface-export", None, None, True),  # other commands keep OpenBLAS's default and the collector
     ],
 )
-def test_eval_starts_openblas_with_one_thread(command, user_value, expected):
+def test_eval_starts_openblas_with_one_thread(command, user_value, expected, collecting):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
@@ -171,12 +172,12 @@ def test_eval_starts_openblas_with_one_thread(command, user_value, expected):
         env["OPENBLAS_NUM_THREADS"] = user_value
     code = (
         "import atexit, os, sys; from retinaface_export.cli.entry import run; "
-        "atexit.register(lambda: print('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'), "
-        "'numpy' in sys.modules, file=sys.stderr)); "
+        "import gc; atexit.register(lambda: print('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'), "
+        "'numpy' in sys.modules, 'GC', gc.isenabled(), file=sys.stderr)); "
         f"sys.argv = [{command!r}, '--help']; run({command!r})"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"BLAS {expected} " in done.stderr
+    assert f"BLAS {expected} " in done.stderr and f"GC {collecting}" in done.stderr

@@ -279,6 +279,9 @@ def main(
     if predictions is not None:
         rows, counts = read_prediction_rows(predictions, truth)  # every image's rows in one array
     else:
+        import gc
+
+        gc.enable()  # a model over every photo is a long run: the console script turned it off for a short one
         assert images_root is not None
         if (artifact is None) == (weights is None):
             raise UsageError("with --images, give exactly one of --model ARTIFACT or --weights CKPT")
