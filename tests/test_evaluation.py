@@ -65,6 +65,20 @@ def test_hand_computed_ap():
     assert aps == reference_evaluate(preds, truth.boxes, truth.keep)
 
 
+def test_predictions_of_an_image_without_faces_are_skipped_as_by_the_reference():
+    one = tiny_truth([1], [2], [1, 2])
+    two = GroundTruth(
+        one.events,
+        (*one.images, ("0--E", "empty")),
+        (*one.boxes, np.zeros((0, 4))),
+        {s: (*k, np.zeros(0, int)) for s, k in one.keep.items()},
+    )
+    preds = [np.array([[10.0, 10.0, 20.0, 20.0, 0.9], [300.0, 300.0, 10.0, 10.0, 0.5]])]
+    preds.append(np.array([[1.0, 1.0, 5.0, 5.0, 0.95], [2.0, 2.0, 5.0, 5.0, 0.1]]))  # no proposals, but normalised
+    aps = evaluate(preds, two)
+    assert aps == reference_evaluate(preds, two.boxes, two.keep) == {"easy": 1.0, "medium": 0.0, "hard": 0.5}
+
+
 def test_image_without_predictions_still_counts_its_faces():
     truth = tiny_truth([1, 2], [1, 2], [1, 2])
     aps = evaluate([np.zeros((0, 5))], truth)
