@@ -482,6 +482,7 @@ _ODD_BREAK = re.compile(rb"[\r\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 _WORD = 8
 _LONGEST = 2 * _WORD
 _PIECE = 1 << 18
+_SHORTEST_LINE = 10  # five one-digit fields, four spaces, a newline
 _POW10 = 10.0 ** np.arange(_LONGEST + 1)
 _POW10_INT = np.array([10**i for i in range(_WORD + 1)], dtype=np.uint64)
 _LOW_BITS = np.uint64(0x0101010101010101)
@@ -603,7 +604,9 @@ def _parse_plain(bodies: list[bytes | memoryview]) -> tuple[np.ndarray, list[tup
     bounds = np.cumsum([_LONGEST, *map(len, bodies)], dtype=np.int64)
     chars = np.frombuffer(text, np.uint8)
     words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=text, strides=(1,))
-    out = np.empty(5 * text.count(b"\n", _LONGEST))
+    # room for every row a plain text can hold (a line is at least "0 0 0 0 0\n"): pages never written to
+    # are never mapped, and counting the lines would read the whole text once more
+    out = np.empty(5 * ((len(text) - _LONGEST) // _SHORTEST_LINE))
     spans: list[tuple[int, int] | None] = [None] * len(bodies)
     row = 0
     cuts = np.searchsorted(bounds, np.arange(_LONGEST + _PIECE, bounds[-1], _PIECE)).tolist()
