@@ -66,22 +66,31 @@ SUMMARIES = {
 # NumPy is imported, only costs them time (~50 ms of a ~0.4 s retinaface-eval). A value the user set wins.
 ONE_BLAS_THREAD = frozenset({"retinaface-eval"})
 BLAS_THREADS_ENV = "OPENBLAS_NUM_THREADS"
-# Commands that run for a fraction of a second and allocate many small containers (NumPy's import, a record
-# per prediction file) but no reference cycles worth collecting: the cyclic garbage collector's passes cost
-# them ~8 ms of ~0.3 s and free nothing. A long run among them turns it back on (retinaface-eval --images).
-NO_CYCLE_COLLECTION = frozenset({"retinaface-eval"})
+# Commands that run for a fraction of a second over arrays of a few MB (retinaface-eval: ~30 arrays of 2.3 MB,
+# one value per prediction) and many small containers (NumPy's import, a record per prediction file):
+# - the cyclic garbage collector's passes cost ~8 ms of ~0.3 s and free nothing (no reference cycles);
+#   a long run among them turns it back on (retinaface-eval --images);
+# - glibc's malloc gives every block above its mmap threshold (128 KiB at start) a fresh mapping, unmapped
+#   when freed, so each such array is new memory, faulted in page by page (~15 ms of ~0.3 s). Freeing one
+#   block of LARGE_BLOCK raises the threshold to that size (mallopt(3): the dynamic mmap threshold), and
+#   freed blocks below it are reused. bytes(n) is calloc'd: a fresh mapping, never touched, freed in
+#   microseconds. Elsewhere than glibc it changes nothing (mallopt itself would take ctypes and glibc-only
+#   code).
+SHORT_ARRAY_RUNS = frozenset({"retinaface-eval"})
+LARGE_BLOCK = 16 << 20  # at most glibc's DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit), above which it is not raised
 
 
 def prepare_process(command: str) -> None:
     """Before NumPy loads: OpenBLAS threads and garbage collection as ``command`` wants them.
 
-    One OpenBLAS thread for a command of :data:`ONE_BLAS_THREAD` (unless the user set it), and no cyclic
-    garbage collection for one of :data:`NO_CYCLE_COLLECTION`.
+    One OpenBLAS thread for a command of :data:`ONE_BLAS_THREAD` (unless the user set it); for one of
+    :data:`SHORT_ARRAY_RUNS`, no cyclic garbage collection, and freed blocks of a few MB kept for reuse.
     """
     if command in ONE_BLAS_THREAD:
         os.environ.setdefault(BLAS_THREADS_ENV, "1")
-    if command in NO_CYCLE_COLLECTION:
+    if command in SHORT_ARRAY_RUNS:
         gc.disable()
+        bytes(LARGE_BLOCK)  # allocated and freed: malloc's mmap threshold rises to its size (see above)
 
 
 class Interrupted(KeyboardInterrupt):
