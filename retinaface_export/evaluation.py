@@ -6,11 +6,12 @@ the numbers are compared with published ones: scores normalised over the whole s
 convention of its Cython ``bbox_overlaps``; 1,000 thresholds ``1 - (t+1)/1000``; a prediction whose best
 ground truth is outside the setting's keep list is no proposal; VOC AP over the precision envelope (NaN from
 0/0 precision propagates as it does there). What is vectorised: the overlaps, for the whole set at once but
-only between a prediction and the faces whose x1 lies where IoU >= the threshold is possible
-(:func:`candidate_ranges`; the others cannot be a hit, and a prediction's best face matters only when it
-is one); the threshold sweep, as each prediction's first counted threshold (an exact searchsorted, then a
-suffix minimum per image) so that every image's curve adds up in one weighted bincount; and recall, as the
-first hit of each kept face over the whole set. The APs are the reference's to the last digit.
+only between a prediction and the faces whose centre lies where IoU >= the threshold is possible (by x
+:func:`candidate_ranges`, then by y; the others cannot be a hit, and a prediction's best face matters only
+when it is one); the threshold sweep, as each prediction's first counted threshold (an exact searchsorted,
+then a suffix minimum per image) so that every image's curve adds up in one bincount, from which the hits
+on ignored faces are taken out; and recall, as the first hit of each kept face over the whole set. The APs
+are the reference's to the last digit.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ IOU_THRESHOLD = 0.5
 _PAIRS_PER_CHUNK = 1 << 16
 # candidate_ranges compares a prediction with every face of an image that has at most this many
 _COMPARE_ALL = 4
-# the reference's thresholds, decreasing, then one below any score (the index past the last)
-_THRESHOLDS = np.append(1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS, -np.inf)
+# the reference's thresholds, decreasing, then two below any score (the index past the last, and one more)
+_THRESHOLDS = np.append(1 - (np.arange(THRESHOLDS) + 1) / THRESHOLDS, [-np.inf, -np.inf])
 
 
 def bbox_overlaps(boxes: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -73,18 +74,25 @@ def _first_counted_threshold(scores: np.ndarray, image: np.ndarray) -> np.ndarra
 
 
 def _thresholds_above(scores: np.ndarray) -> np.ndarray:
-    """How many of the reference's thresholds lie above each score (scores in [0, 1]): a guess, then corrected.
+    """How many of the reference's thresholds lie above each score (scores in [0, 1]): counted from a guess.
 
-    Exactly ``THRESHOLDS - searchsorted(thresholds[::-1], scores, side="right")``; the arithmetic guess is off
-    by at most one either way and is corrected against the thresholds themselves (a searchsorted if not).
+    Exactly ``THRESHOLDS - searchsorted(thresholds[::-1], scores, side="right")``. The arithmetic guess is
+    off by at most one either way, so the count is at most two past ``guess - 1``: those two thresholds
+    are compared with the score. The counts are checked (the threshold below each is not above the score,
+    the one above it is) and searched for if any is not.
     """
-    guess = np.ceil((1 - scores) * THRESHOLDS) - 1  # NaN (0/0 when every score is equal): 0, then checked
-    guess = np.clip(np.nan_to_num(guess, nan=0.0), 0, THRESHOLDS).astype(np.int64)
-    for _ in range(2):
-        guess += _THRESHOLDS[guess] > scores
-        guess -= (guess > 0) & (_THRESHOLDS[guess - 1] <= scores)
-    if (_THRESHOLDS[guess] <= scores).all() and ((guess == 0) | (_THRESHOLDS[guess - 1] > scores)).all():
-        return guess
+    guess = np.ceil((1 - scores) * THRESHOLDS) - 2  # NaN (0/0 when every score is equal): 0, then checked
+    start = np.clip(np.nan_to_num(guess, nan=0.0), 0, THRESHOLDS - 1).astype(np.int64)
+    count = start + (_THRESHOLDS[start] > scores) + (_THRESHOLDS[start + 1] > scores)
+    # the count is right if it stopped short of two (the threshold after it is not above the score) or the
+    # third one is not above it either, and if it moved or started at 0 or after a threshold above the score
+    whole = count < start + 2
+    whole |= _THRESHOLDS[start + 2] <= scores
+    moved = count > start
+    moved |= start == 0
+    moved |= _THRESHOLDS[start - 1] > scores
+    if whole.all() and moved.all():
+        return count
     return THRESHOLDS - np.searchsorted(_THRESHOLDS[THRESHOLDS - 1 :: -1], scores, side="right")
 
 
@@ -92,8 +100,8 @@ def _pair_overlaps(pred: np.ndarray, gt: np.ndarray, pred_index: np.ndarray, gt_
     """IoU of prediction ``pred_index[i]`` with ground truth ``gt_index[i]``: :func:`bbox_overlaps`' arithmetic.
 
     ``pred`` and ``gt`` are boxes by coordinate (4×N: the x1, y1, x2, y2 rows; gathers from a row are faster
-    than from columns of N×4). Most pairs do not overlap in x; height, areas and the division are computed
-    for the others only.
+    than from columns of N×4). Pairs that do not overlap in x get 0 at once; height, areas and the division
+    are computed for the others only.
     """
     iou = np.zeros(len(pred_index))
     px1, py1, px2, py2 = pred
@@ -111,6 +119,56 @@ def _pair_overlaps(pred: np.ndarray, gt: np.ndarray, pred_index: np.ndarray, gt_
     return iou
 
 
+def _reach(iou_threshold: float) -> float:
+    """How far apart two box centres can be, in widths of the first box, for their IoU to reach ``iou_threshold``.
+
+    For proper boxes (W, H > 0) IoU >= t needs the overlap along x ``iw >= t·max(Wp, Wg)`` (the intersection
+    is at most ``iw`` times either height, the union at least either area), so ``Wg <= Wp / t``; and two
+    intervals overlap by at most ``(Wp + Wg) / 2 - |cp - cg|``. Over every such ``Wg``:
+    ``|cp - cg| <= Wp·max(1 - t, (1/t - 1) / 2)``. The same holds along y with heights.
+    """
+    return max(1 - iou_threshold, (1 / iou_threshold - 1) / 2)
+
+
+def _search(
+    pred: np.ndarray, image: np.ndarray, gt: np.ndarray, gt_offsets: np.ndarray, iou_threshold: float, boundary: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`candidate_ranges` of boxes by coordinate (4×N rows), and each prediction's reach along y.
+
+    The reach is how far the y centres of faces that can reach the threshold lie from its own (the bound of
+    :func:`_reach`): finite for every proper prediction that lies within ±1e5, in any image (a face that is
+    not a proper box cannot reach a threshold above 0 at all), infinite for the others and when t <= 0.
+    """
+    gt_image = np.repeat(np.arange(len(gt_offsets) - 1), np.diff(gt_offsets))
+    # a sort key that keeps images apart: centres clipped far outside any photo, images 1e7 apart
+    gt_key = gt_image * 1e7 + np.clip((gt[0] + gt[2] + boundary) / 2, -1e6, 1e6)
+    order = np.argsort(gt_key, kind="stable")
+    first, last = gt_offsets[:-1][image], gt_offsets[1:][image]
+    if iou_threshold <= 0 or not gt.shape[1]:
+        return order, first, last, np.full(len(image), np.inf)
+    reach = _reach(iou_threshold * 0.99)
+    x_reach = (pred[2] - pred[0] + boundary) * reach + 1
+    y_reach = (pred[3] - pred[1] + boundary) * reach + 1
+    centre = (pred[0] + pred[2] + boundary) / 2
+    # proper predictions (infinite and negative sizes are not) whose reach lies well inside the keys' range
+    bounded = (x_reach > 1) & (y_reach > 1) & (np.abs(centre) + x_reach < 1e5)
+    bounded &= np.abs(pred[1] + pred[3] + boundary) / 2 + y_reach < 1e5
+    y_reach[~bounded] = np.inf
+    # images whose faces are all compared: those with a face that is not a proper box or is far out (past
+    # ±1e5: its key may be clipped), and those with few faces (comparing them all costs less than searching)
+    whole_image = np.diff(gt_offsets) <= _COMPARE_ALL  # (np.unique would import numpy.ma: 10 ms)
+    gt_width, gt_height = gt[2] - gt[0] + boundary, gt[3] - gt[1] + boundary
+    odd = ~((gt_width > 0) & (gt_height > 0) & (np.abs(gt) < 1e5).all(axis=0))
+    whole_image[gt_image[odd]] = True
+    searched = np.flatnonzero(bounded & ~whole_image[image])
+    if len(searched):
+        sorted_key, low, high = gt_key[order], first[searched], last[searched]
+        centre, x_reach = image[searched] * 1e7 + centre[searched], x_reach[searched]
+        first[searched] = np.clip(np.searchsorted(sorted_key, centre - x_reach, side="left"), low, high)
+        last[searched] = np.clip(np.searchsorted(sorted_key, centre + x_reach, side="right"), first[searched], high)
+    return order, first, last, y_reach
+
+
 def candidate_ranges(
     pred: np.ndarray,
     image: np.ndarray,
@@ -119,106 +177,65 @@ def candidate_ranges(
     iou_threshold: float,
     boundary: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ground truth sorted by image then x1, and per prediction the range of it that can reach ``iou_threshold``.
+    """Ground truth sorted by image then x centre, and per prediction the range of it that can reach the threshold.
 
-    Boxes are x1 y1 x2 y2; ``image`` is each prediction's image, ``gt_offsets`` where each image's ground
-    truth starts. With widths ``W = x2 - x1 + boundary`` of proper boxes (W, H > 0), IoU >= t needs the x
-    overlap ``iw >= t·Wp`` and ``Wg <= Wp / t``, hence ``x1p + Wp·(t - 1/t) <= x1g <= x2p + boundary - t·Wp``;
-    the bounds are widened (t taken 1% lower, a pixel more each side) so rounding can never leave a pair
-    that reaches t out. A prediction that is not a proper box (or has a coordinate past ±1e5), one in an
-    image with a ground-truth box that is not or with at most ``_COMPARE_ALL`` faces, and every prediction
-    when t <= 0, gets all of its image's ground truth.
+    Boxes are x1 y1 x2 y2 rows; ``image`` is each prediction's image, ``gt_offsets`` where each image's ground
+    truth starts. Widths are ``W = x2 - x1 + boundary`` and centres ``c = (x1 + x2 + boundary) / 2``; a face
+    whose centre is further than ``Wp·_reach(t)`` from the prediction's cannot reach IoU t. The bound is
+    widened (t taken 1% lower, a pixel more each side) so rounding can never leave a pair that reaches t
+    out. A prediction that is not a proper box (or lies past ±1e5), one in an image with a face that is not
+    (or lies that far out) or with at most ``_COMPARE_ALL`` faces, and every prediction when t <= 0, gets
+    all of its image's ground truth.
 
     Returns:
         (order: sorted position -> ground-truth id, first, last + 1) with first/last positions in ``order``.
     """
-    gt_image = np.repeat(np.arange(len(gt_offsets) - 1), np.diff(gt_offsets))
-    # a sort key that keeps images apart: coordinates clipped far outside any photo, images 1e7 apart
-    gt_key = gt_image * 1e7 + np.clip(gt[:, 0], -1e6, 1e6)
-    order = np.argsort(gt_key, kind="stable")
-    sorted_key = gt_key[order]
-    first_all, last_all = gt_offsets[image], gt_offsets[image + 1]
-    if iou_threshold <= 0 or not len(gt):
-        return order, first_all, last_all
-    t = iou_threshold * 0.99
-    width = pred[:, 2] - pred[:, 0] + boundary
-    gt_proper = (gt[:, 2] - gt[:, 0] + boundary > 0) & (gt[:, 3] - gt[:, 1] + boundary > 0)
-    gt_proper &= (np.abs(gt) < 1e5).all(axis=1)
-    # images whose faces are all compared: those with a ground-truth box that is not proper, and those with
-    # few faces (comparing them all costs less than searching; the pairs that cannot reach t just miss)
-    whole_image = np.diff(gt_offsets) <= _COMPARE_ALL  # (np.unique would import numpy.ma: 10 ms)
-    whole_image[gt_image[~gt_proper]] = True
-    proper = (width > 0) & (pred[:, 3] - pred[:, 1] + boundary > 0) & (np.abs(pred[:, :4]) < 1e5).all(axis=1)
-    searched = np.flatnonzero(proper & ~whole_image[image])
-    first, last = first_all.copy(), last_all.copy()
-    if len(searched):
-        box, key = pred[searched], image[searched] * 1e7
-        low = box[:, 0] + width[searched] * (t - 1 / t) - 1
-        high = box[:, 2] + boundary - t * width[searched] + 1
-        found = np.searchsorted(sorted_key, key + np.clip(low, -1e6, 1e6), side="left")
-        first[searched] = np.clip(found, first_all[searched], last_all[searched])
-        found = np.searchsorted(sorted_key, key + np.clip(high, -1e6, 1e6), side="right")
-        last[searched] = np.clip(found, first[searched], last_all[searched])
-    return order, first, last
+    rows = np.ascontiguousarray(pred.T), np.ascontiguousarray(gt.T)
+    return _search(*rows[:1], image, rows[1], gt_offsets, iou_threshold, boundary)[:3]
 
 
-def _best_ground_truth(
-    pred: np.ndarray, first: np.ndarray, last: np.ndarray, order: np.ndarray, gt: np.ndarray
+def _hits(
+    pred: np.ndarray, image: np.ndarray, truth: GroundTruth, iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each prediction, its best ground truth among ``order[first:last]`` and that IoU.
+    """(predictions whose best IoU reaches ``iou_threshold``, ascending; that best ground truth's global id).
 
-    Boxes are 4×N, as :func:`_pair_overlaps` takes them. Ties go to the lowest ground-truth id, as
-    ``argmax`` over a row of :func:`bbox_overlaps` decides.
-    A prediction without candidates gets IoU 0 (and id -1). Inputs are finite, so no IoU is NaN.
+    ``pred`` holds x1 y1 x2 y2 rows (4×N), ``image`` each one's image. The best is the reference's ``argmax``
+    over the image's faces: the highest IoU, ties to the lowest id. Only the faces that can reach the
+    threshold are compared (a prediction whose best is below it has no hit, whichever face that is): those
+    :func:`candidate_ranges` finds whose y centre is also near enough (the same bound, in every image), in
+    chunks of at most ``_PAIRS_PER_CHUNK`` (prediction, face) pairs.
     """
-    count = last - first
-    best_gt, best_iou = np.full(len(count), -1, np.int64), np.zeros(len(count))
-    some = np.flatnonzero(count > 0)
-    if not len(some):
-        return best_gt, best_iou
-    count = count[some]
-    starts = np.cumsum(count) - count
-    owner = np.repeat(some, count)
-    gt_index = order[first[owner] + np.arange(len(owner)) - np.repeat(starts, count)]
-    iou = _pair_overlaps(pred, gt, owner, gt_index)
-    best = np.maximum.reduceat(iou, starts)
-    tied = np.where(iou == np.repeat(best, count), gt_index, np.iinfo(np.int64).max)
-    best_gt[some], best_iou[some] = np.minimum.reduceat(tied, starts), best
-    return best_gt, best_iou
-
-
-def _matches(
-    boxes: np.ndarray, counts: np.ndarray, truth: GroundTruth, iou_threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Over the predictions of images that have ground truth: best global ground-truth id, hit, first t.
-
-    ``boxes`` holds every image's rows (x y w h normalised score) one after the other, ``counts`` how many
-    each has. Only the ground truth that can reach the threshold is compared (:func:`candidate_ranges`),
-    in chunks of at most ``_PAIRS_PER_CHUNK`` (prediction, ground truth) pairs.
-    """
-    gt_offsets = truth.offsets
-    image = np.repeat(np.arange(len(counts)), counts)
-    rows = np.flatnonzero(np.diff(gt_offsets)[image] > 0)  # the reference skips images without ground truth
-    if not len(rows):
-        return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64)
-    boxes, image = boxes[rows], image[rows]
-    pred = boxes[:, :4].copy()
-    pred[:, 2:] += pred[:, :2]
-    gt = truth.corners
-    order, first, last = candidate_ranges(pred, image, gt, gt_offsets, iou_threshold)
-    pairs = np.cumsum(last - first)
-    pred_rows, gt_rows = np.ascontiguousarray(pred.T), np.ascontiguousarray(gt.T)
-    best_gt, best_iou = np.zeros(len(pred), np.int64), np.zeros(len(pred))
+    gt, offsets = truth.corners, truth.offsets
+    order, first, last, y_reach = _search(pred, image, gt.T, offsets, iou_threshold, 1.0)
+    gt = np.ascontiguousarray(gt[order].T)
+    # clipped so that no difference is inf - inf (NaN): the faces that can reach the threshold of a prediction
+    # with a finite reach have centres within ±2e5, never clipped
+    centre = np.clip((pred[1] + pred[3] + 1) / 2, -1e7, 1e7)
+    gt_centre = np.clip((gt[1] + gt[3] + 1) / 2, -1e7, 1e7)
+    hit_pred, hit_gt = [], []
+    counts = last - first
+    pairs = np.cumsum(counts)
     start = 0
-    while start < len(pred):
+    while start < len(counts):
         done = pairs[start - 1] if start else 0
         stop = max(start + 1, int(np.searchsorted(pairs, done + _PAIRS_PER_CHUNK, side="right")))
-        chunk = slice(start, stop)
-        best_gt[chunk], best_iou[chunk] = _best_ground_truth(
-            pred_rows[:, chunk], first[chunk], last[chunk], order, gt_rows
-        )
+        count = counts[start:stop]
+        owner = np.repeat(np.arange(start, stop), count)
+        position = np.arange(len(owner)) + np.repeat(first[start:stop] - (pairs[start:stop] - count - done), count)
+        near = np.abs(centre.take(owner) - gt_centre.take(position)) <= y_reach.take(owner)
+        owner, position = owner[near], position[near]
+        iou = _pair_overlaps(pred, gt, owner, position)
+        hit = np.flatnonzero(iou >= iou_threshold)
+        if len(hit):  # owners ascend: per owner the highest IoU, then the lowest id among those
+            owner, face, iou = owner[hit], order[position[hit]], iou[hit]
+            starts = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))
+            best = np.repeat(np.maximum.reduceat(iou, starts), np.diff(np.append(starts, len(owner))))
+            hit_pred.append(owner[starts])
+            hit_gt.append(np.minimum.reduceat(np.where(iou == best, face, np.iinfo(np.int64).max), starts))
         start = stop
-    return best_gt, best_iou >= iou_threshold, _first_counted_threshold(boxes[:, 4], image)
+    if not hit_pred:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(hit_pred), np.concatenate(hit_gt)
 
 
 def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -229,9 +246,9 @@ def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
-def _curve(first_t: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per threshold, the summed weights of the predictions counted by then."""
-    return np.cumsum(np.bincount(first_t, weights=weights, minlength=THRESHOLDS + 1))[:THRESHOLDS]
+def _curve(first_t: np.ndarray) -> np.ndarray:
+    """Per threshold, how many of the predictions whose first counted thresholds are ``first_t`` count by then."""
+    return np.cumsum(np.bincount(first_t, minlength=THRESHOLDS + 1))[:THRESHOLDS]
 
 
 def _stacked(predictions: list[np.ndarray], truth: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
@@ -247,11 +264,20 @@ def _stacked(predictions: list[np.ndarray], truth: GroundTruth) -> tuple[np.ndar
             raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
     counts = np.array([len(boxes) for boxes in predictions], dtype=np.int64)
     stacked = np.concatenate(predictions, dtype=float, casting="unsafe") if len(predictions) else np.zeros((0, 5))
-    if not np.isfinite(stacked).all():
-        finite = np.isfinite(stacked).all(axis=1)
+    return _finite(stacked, counts, truth), counts
+
+
+def _finite(rows: np.ndarray, counts: np.ndarray, truth: GroundTruth) -> np.ndarray:
+    """``rows`` (checked to be finite) for ``counts`` rows per ground-truth image.
+
+    Raises:
+        EvaluationError: naming the first image with a value that is not.
+    """
+    if not np.isfinite(rows).all():
+        finite = np.isfinite(rows).all(axis=1)
         event, name = truth.images[int(np.searchsorted(np.cumsum(counts), np.flatnonzero(~finite)[0], side="right"))]
         raise EvaluationError(f"predictions for {event}/{name} are not rows of 5 finite numbers (x y w h score)")
-    return stacked, counts
+    return rows
 
 
 def evaluate(
@@ -270,23 +296,55 @@ def evaluate(
     Raises:
         EvaluationError: predictions that are not N×5 finite numbers, or not one array per image.
     """
-    boxes, counts = _stacked(predictions, truth)
+    return _evaluate(*_stacked(predictions, truth), truth, iou_threshold)
+
+
+def evaluate_rows(
+    rows: np.ndarray, counts: np.ndarray, truth: GroundTruth, iou_threshold: float = IOU_THRESHOLD
+) -> dict[str, float]:
+    """:func:`evaluate` of every image's predictions in one array (as ``read_prediction_rows`` reads them).
+
+    Args:
+        rows: R×5 ``x y w h score``: the rows of each ground-truth image in turn (``truth.images`` order).
+        counts: how many rows each ground-truth image has.
+        truth: the validation ground truth.
+        iou_threshold: the overlap that makes a hit.
+
+    Raises:
+        EvaluationError: rows that are not R×5 finite numbers, or counts that do not add up to them.
+    """
+    rows, counts = np.asarray(rows, dtype=float), np.asarray(counts)
+    if rows.ndim != 2 or rows.shape[1] != 5:
+        raise EvaluationError(f"predictions of shape {rows.shape} are not rows of 5 numbers (x y w h score)")
+    if counts.shape != (len(truth.images),) or (counts < 0).any() or counts.sum() != len(rows):
+        raise EvaluationError(f"row counts for {len(counts)} images do not match {len(rows)} rows and the ground truth")
+    return _evaluate(_finite(rows, counts, truth), counts, truth, iou_threshold)
+
+
+def _evaluate(boxes: np.ndarray, counts: np.ndarray, truth: GroundTruth, iou_threshold: float) -> dict[str, float]:
+    """:func:`evaluate` of checked rows (``counts`` per image); ``boxes`` is not changed."""
+    image = np.repeat(np.arange(len(counts)), counts)
     scores = boxes[:, 4]
     max_score = max(float(scores.max()), 0.0) if len(scores) else 0.0
     min_score = min(float(scores.min()), 1.0) if len(scores) else 1.0
-    boxes[:, 4] = (scores - min_score) / (max_score - min_score)  # the reference's norm_score (a copy)
-    best, hit, first = _matches(boxes, counts, truth, iou_threshold)
+    scores = (scores - min_score) / (max_score - min_score)  # the reference's norm_score
+    if not (np.diff(truth.offsets) > 0).all():  # the reference skips images without ground truth
+        rows = np.flatnonzero(np.diff(truth.offsets)[image] > 0)
+        boxes, image, scores = boxes[rows], image[rows], scores[rows]
+    pred = np.ascontiguousarray(boxes[:, :4].T)
+    pred[2:] += pred[:2]
+    hit, face = _hits(pred, image, truth, iou_threshold)
+    first = _first_counted_threshold(scores, image)
+    every = _curve(first)  # the proposals if no prediction hit an ignored face
     aps = {}
     for setting in SETTINGS:
-        counted, count_face = truth.counted[setting], truth.kept_total[setting]
-        proposal = ~(hit & ~counted[best])  # a hit on an ignored face is no proposal
-        kept_hits = np.flatnonzero(hit & counted[best])
-        first_hit = np.zeros(len(best))
-        _, first_of_each = np.unique(best[kept_hits], return_index=True)  # a face is recalled once, first
-        first_hit[kept_hits[first_of_each]] = 1.0
-        proposals, true_positives = _curve(first, proposal.astype(float)), _curve(first, first_hit)
+        counted = truth.counted[setting][face]
+        kept_hit, kept_face = hit[counted], face[counted]
+        _, first_of_each = np.unique(kept_face, return_index=True)  # a face is recalled once, first
+        proposals = every - _curve(first[hit[~counted]])  # a hit on an ignored face is no proposal
+        true_positives = _curve(first[kept_hit[first_of_each]])
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = true_positives / proposals
-            recall = true_positives / count_face
+            recall = true_positives / truth.kept_total[setting]
         aps[setting] = _voc_ap(recall, precision)
     return aps

@@ -72,27 +72,37 @@ class GroundTruth:
     @cached_property
     def corners(self) -> np.ndarray:
         """All boxes, image after image, as float x1 y1 x2 y2 (x2 = x + w, y2 = y + h)."""
-        boxes = np.concatenate(self.boxes).astype(float) if self.boxes else np.zeros((0, 4))
-        boxes[:, 2:] += boxes[:, :2]
-        return boxes
+        return _corners(np.concatenate(self.boxes) if self.boxes else np.zeros((0, 4)))
 
     @cached_property
     def counted(self) -> dict[str, np.ndarray]:
         """Per setting, whether each box (in :attr:`corners`' order) is in its image's keep list."""
-        masks = {}
-        for setting in SETTINGS:
-            mask = np.zeros(self.offsets[-1], dtype=bool)
-            kept = self.keep[setting]
-            if sum(len(k) for k in kept):
-                owner = np.repeat(self.offsets[:-1], [len(k) for k in kept])
-                mask[np.concatenate(kept).astype(np.int64) - 1 + owner] = True
-            masks[setting] = mask
-        return masks
+        return {
+            setting: _counted(self.offsets, _flat_keep(self.keep[setting]), [len(k) for k in self.keep[setting]])
+            for setting in SETTINGS
+        }
 
     @cached_property
     def kept_total(self) -> dict[str, int]:
         """Per setting, the faces that count (the reference's count_face: the keep lists' lengths summed)."""
         return {setting: sum(len(k) for k in self.keep[setting]) for setting in SETTINGS}
+
+
+def _corners(boxes: np.ndarray) -> np.ndarray:
+    corners = boxes.astype(float)  # a copy
+    corners[:, 2:] += corners[:, :2]
+    return corners
+
+
+def _flat_keep(kept: tuple[np.ndarray, ...]) -> np.ndarray:
+    return np.concatenate(kept).astype(np.int64) if kept else np.zeros(0, np.int64)
+
+
+def _counted(offsets: np.ndarray, kept: np.ndarray, kept_counts: np.ndarray | list[int]) -> np.ndarray:
+    """Which boxes are kept, from every image's 1-based keep list one after the other (``kept_counts`` each)."""
+    mask = np.zeros(offsets[-1], dtype=bool)
+    mask[kept - 1 + np.repeat(offsets[:-1], kept_counts)] = True
+    return mask
 
 
 def _check_ground_truth(
@@ -133,8 +143,8 @@ def _check_flat(
 
 # parsed ground truth by the sha256 of its four files: a process that loads it twice parses it once
 _LOADED: dict[str, GroundTruth] = {}
-# what a ground-truth cache file holds (see ground_truth_npz), and its format's version
-_CACHE_FORMAT = 1
+# the version of a ground-truth cache file's format (see ground_truth_cache)
+_CACHE_FORMAT = 2
 
 
 def _read_mats(folder: Path) -> dict[str, tuple[Path, bytes]]:
@@ -291,29 +301,56 @@ def _ground_truth_scipy(folder: Path, files: dict[str, tuple[Path, bytes]]) -> G
     return GroundTruth(tuple(events), tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
 
 
-def ground_truth_npz(truth: GroundTruth, key: str) -> bytes:
-    """``truth`` as the bytes of a NumPy ``.npz`` (no pickles), tagged with the .mat files' sha256 ``key``.
+# A ground-truth cache file holds these arrays one after the other, each in NumPy's .npy format
+# (numpy.lib.format; no pickles, no zip: an .npz cost zipfile's import and a CRC pass, ~8 ms of a ~0.3 s
+# evaluation). Names are UTF-8, joined by NUL (no plain name holds one).
+_CACHE_ARRAYS = (
+    "format",
+    "key",
+    "events",
+    "image_events",
+    "image_names",
+    "box_counts",
+    "boxes",
+    *(f"{part}_{setting}" for setting in SETTINGS for part in ("keep_counts", "keep")),
+)
+CACHE_SUFFIX = ".npys"
 
-    :func:`read_ground_truth_npz` reads it back without scipy, in milliseconds.
+
+def _joined(names: list[str] | tuple[str, ...]) -> np.ndarray:
+    return np.frombuffer("\0".join(names).encode(), np.uint8)
+
+
+def _split_names(joined: np.ndarray, count: int) -> list[str]:
+    names = joined.tobytes().decode().split("\0") if count else []
+    if len(names) != count:
+        raise ValueError("names that do not match their count")
+    return [check_plain_name(name) for name in names]
+
+
+def ground_truth_cache(truth: GroundTruth, key: str) -> bytes:
+    """``truth`` as the bytes of a ground-truth cache file, tagged with the .mat files' sha256 ``key``.
+
+    :func:`read_ground_truth_cache` reads it back without scipy, in milliseconds.
     """
     import io
 
     event_index = {event: i for i, event in enumerate(truth.events)}
     arrays = {
-        "format": np.array([_CACHE_FORMAT]),
-        "key": np.array([key]),
-        "events": np.array(truth.events, dtype=str),
+        "format": np.array([_CACHE_FORMAT, len(truth.events)]),
+        "key": np.frombuffer(key.encode(), np.uint8),
+        "events": _joined(truth.events),
         "image_events": np.array([event_index[event] for event, _ in truth.images], dtype=np.int64),
-        "image_names": np.array([name for _, name in truth.images], dtype=str),
+        "image_names": _joined([name for _, name in truth.images]),
         "box_counts": np.array([len(b) for b in truth.boxes], dtype=np.int64),
         "boxes": np.concatenate(truth.boxes).astype(float) if truth.boxes else np.zeros((0, 4)),
     }
     for setting in SETTINGS:
-        kept = truth.keep[setting]
-        arrays[f"keep_counts_{setting}"] = np.array([len(k) for k in kept], dtype=np.int64)
-        arrays[f"keep_{setting}"] = np.concatenate(kept).astype(np.int64) if kept else np.zeros(0, np.int64)
+        arrays[f"keep_counts_{setting}"] = np.array([len(k) for k in truth.keep[setting]], dtype=np.int64)
+        arrays[f"keep_{setting}"] = _flat_keep(truth.keep[setting])
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    for name in _CACHE_ARRAYS:
+        np.lib.format.write_array(buffer, arrays[name], allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -325,8 +362,8 @@ def _pieces(flat: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     return [flat[start:stop] for start, stop in itertools.pairwise(bounds)]
 
 
-def read_ground_truth_npz(path: str | Path, key: str) -> GroundTruth:
-    """Ground truth from a file :func:`ground_truth_npz` wrote for the .mat files whose sha256 is ``key``.
+def read_ground_truth_cache(path: str | Path, key: str) -> GroundTruth:
+    """Ground truth from a file :func:`ground_truth_cache` wrote for the .mat files whose sha256 is ``key``.
 
     The file is input like any other: names are checked to be plain, indices to be in range.
 
@@ -334,18 +371,21 @@ def read_ground_truth_npz(path: str | Path, key: str) -> GroundTruth:
         FileError: not such a file, or one written for other .mat files.
     """
     import io
-    import zipfile
 
     path = Path(path)
-    data = read_regular_bytes(path, "a ground-truth cache file")
+    stream = io.BytesIO(read_regular_bytes(path, "a ground-truth cache file"))
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-        if int(arrays["format"][0]) != _CACHE_FORMAT or str(arrays["key"][0]) != key:
+        arrays = {name: np.lib.format.read_array(stream, allow_pickle=False) for name in _CACHE_ARRAYS}
+        if stream.read(1):
+            raise ValueError("more than the cache's arrays")
+        if arrays["format"].tolist()[:1] != [_CACHE_FORMAT] or arrays["key"].tobytes() != key.encode():
             raise ValueError("written for other .mat files or by another version")
-        events = tuple(check_plain_name(str(e)) for e in arrays["events"].tolist())
-        names = [check_plain_name(str(n)) for n in arrays["image_names"].tolist()]
-        images = [(events[int(e)], n) for e, n in zip(arrays["image_events"].tolist(), names, strict=True)]
+        events = tuple(_split_names(arrays["events"], int(arrays["format"][1])))
+        image_events = arrays["image_events"].astype(np.int64)
+        if len(image_events) and not (image_events.min() >= 0 and image_events.max() < len(events)):
+            raise ValueError("an image of no event")
+        names = _split_names(arrays["image_names"], len(image_events))
+        images = tuple(zip([events[e] for e in image_events.tolist()], names, strict=True))
         flat = arrays["boxes"].astype(float).reshape(-1, 4)
         counts = arrays["box_counts"].astype(np.int64)
         kept = {s: arrays[f"keep_{s}"].astype(np.int64) for s in SETTINGS}
@@ -354,10 +394,19 @@ def read_ground_truth_npz(path: str | Path, key: str) -> GroundTruth:
         keep = {s: _pieces(kept[s], kept_counts[s]) for s in SETTINGS}
         if not (len(boxes) == len(images) and all(len(keep[s]) == len(images) for s in SETTINGS)):
             raise ValueError("its lists differ in length")
-        _check_flat(images, flat, counts, kept, kept_counts)
-    except (KeyError, IndexError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        _check_flat(list(images), flat, counts, kept, kept_counts)
+    except (KeyError, IndexError, TypeError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
         raise FileError(path, f"not a ground-truth cache file for these .mat files ({type(exc).__name__})") from None
-    return GroundTruth(events, tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+    truth = GroundTruth(events, images, tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+    # what scoring reads, from the flat arrays at hand (cached_property's own slots)
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    truth.__dict__.update(
+        offsets=offsets,
+        corners=_corners(flat),
+        counted={s: _counted(offsets, kept[s], kept_counts[s]) for s in SETTINGS},
+        kept_total={s: len(kept[s]) for s in SETTINGS},
+    )
+    return truth
 
 
 def _read_lines(path: Path) -> tuple[str, list[str]]:
@@ -388,7 +437,9 @@ def read_prediction_file(path: Path) -> tuple[str, np.ndarray]:
     """
     path = Path(path)
     data = read_regular_bytes(path, "a prediction file", max_bytes=MAX_PREDICTION_FILE_BYTES)
-    return _parse_files([(path, data)])[0]
+    keys, bodies = _headers([(path, data)])
+    plain, (rows,) = _parse_files([(path, data)], bodies)
+    return keys[0] or "", plain[rows[0] : rows[1]] if isinstance(rows, tuple) else rows
 
 
 def _read_file_bytes(path: str) -> bytes:
@@ -406,6 +457,8 @@ def _read_file_bytes(path: str) -> bytes:
         if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_PREDICTION_FILE_BYTES:
             # O_NONBLOCK "has no effect for regular files" (open(2)): no fcntl calls to clear it, per file
             chunks = [os.read(fd, info.st_size + 1)]
+            if len(chunks[0]) == info.st_size:  # the size fstat gave, and not a byte more: the whole file
+                return chunks[0]
             while chunks[-1] and sum(map(len, chunks)) <= MAX_PREDICTION_FILE_BYTES:
                 chunks.append(os.read(fd, 1 << 16))
             data = b"".join(chunks)
@@ -429,6 +482,7 @@ _ODD_BREAK = re.compile(rb"[\r\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 _WORD = 8
 _LONGEST = 2 * _WORD
 _PIECE = 1 << 18
+_SHORTEST_LINE = 10  # five one-digit fields, four spaces, a newline
 _POW10 = 10.0 ** np.arange(_LONGEST + 1)
 _POW10_INT = np.array([10**i for i in range(_WORD + 1)], dtype=np.uint64)
 _LOW_BITS = np.uint64(0x0101010101010101)
@@ -478,13 +532,14 @@ def _word_digits(words: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _parse_piece(
-    text: bytes, chars: np.ndarray, words: np.ndarray, start: int, stop: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(rows×5 values, where each line ends) of ``text[start:stop]`` (whole lines), or None if not plain.
+    text: bytes, chars: np.ndarray, words: np.ndarray, start: int, stop: int, out: np.ndarray
+) -> np.ndarray | None:
+    """Where each line of ``text[start:stop]`` (whole lines) ends, its rows×5 values written to ``out``; or None.
 
-    Lines are five fields and a newline, single spaces between them; every line of the piece may end with
-    one more space (biubug6's writer leaves it), or none does. ``chars`` and ``words`` are ``text`` as bytes
-    and as the (unaligned) uint64 word at each byte; ``text[:start]`` ends with a separator.
+    None if the piece is not plain: lines of five fields and a newline, single spaces between them; every
+    line of the piece may end with one more space (biubug6's writer leaves it), or none does. ``chars`` and
+    ``words`` are ``text`` as bytes and as the (unaligned) uint64 word at each byte; ``text[:start]`` ends
+    with a separator; ``out`` (flat) has room for five values a line.
     """
     piece = chars[start:stop]
     kind = piece - np.uint8(45)  # '-' 0, '.' 1, '/' 2, digits 3 to 12; the separators and all else above
@@ -521,83 +576,111 @@ def _parse_piece(
     long = lengths >= _LONGEST  # 16 digits may pass 2**53, longer fields are not read here: float() reads them
     if (malformed & ~long).any():
         return None
-    values = value.astype(float) / _POW10[after]
+    values = out[: len(value)]
+    np.divide(value, _POW10[after], out=values)  # the mantissa (below 2**53: exact as a float) over 10**after
     values[np.searchsorted(ends, minus + start)] *= -1.0  # a '-' stands first: its field ends next
-    long = np.flatnonzero(long)
-    for field in long.tolist():  # float() itself, as the reference reads them
+    for field in np.flatnonzero(long).tolist():  # float() itself, as the reference reads them
         try:
             values[field] = float(text[ends[field] - lengths[field] : ends[field]])
         except ValueError:
             return None
-    return values.reshape(rows, 5), line_ends + start
+    return line_ends + start
 
 
-def _parse_plain(bodies: list[bytes | memoryview]) -> list[np.ndarray | None]:
-    """The N×5 rows of each body from :func:`_plain_body`, or None for one to read line by line.
+def _parse_plain(bodies: list[bytes | memoryview]) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
+    """The rows of the bodies from :func:`_plain_body` one after the other, and where each body's are.
 
-    One pass of NumPy over the bytes, a piece of whole files at a time: fields are found from the
-    separators (single spaces and newlines, five fields a line, a space that ends a line dropped),
+    Returns (R×5 values, per body its first and last + 1 row among them, or None for a body to read line
+    by line). One pass of NumPy over the bytes, a piece of whole files at a time: fields are found from
+    the separators (single spaces and newlines, five fields a line, a space that ends a line dropped),
     checked (digits, '.' and '-' only, a '-' only first, at most one '.', a digit) and converted, eight
     bytes at a time, to an exact integer mantissa divided by a power of ten: the correctly rounded value
     ``float()`` gives. A field of 16 bytes or more is given to ``float()`` itself. A piece with anything
-    else has its files read line by line.
+    else has its files read line by line. The rows are written into one array as they are read (at most
+    a row a line), not gathered from an array per piece.
     """
     pad = b"\n" * _LONGEST  # before the text: the first field follows a separator, its words stay inside
     text = b"".join([pad, *bodies])
     bounds = np.cumsum([_LONGEST, *map(len, bodies)], dtype=np.int64)
     chars = np.frombuffer(text, np.uint8)
     words = np.ndarray((len(chars) - _WORD + 1,), dtype="<u8", buffer=text, strides=(1,))
-    found: list[np.ndarray | None] = [None] * len(bodies)
+    # room for every row a plain text can hold (a line is at least "0 0 0 0 0\n"): pages never written to
+    # are never mapped, and counting the lines would read the whole text once more
+    out = np.empty(5 * ((len(text) - _LONGEST) // _SHORTEST_LINE))
+    spans: list[tuple[int, int] | None] = [None] * len(bodies)
+    row = 0
     cuts = np.searchsorted(bounds, np.arange(_LONGEST + _PIECE, bounds[-1], _PIECE)).tolist()
     for first, last in itertools.pairwise(sorted({0, *cuts, len(bodies)})):
         piece_bounds = bounds[first : last + 1]
-        parsed = _parse_piece(text, chars, words, int(piece_bounds[0]), int(piece_bounds[-1]))
-        if parsed is None and b" \n" in text[piece_bounds[0] : piece_bounds[-1]]:
+        line_ends = _parse_piece(text, chars, words, int(piece_bounds[0]), int(piece_bounds[-1]), out[5 * row :])
+        if line_ends is None and b" \n" in text[piece_bounds[0] : piece_bounds[-1]]:
             # some lines end with a space and some do not: once more without those spaces
             parts = [bytes(body).replace(b" \n", b"\n") for body in bodies[first:last]]
             piece_text = b"".join([pad, *parts])
             piece_bounds = np.cumsum([_LONGEST, *map(len, parts)], dtype=np.int64)
             piece_chars = np.frombuffer(piece_text, np.uint8)
             piece_words = np.ndarray((len(piece_chars) - _WORD + 1,), "<u8", piece_text, strides=(1,))
-            parsed = _parse_piece(piece_text, piece_chars, piece_words, _LONGEST, len(piece_text))
-        if parsed is not None:
-            values, line_ends = parsed
+            line_ends = _parse_piece(piece_text, piece_chars, piece_words, _LONGEST, len(piece_text), out[5 * row :])
+        if line_ends is not None:
             rows = np.searchsorted(line_ends, piece_bounds).tolist()
             for index, (begin, end) in enumerate(itertools.pairwise(rows), start=first):
-                found[index] = values[begin:end]
-    return found
+                spans[index] = (row + begin, row + end)
+            row += len(line_ends)
+    return out[: 5 * row].reshape(row, 5), spans
 
 
-def _parse_files(files: list[tuple[str | Path, bytes]]) -> list[tuple[str, np.ndarray]]:
-    """(image key, N×5 rows) of each prediction file's bytes, read as the reference reads them.
-
-    Files in the plain layout every writer produces (five numbers a line, single spaces) are parsed all
-    at once by :func:`_parse_plain`; any other file is read line by line by :func:`_parse_rows_slowly`,
-    which also says what is wrong with a bad one.
-    """
-    plain: list[tuple[int, str, bytes | memoryview]] = []
-    results: list[tuple[str, np.ndarray] | None] = [None] * len(files)
-    for index, (_, data) in enumerate(files):
+def _headers(files: list[tuple[str | Path, bytes]]) -> tuple[list[str | None], list[bytes | memoryview | None]]:
+    """Per prediction file its image key (None: an empty file) and its body if plain (None: read line by line)."""
+    keys: list[str | None] = []
+    bodies: list[bytes | memoryview | None] = []
+    for path, data in files:
         checked = _plain_body(data)
-        if checked is not None:
-            plain.append((index, *checked))
-    if plain:
-        for (index, key, _), rows in zip(plain, _parse_plain([body for _, _, body in plain]), strict=True):
-            if rows is not None:
-                results[index] = (key, rows)
-    for index, (path, data) in enumerate(files):
-        if results[index] is None:
-            key, lines_read = _split_lines(Path(path), data)
-            results[index] = (key, _parse_rows_slowly(Path(path), lines_read))
+        if checked is None:
+            try:
+                checked = (_split_lines(Path(path), data)[0], None)
+            except FileError:  # empty: :func:`_parse_files` says so, in its turn
+                checked = (None, None)
+        keys.append(checked[0])
+        bodies.append(checked[1])
+    return keys, bodies
+
+
+def _parse_files(
+    files: list[tuple[str | Path, bytes]],
+    bodies: list[bytes | memoryview | None],
+    first: tuple[int, ...] | list[int] = (),
+) -> tuple[np.ndarray, list[tuple[int, int] | np.ndarray]]:
+    """The rows of prediction files (bytes, and bodies from :func:`_headers`), read as the reference reads them.
+
+    Returns (the rows of the plain files, per file its rows: a (first, last + 1) span of those or its own
+    array). The plain files (five numbers a line, single spaces: every writer's layout) are read all at
+    once by :func:`_parse_plain`, the files listed in ``first`` before the others and in that order; any
+    other file is read line by line by :func:`_parse_rows_slowly`, which also says what is wrong with a
+    bad one (the first, in file order).
+
+    Raises:
+        FileError: a file is empty, malformed, or holds more rows than a prediction file may.
+    """
+    listed = set(first)
+    plain_files = [i for i in first if bodies[i] is not None]
+    plain_files += [i for i, body in enumerate(bodies) if body is not None and i not in listed]
+    plain, spans = _parse_plain([bodies[i] for i in plain_files])  # type: ignore[misc]
+    rows: list[tuple[int, int] | np.ndarray | None] = [None] * len(files)
+    for index, span in zip(plain_files, spans, strict=True):
+        rows[index] = span
     limit = env_limit(MAX_PREDICTIONS_ENV, MAX_PREDICTIONS)
-    for (path, _), (_, rows) in zip(files, results, strict=True):  # type: ignore[misc]
-        if len(rows) > limit:
+    for index, (path, data) in enumerate(files):
+        found = rows[index]
+        if found is None:
+            found = rows[index] = _parse_rows_slowly(Path(path), _split_lines(Path(path), data)[1])
+        count = found[1] - found[0] if isinstance(found, tuple) else len(found)
+        if count > limit:
             raise FileError(
                 path,
-                f"{len(rows)} predictions is more than the {limit} a prediction file may hold "
+                f"{count} predictions is more than the {limit} a prediction file may hold "
                 f"(set {MAX_PREDICTIONS_ENV}=N to allow more)",
             )
-    return results  # type: ignore[return-value]
+    return plain, rows  # type: ignore[return-value]
 
 
 def _parse_rows_slowly(path: Path, lines: list[str]) -> np.ndarray:
@@ -628,6 +711,76 @@ def _entries(folder: Path, root: Path) -> list[os.DirEntry]:
     return entries
 
 
+def read_prediction_rows(folder: str | Path, truth: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions for every ground-truth image as one array: :func:`read_predictions` without an array each.
+
+    Returns:
+        (R×5 ``x y w h score`` rows: image after image in ``truth.images`` order, file order within one;
+        how many rows each image has, 0 for an image without a file).
+
+    Raises:
+        FileError: as :func:`read_predictions`.
+    """
+    folder = Path(folder)
+    require_folder(folder, "predictions folder")
+    events: list[str] = []
+    paths: list[str] = []
+    for event_entry in _entries(folder, folder):
+        if not event_entry.is_dir():
+            continue
+        for entry in _entries(folder / event_entry.name, folder):
+            if not entry.is_dir():
+                events.append(event_entry.name)
+                paths.append(entry.path)
+    files = [(path, _read_file_bytes(path)) for path in paths]
+    # a file's image is its event and the key its first line gives; of two files with one image, the last
+    # counts (the reference's dict). Those files are read first, in ground-truth order: their rows are then
+    # the start of one array, in the order scoring takes them. The others are read too (a malformed one is
+    # an error, as for the reference, which reads them all).
+    keys, bodies = _headers(files)
+    known = set(truth.images)
+    file_of = {image: i for i, image in enumerate(zip(events, keys, strict=True)) if image in known}
+    chosen = {i: file_of[image] for i, image in enumerate(truth.images) if image in file_of}
+    images = sorted(chosen)
+    plain, rows = _parse_files(files, bodies, [chosen[i] for i in images])
+    extra = 0
+    for event, path, key in zip(events, paths, keys, strict=True):
+        if (event, key) not in known:
+            extra += 1
+            shown_key = shown(f"{event}/{key}")[1:-1]  # escaped and cut, without the quotes
+            log.warning("%s: image %s is not in the ground truth; ignored", path, shown_key)
+    if not file_of:
+        raise FileError(
+            folder,
+            f"no prediction file for any of the {len(known)} ground-truth images "
+            f"(expected EVENT/IMAGE.txt files; {extra} files name other images)",
+        )
+    for event in truth.events:
+        if not (folder / event).is_dir():
+            log.warning("%s: no event folder %s: its images count as having no predictions", folder, event)
+    missing = len(known) - len(file_of)
+    if missing:
+        log.warning("%s: %d of %d ground-truth images have no prediction file", folder, missing, len(known))
+    found = [rows[chosen[i]] for i in images]
+    counts = np.zeros(len(truth.images), np.int64)
+    counts[images] = [
+        found_rows[1] - found_rows[0] if isinstance(found_rows, tuple) else len(found_rows) for found_rows in found
+    ]
+    if (
+        all(isinstance(f, tuple) for f in found)
+        and found[0][0] == 0
+        and all(a[1] == b[0] for a, b in itertools.pairwise(found))
+    ):
+        return plain[: found[-1][1]], counts  # the plain files' rows, read in this order: no copy
+    parts = [plain[f[0] : f[1]] if isinstance(f, tuple) else f for f in found]
+    return np.concatenate(parts).reshape(-1, 5), counts
+
+
+def split_rows(rows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """``rows`` cut into consecutive arrays of ``counts`` rows each (views)."""
+    return _pieces(rows, counts)
+
+
 def read_predictions(folder: str | Path, truth: GroundTruth) -> list[np.ndarray]:
     """Predictions for every ground-truth image, in its order; an image without a file has none.
 
@@ -639,42 +792,7 @@ def read_predictions(folder: str | Path, truth: GroundTruth) -> list[np.ndarray]
         FileError: the folder is missing or holds no prediction file for any ground-truth image, a
             prediction file is malformed, or something in it leads outside it.
     """
-    folder = Path(folder)
-    require_folder(folder, "predictions folder")
-    known = set(truth.images)
-    extra = 0
-    events: list[str] = []
-    paths: list[str] = []
-    for event_entry in _entries(folder, folder):
-        if not event_entry.is_dir():
-            continue
-        for entry in _entries(folder / event_entry.name, folder):
-            if not entry.is_dir():
-                events.append(event_entry.name)
-                paths.append(entry.path)
-    parsed = _parse_files([(path, _read_file_bytes(path)) for path in paths])
-    found: dict[tuple[str, str], np.ndarray] = {}
-    for event, path, (key, boxes) in zip(events, paths, parsed, strict=True):
-        image = (event, key)
-        if image not in known:
-            extra += 1
-            shown_key = shown("/".join(image))[1:-1]  # escaped and cut, without the quotes
-            log.warning("%s: image %s is not in the ground truth; ignored", path, shown_key)
-            continue
-        found[image] = boxes
-    if not found:
-        raise FileError(
-            folder,
-            f"no prediction file for any of the {len(known)} ground-truth images "
-            f"(expected EVENT/IMAGE.txt files; {extra} files name other images)",
-        )
-    for event in truth.events:
-        if not (folder / event).is_dir():
-            log.warning("%s: no event folder %s: its images count as having no predictions", folder, event)
-    missing = len(known) - len(found)
-    if missing:
-        log.warning("%s: %d of %d ground-truth images have no prediction file", folder, missing, len(known))
-    return [found.get(image, np.zeros((0, 5))) for image in truth.images]
+    return split_rows(*read_prediction_rows(folder, truth))
 
 
 def prediction_text(image_name: str, boxes_xywh_score: np.ndarray) -> str:

@@ -4,6 +4,7 @@ APs must equal the reference's to the last digit (``==``), prediction files must
 the reference's line-by-line reader gives.
 """
 
+import itertools
 import json
 import logging
 import shutil
@@ -16,17 +17,19 @@ from reference_evaluation import read_pred_file, reference_evaluate, vectorised_
 from scipy.io import savemat
 
 from conftest import SHARED, require
-from retinaface_export import widerface
+from retinaface_export import evaluation, widerface
 from retinaface_export.cli.evaluate import main
 from retinaface_export.errors import EvaluationError, FileError
 from retinaface_export.evaluation import evaluate
 from retinaface_export.widerface import (
+    CACHE_SUFFIX,
+    SETTINGS,
     GroundTruth,
+    ground_truth_cache,
     ground_truth_key,
-    ground_truth_npz,
     load_ground_truth,
     prediction_text,
-    read_ground_truth_npz,
+    read_ground_truth_cache,
     read_predictions,
 )
 
@@ -42,8 +45,6 @@ def tiny_truth(keep_easy, keep_medium, keep_hard):
 def test_thresholds_per_score_equal_the_reference_search():
     # the first counted threshold of each score is computed, not searched: every threshold, a float either side
     # of it, the ends, and NaN (all scores equal normalise to 0/0) against the search the reference's loop is
-    from retinaface_export import evaluation
-
     thresholds = 1 - (np.arange(1000) + 1) / 1000
     near = np.concatenate([thresholds, np.nextafter(thresholds, 2), np.nextafter(thresholds, -1)])
     scores = np.concatenate([near, np.random.default_rng(5).random(10_000), [0.0, 1.0, np.nan]])
@@ -62,6 +63,20 @@ def test_hand_computed_ap():
     # one is never found -> 0.0; hard: one of two faces at precision 1 -> 0.5
     assert aps == {"easy": 1.0, "medium": 0.0, "hard": 0.5}
     assert aps == reference_evaluate(preds, truth.boxes, truth.keep)
+
+
+def test_predictions_of_an_image_without_faces_are_skipped_as_by_the_reference():
+    one = tiny_truth([1], [2], [1, 2])
+    two = GroundTruth(
+        one.events,
+        (*one.images, ("0--E", "empty")),
+        (*one.boxes, np.zeros((0, 4))),
+        {s: (*k, np.zeros(0, int)) for s, k in one.keep.items()},
+    )
+    preds = [np.array([[10.0, 10.0, 20.0, 20.0, 0.9], [300.0, 300.0, 10.0, 10.0, 0.5]])]
+    preds.append(np.array([[1.0, 1.0, 5.0, 5.0, 0.95], [2.0, 2.0, 5.0, 5.0, 0.1]]))  # no proposals, but normalised
+    aps = evaluate(preds, two)
+    assert aps == reference_evaluate(preds, two.boxes, two.keep) == {"easy": 1.0, "medium": 0.0, "hard": 0.5}
 
 
 def test_image_without_predictions_still_counts_its_faces():
@@ -162,6 +177,76 @@ def test_awkward_boxes_and_thresholds_equal_reference(truth, iou):
     assert evaluate(preds, small, iou) == slow
 
 
+def edge_faces(rng, iou, boundary, images=60):
+    """Per image one prediction (x1 y1 x2 y2) and faces at the edge of reaching ``iou`` with it: widths and
+    heights t, 1 and 1/t times its own (±0.1%), edges aligned either side or shifted by (1 - t) of its size,
+    so their centres lie as far from its own as IoU >= t allows; plus random faces. Corners, images, offsets.
+    """
+    preds, faces, counts = [], [], []
+    for _ in range(images):
+        x1, y1 = rng.uniform(0, 500, 2)
+        w, h = rng.uniform(4, 300, 2)
+        preds.append([x1, y1, x1 + w - boundary, y1 + h - boundary])
+        own = []
+        for _ in range(24):
+            sides = []
+            for start, size in ((x1, w), (y1, h)):
+                scale = rng.choice([iou, 1.0, 1 / iou]) * (1 + rng.uniform(-1e-3, 1e-3))
+                size_g = size * scale
+                at = rng.choice([start, start + size - size_g, start + (1 - iou) * size, start - (1 - iou) * size_g])
+                sides.append((at, at + size_g - boundary))
+            own.append([sides[0][0], sides[1][0], sides[0][1], sides[1][1]])
+        own += [[x, y, x + s, y + s] for x, y, s in rng.uniform([0, 0, 4], [600, 600, 200], (6, 3))]
+        faces += own
+        counts.append(len(own))
+    return np.array(preds), np.arange(images), np.array(faces), np.concatenate(([0], np.cumsum(counts)))
+
+
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
+def test_faces_at_the_edge_of_the_search_reach_are_compared(iou):
+    # the search compares a prediction only with faces whose centres lie near enough to reach the threshold:
+    # every hit of an all-pairs search over faces built at that distance must still be found, with its best face
+    pred, image, faces, offsets = edge_faces(np.random.default_rng(int(iou * 10)), iou, boundary=1.0)
+    xywh = faces.copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    spans = list(itertools.pairwise(offsets.tolist()))
+    truth = GroundTruth(
+        ("0--E",),
+        tuple(("0--E", f"img{i}") for i in image),
+        tuple(xywh[a:b] for a, b in spans),
+        {s: tuple(np.arange(1, b - a + 1) for a, b in spans) for s in SETTINGS},
+    )
+    hit, face = evaluation._hits(np.ascontiguousarray(pred.T), image, truth, iou)
+    expected_hit, expected_face = [], []
+    for i in image:
+        overlaps = evaluation.bbox_overlaps(pred[i : i + 1], truth.corners[offsets[i] : offsets[i + 1]])[0]
+        if overlaps.max() >= iou:
+            expected_hit.append(i)
+            expected_face.append(offsets[i] + overlaps.argmax())
+    assert 10 < len(expected_hit) < len(image)  # the faces straddle the threshold
+    assert hit.tolist() == expected_hit and face.tolist() == expected_face
+
+
+@pytest.mark.parametrize("boundary", [0.0, 1.0])
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
+def test_candidate_ranges_hold_every_face_that_reaches_the_threshold(iou, boundary):
+    # both conventions: the official +1 pixel (boundary 1) and the OMZ checker's (0, which --protocol omz uses)
+    from retinaface_export.omz_protocol import _overlaps
+
+    pred, image, faces, offsets = edge_faces(np.random.default_rng(int(iou * 10) + 7), iou, boundary)
+    order, first, last = evaluation.candidate_ranges(pred, image, faces, offsets, iou, boundary)
+    reaching = 0
+    for i in image:
+        own = faces[offsets[i] : offsets[i + 1]]
+        if boundary:
+            overlaps = evaluation.bbox_overlaps(pred[i : i + 1], own)[0]
+        else:
+            overlaps = _overlaps(np.repeat(pred[i : i + 1], len(own), axis=0), own)
+        reaching += int((overlaps >= iou).sum())
+        assert set(offsets[i] + np.flatnonzero(overlaps >= iou)) <= set(order[first[i] : last[i]].tolist())
+    assert reaching > 10
+
+
 def test_bad_prediction_arrays_are_refused(truth):
     small = subset(truth, 3)
     preds = random_predictions(small, 0)
@@ -223,6 +308,65 @@ def test_unknown_image_and_missing_events_are_warned(tmp_path, truth, caplog):
         "no event folder" in caplog.text and "3225 of 3226 ground-truth images have no prediction file" in caplog.text
     )
     assert len(preds) == 3226 and len(preds[0]) == 1
+
+
+@pytest.mark.parametrize("layout", ["plain", "with a file read line by line"])
+def test_prediction_rows_come_in_ground_truth_order_last_file_of_an_image_winning(tmp_path, layout):
+    # files in name order: b.txt names image 2 (read first, counted first), a.txt and c.txt both name image 0
+    # (the later, c.txt, counts: the reference's dict), d.txt names an image not in the ground truth
+    images = [("0--E", "img0"), ("0--E", "img1"), ("0--E", "img2")]
+    keep = {s: (np.array([1]),) * 3 for s in SETTINGS}
+    small = GroundTruth(("0--E",), tuple(images), (np.array([[10.0, 10.0, 20.0, 20.0]]),) * 3, keep)
+    rows = {
+        "a": np.array([[1.0, 2.0, 3.0, 4.0, 0.5]]),
+        "b": np.array([[5.0, 6.0, 7.0, 8.0, 0.25], [9.0, 9.0, 9.0, 9.0, 0.125]]),
+        "c": np.array([[10.0, 10.0, 20.0, 20.0, 0.75]]),
+        "d": np.array([[1.0, 1.0, 1.0, 1.0, 1.0]]),
+    }
+    (tmp_path / "0--E").mkdir()
+    for file, name in (("a", "img0"), ("b", "img2"), ("c", "img0"), ("d", "stray")):
+        text = prediction_text(name, rows[file])
+        if file == "c" and layout != "plain":
+            text = text.replace("0.7500000000", "7.5e-1")  # an exponent: read line by line
+        (tmp_path / "0--E" / f"{file}.txt").write_text(text)
+    got, counts = widerface.read_prediction_rows(tmp_path, small)
+    assert counts.tolist() == [1, 0, 2]
+    assert np.array_equal(got, np.vstack([rows["c"], rows["b"]]))
+    split = widerface.split_rows(got, counts)
+    assert [len(p) for p in split] == [1, 0, 2] and np.array_equal(split[2], rows["b"])
+    assert evaluation.evaluate_rows(got, counts, small) == evaluate(split, small)
+
+
+def test_evaluate_rows_refuses_rows_that_do_not_match(truth):
+    small = subset(truth, 40)
+    preds = random_predictions(small, 0)
+    rows, counts = np.vstack(preds), np.array([len(p) for p in preds])
+    aps = evaluation.evaluate_rows(rows, counts, small)
+    assert aps == evaluate(preds, small) and all(0 < ap < 1 for ap in aps.values())
+    with pytest.raises(EvaluationError, match="row counts"):
+        evaluation.evaluate_rows(rows, counts + 1, small)
+    with pytest.raises(EvaluationError, match="row counts"):
+        evaluation.evaluate_rows(rows, counts[:2], small)
+    with pytest.raises(EvaluationError, match="rows of 5"):
+        evaluation.evaluate_rows(rows[:, :4], counts, small)
+    image = int(np.flatnonzero(counts[1:])[0]) + 1  # an image with rows after the first
+    rows[counts[:image].sum(), 2] = np.inf  # its first row
+    with pytest.raises(EvaluationError, match=f"{small.images[image][0]}/{small.images[image][1]}"):
+        evaluation.evaluate_rows(rows, counts, small)
+
+
+def test_images_turn_the_cycle_collector_back_on(tmp_path, truth):
+    # the console script turns it off for a short run over prediction files; a model run is a long one
+    import gc
+
+    (tmp_path / "images").mkdir()
+    gc.disable()
+    try:
+        result = CliRunner().invoke(main, ["--images", str(tmp_path / "images"), "--ground-truth", str(GT_DIR)])
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+    assert result.exit_code == 2 and "give exactly one of --model ARTIFACT or --weights CKPT" in result.output
 
 
 def _cell(items):
@@ -519,19 +663,24 @@ def test_ground_truth_is_parsed_once_per_process(truth):
 
 def test_ground_truth_cache_round_trip(tmp_path, truth):
     key = ground_truth_key(GT_DIR)
-    (tmp_path / "gt.npz").write_bytes(ground_truth_npz(truth, key))
-    again = read_ground_truth_npz(tmp_path / "gt.npz", key)
+    (tmp_path / "gt.npys").write_bytes(ground_truth_cache(truth, key))
+    again = read_ground_truth_cache(tmp_path / "gt.npys", key)
     assert again.events == truth.events and again.images == truth.images
     assert all(np.array_equal(a, b) for a, b in zip(again.boxes, truth.boxes, strict=True))
     for setting in ("easy", "medium", "hard"):
         assert all(np.array_equal(a, b) for a, b in zip(again.keep[setting], truth.keep[setting], strict=True))
+    # what scoring reads comes with it, as the per-image lists give it
+    fresh = GroundTruth(truth.events, truth.images, truth.boxes, truth.keep)
+    assert np.array_equal(again.offsets, fresh.offsets) and np.array_equal(again.corners, fresh.corners)
+    assert all(np.array_equal(again.counted[s], fresh.counted[s]) for s in SETTINGS)
+    assert again.kept_total == fresh.kept_total
     preds = random_predictions(truth, 2)
     assert evaluate(preds, again) == evaluate(preds, truth)
     with pytest.raises(FileError, match="not a ground-truth cache file"):
-        read_ground_truth_npz(tmp_path / "gt.npz", "0" * 64)  # written for other .mat files
-    (tmp_path / "bad.npz").write_bytes(b"PK not a zip")
+        read_ground_truth_cache(tmp_path / "gt.npys", "0" * 64)  # written for other .mat files
+    (tmp_path / "bad.npys").write_bytes(b"\x93NUMPY not a cache")
     with pytest.raises(FileError, match="not a ground-truth cache file"):
-        read_ground_truth_npz(tmp_path / "bad.npz", key)
+        read_ground_truth_cache(tmp_path / "bad.npys", key)
 
 
 def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatch):
@@ -544,7 +693,7 @@ def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatc
     assert first.exit_code == 0, first.output
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "cache"])
     (cached,) = cache.iterdir()
-    assert cached.name == f"wider_val_ground_truth-{ground_truth_key(GT_DIR)}.npz"
+    assert cached.name == f"wider_val_ground_truth-{ground_truth_key(GT_DIR)}{CACHE_SUFFIX}"
     # a second process would find it: with the in-process copy and scipy out of the way, it still scores
     monkeypatch.setattr(widerface, "_LOADED", {})
     monkeypatch.setattr(widerface, "_parse_mats", lambda *a: pytest.fail("parsed the .mat files again"))
@@ -558,7 +707,7 @@ def test_cli_cache_dir_writes_only_there_and_is_used(tmp_path, truth, monkeypatc
     assert third.exit_code == 0 and json.loads(third.stdout) == json.loads(first.stdout)
     squeezed = "".join(third.stderr.split())  # the log handler wraps long lines
     assert f"{cached.name}:notaground-truthcachefile" in squeezed and "rebuildingit" in squeezed
-    assert read_ground_truth_npz(cached, ground_truth_key(GT_DIR)).images == truth.images
+    assert read_ground_truth_cache(cached, ground_truth_key(GT_DIR)).images == truth.images
 
 
 def test_cli_cache_dir_problems(tmp_path, truth, monkeypatch):

@@ -26,12 +26,13 @@ import click
 from retinaface_export.cli.entry import exit_interrupted, no_telemetry
 from retinaface_export.errors import RetinaFaceExportError, UsageError
 from retinaface_export.progress import progress_listener
-from retinaface_export.sizes import InputSize, parse_size
 
 if TYPE_CHECKING:  # rich is imported where a console, table or bar is made: retinaface-eval prints without it
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
+
+    from retinaface_export.sizes import InputSize
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,6 +110,8 @@ def size_token(token: str) -> bool:
 
 
 def _parse_sizes(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[InputSize, ...]:
+    from retinaface_export.sizes import parse_size  # imported by the commands that take --size only
+
     try:
         return tuple(parse_size(v) for v in values)
     except UsageError as exc:

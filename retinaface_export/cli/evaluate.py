@@ -26,16 +26,18 @@ from retinaface_export.cli.common import (
     write_json,
 )
 from retinaface_export.errors import FileError, UsageError
-from retinaface_export.evaluation import evaluate
+from retinaface_export.evaluation import evaluate_rows
 from retinaface_export.safety.safe_paths import refuse_outputs_over_inputs, require_folder
 from retinaface_export.widerface import (
+    CACHE_SUFFIX,
     GroundTruth,
+    ground_truth_cache,
     ground_truth_key,
-    ground_truth_npz,
     load_ground_truth,
     prediction_text,
-    read_ground_truth_npz,
-    read_predictions,
+    read_ground_truth_cache,
+    read_prediction_rows,
+    split_rows,
 )
 
 if TYPE_CHECKING:
@@ -137,10 +139,10 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
     import logging
 
     key = ground_truth_key(gt_dir)
-    cached = cache_dir / f"wider_val_ground_truth-{key}.npz"
+    cached = cache_dir / f"wider_val_ground_truth-{key}{CACHE_SUFFIX}"
     if cached.exists():
         try:
-            return read_ground_truth_npz(cached, key)
+            return read_ground_truth_cache(cached, key)
         except FileError as exc:
             logging.getLogger(__name__).warning("%s; rebuilding it", exc)
     truth = load_ground_truth(gt_dir)
@@ -153,7 +155,7 @@ def _ground_truth(gt_dir: Path, cache_dir: Path | None) -> GroundTruth:
     from retinaface_export.safety.atomic import atomic_write_bytes
 
     try:
-        atomic_write_bytes(cached, ground_truth_npz(truth, key))
+        atomic_write_bytes(cached, ground_truth_cache(truth, key))
     except OSError as exc:  # a cache only saves time: say so and go on
         reason = exc.strerror or type(exc).__name__
         logging.getLogger(__name__).warning(
@@ -230,7 +232,7 @@ def ap_table(title: str, columns: dict[str, float], encoding: str | None = "utf-
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the parsed ground truth in this folder (one .npz named by the .mat files' sha256): later runs "
+    help="Keep the parsed ground truth in this folder (one file named by the .mat files' sha256): later runs "
     "read it instead of the .mat files. Nothing is cached without it.",
 )
 @json_option("the APs (schema: retinaface_export/eval.schema.json)")
@@ -275,21 +277,25 @@ def main(
     refuse_outputs_over_inputs([("--json", json_path), ("--save-predictions", save_predictions)], inputs)
     truth = _ground_truth(gt_dir, cache_dir)
     if predictions is not None:
-        preds = read_predictions(predictions, truth)
+        rows, counts = read_prediction_rows(predictions, truth)  # every image's rows in one array
     else:
+        import gc
+
+        gc.enable()  # a model over every photo is a long run: the console script turned it off for a short one
         assert images_root is not None
         if (artifact is None) == (weights is None):
             raise UsageError("with --images, give exactly one of --model ARTIFACT or --weights CKPT")
         require_folder(images_root, "images folder")
         detector = _detector(artifact, weights, anchors, origin_size)
         preds = _run_model(detector, images_root, truth, long_side, save_predictions, quiet)
+        rows, counts = np.concatenate([np.zeros((0, 5)), *preds]), np.array([len(p) for p in preds], np.int64)
     if protocol == "omz":
         from retinaface_export.omz_protocol import evaluate_omz
 
-        result: dict[str, float | str] = {"protocol": "omz", "map": evaluate_omz(preds, truth)}
+        result: dict[str, float | str] = {"protocol": "omz", "map": evaluate_omz(split_rows(rows, counts), truth)}
         columns = {"mAP (OMZ accuracy checker)": float(result["map"])}
     else:
-        aps = evaluate(preds, truth)
+        aps = evaluate_rows(rows, counts, truth)
         result, columns = dict(aps), aps
     if json_path:
         write_json(json_path, result, indent=None)
