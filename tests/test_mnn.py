@@ -21,6 +21,7 @@ from retinaface_export.cli.detect import main as detect_main
 from retinaface_export.cli.parity import main as parity_main
 from retinaface_export.converters.mnn import runtime as mnn_runtime
 from retinaface_export.converters.mnn.format import FORMAT, NMS_REFUSAL
+from retinaface_export.converters.mnn.half import nearest_half
 from retinaface_export.converters.mnn.trust import SEAL_KEY, check_mnn_file
 from retinaface_export.converters.onnx.runtime import onnxruntime_runner
 from retinaface_export.errors import MissingExtraError, UntrustedArtifactError, UsageError
@@ -107,6 +108,12 @@ def test_fp16_holds_the_nearest_half_of_each_weight(converted, crowd_photo, tmp_
     expected = onnxruntime_runner(tmp_path / "half.onnx")(data)
     for error, allowed in _errors(expected, FORMAT.open_runner(converted / FP16)(data)):
         assert error <= allowed
+
+
+def test_half_rounding_is_to_nearest_and_stays_finite():
+    weights = np.array([1e6, -1e6, 0.1, 1 + 2**-11 + 2**-20, -(1 + 2**-11 + 2**-20)], np.float32)
+    # beyond the half range: clamped as MNN does; otherwise the nearest half, not the one toward zero
+    assert nearest_half(weights).tolist() == [65504.0, -65504.0, float(np.float16(0.1)), 1 + 2**-10, -(1 + 2**-10)]
 
 
 def test_winograd_would_break_the_fp32_rule(converted, crowd_photo, monkeypatch):

@@ -23,9 +23,13 @@ WEIGHT_ROUNDING = (
 )
 
 
+# Largest finite half: MNN clamps weights to it before the cast, so do we (a larger weight would become inf).
+HALF_MAX = float(np.finfo(np.float16).max)
+
+
 def nearest_half(values: np.ndarray) -> np.ndarray:
-    """float32 ``values`` rounded to the nearest float16 (ties to even), kept as float32."""
-    return values.astype(np.float16).astype(np.float32)
+    """float32 ``values`` clamped to ±:data:`HALF_MAX` and rounded to the nearest float16 (ties to even), as float32."""
+    return np.clip(values, -HALF_MAX, HALF_MAX).astype(np.float16).astype(np.float32)
 
 
 def round_convolution_weights(source: Path, target: Path) -> int:
