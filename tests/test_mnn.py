@@ -1,6 +1,6 @@
 """MNN artifacts: converted from our ONNX by mnnconvert, verified by MNN's interpreter, refused when tampered.
 
-Fast tier: mobilenet0.25 (real weights) at 320, FP32 and FP16. Slow: 640, dynamic, decode, Resnet50.
+Fast tier: mobilenet0.25 (real weights) at 320, FP32 and FP16. Slow: 640 and dynamic for both backbones, decode.
 """
 
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import CROWD_PHOTO, REPO, SHARED, photo_input, require
+from conftest import CROWD_PHOTO, REPO, SHARED, checkpoint_for, photo_input, require
 from retinaface_export.bench.run import BenchSettings, bench_export
 from retinaface_export.bench.stats import Budget
 from retinaface_export.checkpoint import load_checkpoint
@@ -21,11 +21,13 @@ from retinaface_export.cli.detect import main as detect_main
 from retinaface_export.cli.parity import main as parity_main
 from retinaface_export.converters.mnn import runtime as mnn_runtime
 from retinaface_export.converters.mnn.format import FORMAT, NMS_REFUSAL
+from retinaface_export.converters.mnn.half import nearest_half
 from retinaface_export.converters.mnn.trust import SEAL_KEY, check_mnn_file
 from retinaface_export.converters.onnx.runtime import onnxruntime_runner
 from retinaface_export.errors import MissingExtraError, UntrustedArtifactError, UsageError
 from retinaface_export.format_api import Job
 from retinaface_export.images import read_image
+from retinaface_export.manifest import Manifest
 from retinaface_export.pipeline.convert import ConvertOptions, convert_export
 from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
 from retinaface_export.postprocess.settings import PostprocessSpec
@@ -70,6 +72,8 @@ def test_fp32_and_fp16_are_verified_by_mnn_and_recorded(converted):
         assert max(row["verification"]["max_error_of_range"].values()) < limit
         assert row["conversion"]["runtime"] == mnn_runtime.RUNTIME_OPTIONS
     assert rows[FP16]["conversion"]["weights"] == "float16" and "--fp16" in rows[FP16]["conversion"]["arguments"]
+    assert "nearest" in rows[FP16]["conversion"]["weight_rounding"]
+    assert "weight_rounding" not in rows[FP32]["conversion"]
     assert (converted / FP16).stat().st_size < 0.6 * (converted / FP32).stat().st_size
     assert "mnn" in json.loads((converted / "manifest.json").read_text())["versions"]
 
@@ -79,6 +83,37 @@ def test_fp32_equals_onnxruntime_on_a_real_photo(converted, crowd_photo):
     expected = onnxruntime_runner(converted / ONNX)(data)
     for error, allowed in _errors(expected, FORMAT.open_runner(converted / FP32)(data)):
         assert error <= allowed
+
+
+def _conv_weights_in_half(source: Path, target: Path) -> None:
+    """``source`` with every Conv weight rounded to the nearest float16 (what FP16 storage should hold)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    weights = {node.input[1] for node in model.graph.node if node.op_type == "Conv"}
+    for init in model.graph.initializer:
+        if init.name in weights:
+            half = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(half, init.name))
+    onnx.save(model, str(target))
+
+
+def test_fp16_holds_the_nearest_half_of_each_weight(converted, crowd_photo, tmp_path):
+    # mnnconvert --fp16 alone truncates each weight toward zero (MNN 3.6.1): here that misses this reference by
+    # 270x the FP32 rule (6.9% of range on the synthetic Resnet50's scores, see converters/mnn/half.py); with the
+    # weights rounded first, the FP16 file computes exactly what ONNX Runtime does with the same half weights
+    _conv_weights_in_half(converted / ONNX, tmp_path / "half.onnx")
+    data = photo_input(crowd_photo, 320, 320)
+    expected = onnxruntime_runner(tmp_path / "half.onnx")(data)
+    for error, allowed in _errors(expected, FORMAT.open_runner(converted / FP16)(data)):
+        assert error <= allowed
+
+
+def test_half_rounding_is_to_nearest_and_stays_finite():
+    weights = np.array([1e6, -1e6, 0.1, 1 + 2**-11 + 2**-20, -(1 + 2**-11 + 2**-20)], np.float32)
+    # beyond the half range: clamped as MNN does; otherwise the nearest half, not the one toward zero
+    assert nearest_half(weights).tolist() == [65504.0, -65504.0, float(np.float16(0.1)), 1 + 2**-10, -(1 + 2**-10)]
 
 
 def test_winograd_would_break_the_fp32_rule(converted, crowd_photo, monkeypatch):
@@ -220,39 +255,42 @@ def test_json_on_standard_output_stays_clean(converted):
 
 
 @pytest.mark.slow
-def test_640_and_dynamic_are_verified_at_their_sizes(tmp_path, real_weights):
-    checkpoint = load_checkpoint(real_weights)
+@pytest.mark.parametrize("variant", ["mobilenet0.25", "resnet50"])
+def test_640_and_dynamic_are_verified_at_their_sizes(variant, tmp_path, real_weights, crowd_photo):
+    from reference_check import original_faces_missed, reference_weights
+
+    # Resnet50 (synthetic) FP16 used to miss the FP16 rule (scores 6.9% of range at 640: mnnconvert --fp16
+    # truncates the weights); with the weights rounded to nearest first it is 2.2% (ONNX FP16 2.4%)
+    checkpoint = checkpoint_for(variant)
     sizes = (InputSize(320, 320), InputSize(640, 640))
     export_checkpoint(checkpoint, ExportOptions(sizes=sizes[1:], formats=("onnx",)), tmp_path / "fixed")
     export_checkpoint(checkpoint, ExportOptions(sizes=sizes, formats=("onnx",), dynamic=True), tmp_path / "dynamic")
     for folder in ("fixed", "dynamic"):
         convert_export(tmp_path / folder, ConvertOptions("mnn", precisions=("fp32", "fp16")))
     rows = _rows(tmp_path / "fixed") | _rows(tmp_path / "dynamic")
-    dynamic = rows["retinaface_mobilenet0.25_dynamic_fp32.mnn"]
+    dynamic = rows[f"retinaface_{variant}_dynamic_fp32.mnn"]
     assert dynamic["verified_sizes"] == [[320, 320], [640, 640]]
     assert dynamic["verification"]["cases"] == 4  # two sizes at batch 1 and 2
-    for row in rows.values():
-        if row["format"] == "mnn":
-            limit = 1e-5 if row["precision"] == "fp32" else 0.03
-            assert row["verification"]["passed"] and max(row["verification"]["max_error_of_range"].values()) < limit
+    mnn_rows = [row for row in rows.values() if row["format"] == "mnn"]
+    assert len(mnn_rows) == 4
+    for row in mnn_rows:
+        # FP32: 3.3e-6 (mobilenet0.25) and 2.3e-5 (Resnet50's larger range of sums) of range measured
+        limit = (1e-5 if variant == "mobilenet0.25" else 1e-4) if row["precision"] == "fp32" else 0.03
+        assert row["verification"]["passed"] and max(row["verification"]["max_error_of_range"].values()) < limit
+    # and the faces of biubug6's forward + detect.py at 640 (issue 21: FP32 P = R = 1, FP16 P, R >= 0.98)
+    weights = reference_weights(variant, tmp_path, real_weights)
+    for folder in ("fixed", "dynamic"):
+        records = [a for a in Manifest.read(tmp_path / folder).artifacts if a.format == "mnn"]
+        assert not original_faces_missed(tmp_path / folder, records, weights, crowd_photo, 640)
 
 
 @pytest.mark.slow
-def test_decode_graphs_convert_and_resnet50_verifies(tmp_path, real_weights):
-    from retinaface_export.synthetic import synthetic_checkpoint
-    from retinaface_export.variants import get_variant
-
+def test_decode_graphs_convert(tmp_path, real_weights):
     decode = ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",), postprocess=PostprocessSpec("decode"))
     export_checkpoint(load_checkpoint(real_weights), decode, tmp_path / "decode")
     convert_export(tmp_path / "decode", ConvertOptions("mnn"))
     (row,) = [r for r in _rows(tmp_path / "decode").values() if r["format"] == "mnn"]
     assert row["verification"]["passed"] and row["postprocess"]["mode"] == "decode"
-    resnet = synthetic_checkpoint(get_variant("resnet50"))
-    export_checkpoint(resnet, ExportOptions(sizes=(InputSize(640, 640),), formats=("onnx",)), tmp_path / "r50")
-    # FP32 only: MNN's FP16 of the synthetic Resnet50 misses the FP16 rule (scores 6.9% of range, ONNX FP16 2.4%)
-    convert_export(tmp_path / "r50", ConvertOptions("mnn", precisions=("fp32",)))
-    (row,) = [r for r in _rows(tmp_path / "r50").values() if r["format"] == "mnn"]
-    assert row["verification"]["passed"] and max(row["verification"]["max_error_of_range"].values()) < 1e-4
 
 
 @pytest.mark.parametrize(("name", "threshold", "least"), [(FP32, 0.5, 6), (FP32, 0.02, 100), (FP16, 0.5, 6)])

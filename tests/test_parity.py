@@ -55,6 +55,20 @@ def test_every_variant_format_precision_and_size_has_parity_coverage():
         assert {s.height for s in goldens[variant].sizes} == set(STANDARD_SIZES)
 
 
+def test_every_format_is_judged_at_every_precision_it_makes():
+    # per format, not only per variant: a precision one format makes (MNN FP16) may not hide behind another's
+    matrix = _matrix()
+    for variant in list_variants():
+        judged = {name: {"fp32"} for name in matrix.EXPORT_FORMATS}
+        for conversion in matrix.conversions_for(variant):
+            made = conversion[conversion.index("--precision") + 1 :] if "--precision" in conversion else ["fp32"]
+            name = conversion[conversion.index("--to") + 1]
+            judged.setdefault(name, set()).update(p for p in made if p in PRECISIONS)
+        for name, fmt in FORMATS.items():
+            missing = {(variant, p) for p in set(fmt.precisions) - judged[name]}
+            assert missing <= set(matrix.NOT_JUDGED), f"{name}: precisions without parity coverage: {missing}"
+
+
 def test_committed_goldens_match_this_machines_pytorch():
     # a torch upgrade that changes numerics, or a non-deterministic synthetic model, shows up here
     for golden in find_golden_sets(REPO / "golden"):

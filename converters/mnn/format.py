@@ -4,7 +4,9 @@
 outputs, or the ``decode`` ones) and writes our provenance into the model's ``bizCode`` string, which
 :func:`~retinaface_export.converters.mnn.trust.check_mnn_file` reads back without MNN. FP16 is MNN's
 ``--fp16``: convolution weights stored in half, computed in float32 (the runtime options are the same for
-every artifact: :data:`~retinaface_export.converters.mnn.runtime.RUNTIME_OPTIONS`).
+every artifact: :data:`~retinaface_export.converters.mnn.runtime.RUNTIME_OPTIONS`). ``--fp16`` truncates
+each weight toward zero, so the converter is given a copy of the ONNX file whose convolution weights are
+already rounded to the nearest half (:mod:`~retinaface_export.converters.mnn.half`).
 
 Not made here, each refused with one line before any work:
 
@@ -20,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from retinaface_export.converters.mnn.half import WEIGHT_ROUNDING, round_convolution_weights
 from retinaface_export.converters.mnn.runtime import RUNTIME, RUNTIME_OPTIONS, mnn_runner, run_tool
 from retinaface_export.converters.mnn.trust import SEAL_KEY, UNSEALED, MnnFile, check_mnn_file, seal
 from retinaface_export.converters.onnx.trust import check_onnx_file
@@ -86,18 +89,25 @@ class MnnFormat(ArtifactFormat):
         check_onnx_file(inputs.source_path)
         target = staging / job.file_name
         unsealed = staging / f".{job.file_name}.unsealed"
+        rounded = staging / f".{job.file_name}.half.onnx"
+        fp16 = job.precision == "fp16"
         conversion: dict[str, Any] = {
             "converter": "mnnconvert",
             "arguments": converter_arguments(Path("SOURCE.onnx"), Path(job.file_name), job.precision, "PROVENANCE"),
-            "weights": "float16" if job.precision == "fp16" else "float32",
+            "weights": "float16" if fp16 else "float32",
+            **({"weight_rounding": WEIGHT_ROUNDING} if fp16 else {}),
             "runtime": RUNTIME_OPTIONS,
         }
         provenance = inputs.provenance | conversion | {SEAL_KEY: UNSEALED}
         biz_code = json.dumps(provenance, sort_keys=True)
         try:
+            source = inputs.source_path
+            if fp16:
+                round_convolution_weights(source, rounded)
+                source = rounded
             run_tool(
                 "mnnconvert",
-                converter_arguments(inputs.source_path, unsealed, job.precision, biz_code),
+                converter_arguments(source, unsealed, job.precision, biz_code),
                 f"{job.file_name}: mnnconvert",
             )
             if not unsealed.is_file() or unsealed.stat().st_size == 0:
@@ -105,6 +115,7 @@ class MnnFormat(ArtifactFormat):
             target.write_bytes(seal(unsealed.read_bytes()))
         finally:
             unsealed.unlink(missing_ok=True)
+            rounded.unlink(missing_ok=True)
         written = check_mnn_file(target)
         if written.outputs != tuple(job.postprocess.outputs):
             raise ExportError(f"{job.file_name}: MNN renamed the outputs to {', '.join(written.outputs)}")
