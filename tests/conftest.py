@@ -36,6 +36,19 @@ def real_weights() -> Path:
 
 
 @pytest.fixture(scope="session")
+def onnx_320(tmp_path_factory, real_weights) -> Path:
+    """The trained mobilenet0.25 as ONNX at 320x320, exported once (the Ray tests' artifact)."""
+    from retinaface_export.checkpoint import load_checkpoint
+    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
+    from retinaface_export.sizes import InputSize
+
+    out = tmp_path_factory.mktemp("mobilenet-onnx-320")
+    options = ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",))
+    export_checkpoint(load_checkpoint(real_weights), options, out)
+    return out / "retinaface_mobilenet0.25_320x320.onnx"
+
+
+@pytest.fixture(scope="session")
 def crowd_photo() -> np.ndarray:
     image = cv2.imread(str(require(CROWD_PHOTO)), cv2.IMREAD_COLOR)
     assert image is not None, f"OpenCV could not read {CROWD_PHOTO}"

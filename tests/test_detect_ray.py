@@ -29,18 +29,6 @@ def by_image(path):
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, real_weights):
-    from retinaface_export.checkpoint import load_checkpoint
-    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
-    from retinaface_export.sizes import InputSize
-
-    out = tmp_path_factory.mktemp("ray-export")
-    options = ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",))
-    export_checkpoint(load_checkpoint(real_weights), options, out)
-    return out / "retinaface_mobilenet0.25_320x320.onnx"
-
-
-@pytest.fixture(scope="module")
 def local_ray():
     with ray_engine.ray_cluster(None, num_cpus=2) as ray:
         yield ray
@@ -57,13 +45,13 @@ def photos(tmp_path_factory):
     return folder
 
 
-def test_ray_gives_the_faces_of_the_local_engine(tmp_path, artifact, local_ray, photos):
+def test_ray_gives_the_faces_of_the_local_engine(tmp_path, onnx_320, local_ray, photos):
     ours, local = tmp_path / "ray.jsonl", tmp_path / "local.jsonl"
     # one runtime thread per actor, and one locally: the same arithmetic, so the same faces to the last digit
-    result = run(photos, "--model", artifact, "--predictions", ours, "--engine", "ray", "--num-workers", 2, "-q")
+    result = run(photos, "--model", onnx_320, "--predictions", ours, "--engine", "ray", "--num-workers", 2, "-q")
     assert result.exit_code == 1  # the broken file
     assert f"{photos / 'broken.jpg'}: cannot be read as an image" in result.stderr
-    assert run(photos, "--model", artifact, "--predictions", local, "--threads", 1, "-q").exit_code == 1
+    assert run(photos, "--model", onnx_320, "--predictions", local, "--threads", 1, "-q").exit_code == 1
     expected = by_image(local)
     assert by_image(ours) == expected and len(expected) == 15
     assert len(ours.read_text().splitlines()) == 15  # one line per image
@@ -86,14 +74,14 @@ class DiesOnce(ray_engine._DetectActor):
         return super().__call__(batch)
 
 
-def test_a_dead_workers_images_are_retried_never_lost_or_doubled(tmp_path, artifact, local_ray, photos, monkeypatch):
+def test_a_dead_workers_images_are_retried_never_lost_or_doubled(tmp_path, onnx_320, local_ray, photos, monkeypatch):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     monkeypatch.setattr(DiesOnce, "marker", str(tmp_path / "died"))
     monkeypatch.setattr(ray_engine, "_DetectActor", DiesOnce)
     out = tmp_path / "faces.jsonl"
-    result = run(photos, "--model", artifact, "--predictions", out, "--engine", "ray", "--num-workers", 2, "-q")
+    result = run(photos, "--model", onnx_320, "--predictions", out, "--engine", "ray", "--num-workers", 2, "-q")
     assert (tmp_path / "died").exists()
     assert result.exit_code == 1 and result.stderr.count("cannot be read as an image") == 1
     images = [json.loads(line)["image"] for line in out.read_text().splitlines()]

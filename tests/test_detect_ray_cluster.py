@@ -43,38 +43,26 @@ def by_image(path):
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, real_weights):
-    from retinaface_export.checkpoint import load_checkpoint
-    from retinaface_export.pipeline.export import ExportOptions, export_checkpoint
-    from retinaface_export.sizes import InputSize
-
-    out = tmp_path_factory.mktemp("ray-cluster-export")
-    options = ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",))
-    export_checkpoint(load_checkpoint(real_weights), options, out)
-    return out / "retinaface_mobilenet0.25_320x320.onnx"
-
-
-@pytest.fixture(scope="module")
 def cluster():
     # the workers import the package of this checkout, as the driver does
     with ray_start_head({"PYTHONPATH": str(REPO)}) as started:
         yield started
 
 
-def test_joins_the_running_cluster_gives_the_local_faces_and_leaves_it_running(tmp_path, artifact, cluster):
+def test_joins_the_running_cluster_gives_the_local_faces_and_leaves_it_running(tmp_path, onnx_320, cluster):
     """Fails if the command starts a Ray of its own (its driver is logged in that Ray's session, not the
     cluster's), loses or changes a face, or stops the cluster it joined."""
     from retinaface_export.cli.detect import main
 
     photos, ours, local = require(PHOTOS), tmp_path / "ray.jsonl", tmp_path / "local.jsonl"
     before = cluster.processes()
-    pid, done = detect(photos, "--model", artifact, "--predictions", ours, "--engine", "ray",
+    pid, done = detect(photos, "--model", onnx_320, "--predictions", ours, "--engine", "ray",
                        "--ray-address", cluster.address, "--num-workers", 2, env=cluster.driver_env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr == ""  # nothing from Ray on the console
     assert pid in cluster.driver_pids()  # it joined that cluster as a driver
     # one runtime thread per actor, and one locally: the same arithmetic, so the same faces to the last digit
-    result = CliRunner().invoke(main, [str(photos), "--model", str(artifact), "--predictions", str(local),
+    result = CliRunner().invoke(main, [str(photos), "--model", str(onnx_320), "--predictions", str(local),
                                        "--threads", "1", "-q"], catch_exceptions=False)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     expected = by_image(local)
@@ -95,12 +83,12 @@ def test_joins_the_running_cluster_gives_the_local_faces_and_leaves_it_running(t
     ],
     ids=["no token", "wrong token"],
 )
-def test_a_cluster_that_refuses_us_is_one_line_and_nothing_written(tmp_path, artifact, cluster, token, message):
+def test_a_cluster_that_refuses_us_is_one_line_and_nothing_written(tmp_path, onnx_320, cluster, token, message):
     env = {"RAY_gcs_server_port_wait_time_s": "1"}  # one attempt, not Ray's 20 (1 s apart): the same path, sooner
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {"HOME": str(tmp_path)}
     out = tmp_path / "out" / "faces.jsonl"
     out.parent.mkdir()
-    _, done = detect(PHOTOS, "--model", artifact, "--predictions", out, "--engine", "ray",
+    _, done = detect(PHOTOS, "--model", onnx_320, "--predictions", out, "--engine", "ray",
                      "--ray-address", cluster.address, env=env, timeout=120)  # fmt: skip
     assert done.returncode == 2
     lines = done.stderr.splitlines()
@@ -109,11 +97,11 @@ def test_a_cluster_that_refuses_us_is_one_line_and_nothing_written(tmp_path, art
     assert list(out.parent.iterdir()) == []
 
 
-def test_an_address_nothing_answers_at_is_one_line_at_once_and_nothing_written(tmp_path, artifact):
+def test_an_address_nothing_answers_at_is_one_line_at_once_and_nothing_written(tmp_path, onnx_320):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there (Ray alone retries it for ~14 minutes)
     out = tmp_path / "out" / "faces.jsonl"
     out.parent.mkdir()
-    _, done = detect(PHOTOS, "--model", artifact, "--predictions", out, "--engine", "ray",
+    _, done = detect(PHOTOS, "--model", onnx_320, "--predictions", out, "--engine", "ray",
                      "--ray-address", address, timeout=60)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
