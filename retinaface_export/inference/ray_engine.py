@@ -24,7 +24,7 @@ import socket
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,7 @@ def _stderr_to_debug_log() -> Iterator[None]:
         while chunk := os.read(read_end, 65536):
             kept.append(chunk)
 
-    reader = threading.Thread(target=drain, name="ray-join-stderr", daemon=True)
+    reader = threading.Thread(target=drain, name="ray-stderr", daemon=True)
     reader.start()
     os.dup2(write_end, 2)
     os.close(write_end)
@@ -214,7 +214,7 @@ def _stderr_to_debug_log() -> Iterator[None]:
         reader.join(5)
         os.close(read_end)
         if text := b"".join(kept).decode(errors="replace").strip():
-            log.debug("Ray while joining the cluster:\n%s", text)
+            log.debug("Ray on standard error while it started or joined:\n%s", text)
 
 
 @contextmanager
@@ -238,30 +238,28 @@ def ray_cluster(address: str | None, num_cpus: int) -> Iterator[Any]:
         yield ray
         return
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
-    if address:
-        check_address(address)
-        try:
-            with _stderr_to_debug_log():
-                ray.init(address=address, **options)  # a driver of that cluster: none of the local settings
-        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-            raise _join_error(address, exc) from exc
-        try:
-            yield ray
-        finally:
-            ray.shutdown()  # a joined cluster only loses this driver
-        return
-    # A local cluster listens on loopback only: no token. Ray 2.60 would otherwise write ~/.ray/auth_token (outside
-    # the folders the user named), which also turns token authentication on for later clusters of that user.
-    with _environment({AUTH_MODE_ENV: os.environ.get(AUTH_MODE_ENV) or "disabled"}):
-        try:
-            with _no_outside_http(), _stderr_to_debug_log():
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UsageError(f"--engine ray: cannot start a local Ray ({exc})") from exc
+    with ExitStack() as stack:
+        if address:
+            check_address(address)
+            try:
+                with _stderr_to_debug_log():
+                    ray.init(address=address, **options)  # a driver of that cluster: none of the local settings
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+                raise _join_error(address, exc) from exc
+        else:
+            # A local cluster listens on loopback only: no token. Ray 2.60 would otherwise write ~/.ray/auth_token
+            # (outside the folders the user named), which also turns token authentication on for the user's later
+            # clusters.
+            stack.enter_context(_environment({AUTH_MODE_ENV: os.environ.get(AUTH_MODE_ENV) or "disabled"}))
+            try:
+                with _no_outside_http(), _stderr_to_debug_log():
+                    ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UsageError(f"--engine ray: cannot start a local Ray ({exc})") from exc
         try:
             yield ray
         finally:
-            ray.shutdown()  # stops the local Ray
+            ray.shutdown()  # stops a local Ray; a joined cluster only loses this driver
 
 
 def detect_with_ray(
