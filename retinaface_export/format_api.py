@@ -87,6 +87,9 @@ class Runtime:
     name: ClassVar[str]
     # distributions whose versions shape its numerics (recorded in every manifest)
     libraries: ClassVar[tuple[str, ...]] = ()
+    # whether runs from several threads go side by side (the library lets the GIL go while it computes);
+    # False: they take turns, so retinaface-detect gives it one worker with every CPU instead of several
+    runs_side_by_side: ClassVar[bool] = True
 
     def open(self, path: Path, threads: int | None = None, optimize: bool = False) -> Runner:
         """A runner for the artifact at ``path``: one request at a time, ``threads`` threads inside."""

@@ -6,10 +6,12 @@ the trained mobilenet0.25 as ONNX at 640x640 with batch 1 and with batch ``--bat
 
 - ``plain``: one image after another in one thread (read, letterbox, run, decode): ``Detector.detect``, the
   runtime with its own default thread count;
-- ``plain tK``: the same with the runtime on K = the CPUs less one threads (what the engine gives it);
-- ``local b1``: the streaming engine, batch 1, runtime on K threads, decoding and letterboxing in threads
-  while it runs;
-- ``local bN``: the same with the batch-N artifact;
+- ``plain t1``: the same with the runtime on one thread;
+- ``local wW b1``: the streaming engine as ``retinaface-detect`` runs it by default: W workers (one per CPU, at
+  most 4), each with a runtime of its own on the CPUs shared out, batch 1, decoding and letterboxing in threads
+  while they run;
+- ``local w1 b1``: the same with one worker whose runtime has every CPU (overlap alone, no side-by-side runs);
+- ``local wW bN``: the default workers with the batch-N artifact;
 - ``ray``: ``--engine ray`` with ``--workers`` actors of one CPU each, on a local Ray started once before
   the timings (its start-up, ~10-20 s, is printed apart; each run starts its actor pool).
 
@@ -86,7 +88,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     no_telemetry()
     from retinaface_export.images import read_image
     from retinaface_export.inference.detector import Detector
-    from retinaface_export.inference.stream import detect_stream, runtime_threads
+    from retinaface_export.inference.stream import default_workers, detect_stream, runtime_threads
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-detect-")))
@@ -95,12 +97,14 @@ def main(argv: Iterable[str] | None = None) -> int:
         single = args.model or export(tmp / "b1", 1)
         batched = args.batch_model or export(tmp / f"b{args.batch}", args.batch)
         optimize = not args.as_verified
-        threads = runtime_threads()  # what retinaface-detect gives the runtime: the CPUs less one
+        workers = default_workers()  # what retinaface-detect runs: one runtime per CPU, the CPUs shared out
+        threads = runtime_threads(workers)
         default = Detector.from_artifact(single, optimize=optimize)  # the runtime's own thread count
-        plain_threads = Detector.from_artifact(single, threads=threads, optimize=optimize)
-        one = Detector.from_artifact(single, threads=threads, optimize=optimize)
-        many = Detector.from_artifact(batched, threads=threads, optimize=optimize)
-        batch = many.backend.batch or args.batch
+        plain_one = Detector.from_artifact(single, threads=1, optimize=optimize)
+        alone = [Detector.from_artifact(single, threads=runtime_threads(1), optimize=optimize)]
+        side = [Detector.from_artifact(single, threads=threads, optimize=optimize) for _ in range(workers)]
+        many = [Detector.from_artifact(batched, threads=threads, optimize=optimize) for _ in range(workers)]
+        batch = many[0].backend.batch or args.batch
 
         def plain(detector: Detector) -> int:
             for path in paths:
@@ -109,9 +113,10 @@ def main(argv: Iterable[str] | None = None) -> int:
 
         runs: dict[str, Callable[[], int]] = {
             "plain": lambda: plain(default),
-            f"plain t{threads}": lambda: plain(plain_threads),
-            "local b1": lambda: sum(1 for _ in detect_stream(one, paths, 1)),
-            f"local b{batch}": lambda: sum(1 for _ in detect_stream(many, paths, batch)),
+            "plain t1": lambda: plain(plain_one),
+            f"local w{workers} b1": lambda: sum(1 for _ in detect_stream(side, paths, 1)),
+            "local w1 b1": lambda: sum(1 for _ in detect_stream(alone, paths, 1)),
+            f"local w{workers} b{batch}": lambda: sum(1 for _ in detect_stream(many, paths, batch)),
         }
         if not args.no_ray:
             from retinaface_export.detection.postprocess import DetectionConfig

@@ -1,11 +1,13 @@
 """retinaface-detect as a streaming job: JSON lines as it goes, resume, batches, WIDER files eval reads."""
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -17,8 +19,9 @@ from scipy.io import savemat
 from conftest import REPO, SHARED, require
 from retinaface_export.cli.detect import main
 from retinaface_export.cli.evaluate import main as eval_main
+from retinaface_export.inference.backends import runs_side_by_side
 from retinaface_export.inference.detector import Detector
-from retinaface_export.inference.stream import detect_stream, runtime_threads
+from retinaface_export.inference.stream import default_workers, detect_stream, runtime_threads
 
 PHOTOS = SHARED / "images"
 
@@ -69,7 +72,8 @@ def test_one_line_per_image_with_size_and_the_detectors_faces(tmp_path, artifact
     assert result.exit_code == 0, result.stderr
     lines = records(out)
     assert sorted(r["image"] for r in lines) == sorted(str(p) for p in repeated.iterdir())
-    detector = Detector.from_artifact(artifacts["b1"], threads=runtime_threads())  # the command's default
+    # each worker's runtime on the threads the command gives it: the same arithmetic, the same faces
+    detector = Detector.from_artifact(artifacts["b1"], threads=runtime_threads(default_workers()))
     for record in lines:
         image = cv2.imread(record["image"])
         assert (record["height"], record["width"]) == image.shape[:2]
@@ -130,13 +134,81 @@ def test_images_in_flight_are_bounded(artifacts):
             pulled.append(index)
             yield photo
 
-    detector = Detector.from_artifact(artifacts["b1"])
-    stream = detect_stream(detector, paths(), batch_size=1, decode_threads=2)
+    detectors = [Detector.from_artifact(artifacts["b1"]) for _ in range(2)]
+    stream = detect_stream(detectors, paths(), batch_size=1, decode_threads=2)
     for count, _ in enumerate(stream, start=1):
-        assert len(pulled) - count <= 6  # 2 x batch + 2 x decode threads ahead, at most
+        # decoding: 2 x batch + 2 x decode threads ahead, at most; running or waiting: 2 batches per worker
+        assert len(pulled) - count <= 6 + 4
         if count == 20:
             break
     stream.close()
+
+
+def test_workers_run_side_by_side_and_results_keep_the_input_order(tmp_path, artifacts):
+    """Two workers, each with its own runtime, run batches at the same time; results come out as one worker's."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photos = sorted(require(PHOTOS).glob("*.jpg"))
+    paths = []
+    for index in range(12):  # an unreadable image in the middle: its error keeps its place
+        path = folder / f"{index:02d}.jpg"
+        path.write_bytes(b"not an image" if index == 5 else photos[index % len(photos)].read_bytes())
+        paths.append(path)
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def counted(detector):
+        run_network = detector.backend.run
+
+        def run_and_count(inputs):
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            try:
+                time.sleep(0.05)  # long enough for the other worker to start its own batch meanwhile
+                return run_network(inputs)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+        return Detector(dataclasses.replace(detector.backend, run=run_and_count), detector.config)
+
+    one = [Detector.from_artifact(artifacts["b1"], threads=1)]
+    two = [counted(Detector.from_artifact(artifacts["b1"], threads=1)) for _ in range(2)]
+    expected = [r.record() for r in detect_stream(one, paths)]
+    assert [r.record() for r in detect_stream(two, paths)] == expected
+    assert most[0] == 2
+    assert [r["image"] for r in expected] == [str(p) for p in paths]
+    assert expected[5] == {"image": str(paths[5]), "error": "cannot be read as an image"}
+    assert sum(len(r.get("faces", ())) for r in expected) > 20
+
+
+def test_num_workers_is_each_engines_own_and_cpus_per_worker_is_rays(tmp_path, artifacts):
+    out = tmp_path / "faces.jsonl"
+    result = run(require(PHOTOS), "--model", artifacts["b1"], "--predictions", out, "--num-workers", 3, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert len(records(out)) == 7
+    refused = run(PHOTOS, "--model", artifacts["b1"], "--predictions", tmp_path / "r.jsonl", "--cpus-per-worker", 1)
+    assert refused.exit_code == 2 and "--cpus-per-worker go with --engine ray" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "name, side_by_side",
+    [
+        ("m.onnx", True),
+        ("m.xml", True),
+        ("m.torchscript.pt", True),
+        ("m.ncnn.param", True),
+        ("m.tflite", True),
+        ("m_fp32.mnn", False),
+        ("m.unknown", True),
+    ],
+)
+def test_a_runtime_whose_runs_take_turns_gets_one_worker(name, side_by_side, monkeypatch):
+    # MNN's binding holds the GIL while it computes: two workers would take turns on half the threads each
+    monkeypatch.setattr("retinaface_export.inference.stream.available_cpus", lambda: 8)
+    assert runs_side_by_side(name) is side_by_side
+    assert default_workers(runs_side_by_side(name)) == (4 if side_by_side else 1)
+    assert runtime_threads(default_workers(runs_side_by_side(name))) == (2 if side_by_side else 8)
 
 
 def wider_tree(root, events):
@@ -171,7 +243,7 @@ def wider_tree(root, events):
 
 def test_widerface_files_are_what_eval_writes_and_reads(tmp_path, artifacts, monkeypatch):
     # the runtime on its default thread count, as retinaface-eval runs it: the same arithmetic, the same bytes
-    monkeypatch.setattr("retinaface_export.cli.detect.runtime_threads", lambda: None)
+    monkeypatch.setattr("retinaface_export.cli.detect.runtime_threads", lambda workers=1: None)
     events = {"0--Parade": ["wider_sample_1", "wider_sample_2"], "1--Handshaking": ["wider_sample_3", "crowd_selfie"]}
     images, gt = wider_tree(tmp_path, events)
     ours = tmp_path / "ours"

@@ -112,3 +112,38 @@ def test_the_package_makes_one_openvino_core():
         if path != OPENVINO_RUNTIME and "Core()" in path.read_text()
     ]
     assert offenders == []
+
+
+def test_a_runtime_given_threads_is_not_pinned_to_cores(tmp_path, monkeypatch):
+    """Workers side by side each get a thread-limited IR; pinned, the CPU plugin puts them all on the same cores."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from retinaface_export.converters.openvino import runtime
+    from retinaface_export.converters.openvino.format import FORMAT
+
+    ov = runtime.openvino_module()
+    node = helper.make_node("Relu", ["data"], ["y"])
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node], "g", [value("data", TensorProto.FLOAT, [1, 3, 8, 8])], [value("y", TensorProto.FLOAT, [1, 3, 8, 8])]
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    ov.save_model(ov.convert_model(tmp_path / "m.onnx"), tmp_path / "m.xml")
+    compiled = []
+
+    def recording(*args, **kwargs):
+        compiled.append(runtime_compile_ir(*args, **kwargs))
+        return compiled[-1]
+
+    runtime_compile_ir = runtime.compile_ir
+    monkeypatch.setattr(runtime, "compile_ir", recording)
+    for threads in (1, None):
+        run = FORMAT.open_runner(tmp_path / "m.xml", threads=threads)
+        assert run(np.full((1, 3, 8, 8), -1.0, np.float32))[0].max() == 0.0
+    limited, default = compiled
+    assert limited.get_property("ENABLE_CPU_PINNING") is False
+    assert limited.get_property("INFERENCE_NUM_THREADS") == 1
+    plain = runtime.compile_ir(tmp_path / "m.xml")  # the plugin's own choice when nothing limits the threads
+    assert default.get_property("ENABLE_CPU_PINNING") == plain.get_property("ENABLE_CPU_PINNING")

@@ -35,11 +35,13 @@ from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.formats import FORMATS
 from retinaface_export.images import IMAGE_SUFFIXES, images_in_folder
+from retinaface_export.inference.backends import runs_side_by_side
 from retinaface_export.inference.detector import Detector
 from retinaface_export.inference.outputs import JsonLines, write_widerface_prediction
 from retinaface_export.inference.stream import (
     ImageResult,
     batch_size_for,
+    default_workers,
     detect_stream,
     iter_images,
     runtime_threads,
@@ -172,7 +174,7 @@ def _check_engine_options(
 
         import_ray()  # a missing extra is said before anything runs
         return
-    given = [flag for flag, value in ray_options.items() if value is not None]
+    given = [flag for flag, value in ray_options.items() if value is not None and flag != "--num-workers"]
     if given:
         raise UsageError(f"{', '.join(given)} go with --engine ray")
 
@@ -180,6 +182,33 @@ def _check_engine_options(
 def _ray_workers(ray_options: dict) -> tuple[int, int]:
     """(actors, CPUs per actor) for --engine ray."""
     return ray_options["--num-workers"] or 2, ray_options["--cpus-per-worker"] or 1
+
+
+def _detectors(
+    engine: str,
+    weights: str | None,
+    artifact: str | None,
+    backbone: str | None,
+    anchors: str | None,
+    config: DetectionConfig,
+    workers: int | None,
+    threads: int | None,
+    optimize: bool,
+) -> list[Detector]:
+    """One detector per local worker, each with a runtime of its own (one for --engine ray: its actors load theirs).
+
+    An artifact gets one worker per CPU by default (at most four; one if its runtime's runs take turns), the CPUs
+    shared out as runtime threads; a checkpoint runs in PyTorch eager on one worker by default (PyTorch spreads
+    it over the CPUs itself).
+    """
+    if weights:
+        loaded = load_anchors(anchors) if anchors else None
+        return [Detector.from_checkpoint(weights, backbone, loaded, config) for _ in range(workers or 1)]
+    if engine != "local":
+        return [Detector.from_artifact(artifact, config, threads=threads, optimize=optimize)]
+    workers = workers or default_workers(runs_side_by_side(artifact))
+    threads = threads or runtime_threads(workers)
+    return [Detector.from_artifact(artifact, config, threads=threads, optimize=optimize) for _ in range(workers)]
 
 
 @contextmanager
@@ -200,7 +229,7 @@ def _engine_session(engine: str, ray_options: dict) -> Iterator[None]:
 
 def _results(
     engine: str,
-    detector: Detector,
+    detectors: list[Detector],
     artifact: str | None,
     paths: Iterable[Path],
     config: DetectionConfig,
@@ -211,7 +240,7 @@ def _results(
     ray_options: dict,
 ) -> Iterator[ImageResult]:
     if engine == "local":
-        return detect_stream(detector, paths, batch_size, decode_threads, keep_images)
+        return detect_stream(detectors, paths, batch_size, decode_threads, keep_images)
     from retinaface_export.inference.ray_engine import detect_with_ray
 
     assert artifact is not None
@@ -278,14 +307,14 @@ def _results(
     type=click.IntRange(min=1),
     default=2,
     show_default=True,
-    help="Threads reading, decoding and letterboxing images while the runtime runs (--engine local).",
+    help="Threads reading, decoding and letterboxing images while the runtimes run (--engine local).",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="With --model: threads inside the runtime (default: the CPUs available less one, left for decoding; "
-    "with --engine ray, --cpus-per-worker sets them).",
+    help="With --model: threads inside each worker's runtime (default: the CPUs available shared out among the "
+    "workers; with --engine ray, --cpus-per-worker sets them).",
 )
 @click.option(
     "--optimize",
@@ -301,7 +330,13 @@ def _results(
     show_default=True,
     help='local: this process; ray: an actor pool on Ray (pip install "retinaface-export[ray]").',
 )
-@click.option("--num-workers", type=click.IntRange(min=1), default=None, help="--engine ray: actors (default 2).")
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runtimes side by side, each loading the model once: --engine local, in this process (default: one per "
+    "CPU, at most 4; 1 with --weights); --engine ray, actors (default 2).",
+)
 @click.option(
     "--cpus-per-worker",
     type=click.IntRange(min=1),
@@ -375,14 +410,10 @@ def main(
         listed, folder_errors = None, []
     streams = [("--predictions", predictions), ("--widerface-predictions", widerface_predictions)]
     _refuse_streams_over_inputs(images, streams, [("--json", json_path), ("--output-dir", output_dir)], inputs)
-    if weights:
-        detector = Detector.from_checkpoint(weights, backbone, load_anchors(anchors) if anchors else None, config)
-    else:
-        if threads is None and engine == "local":
-            threads = runtime_threads()  # one CPU left for decoding
-        detector = Detector.from_artifact(artifact, config, threads=threads, optimize=optimize)
-        for notice in detector.backend.notices:
-            log.warning("%s: %s", artifact, notice)
+    detectors = _detectors(engine, weights, artifact, backbone, anchors, config, num_workers, threads, optimize)
+    detector = detectors[0]
+    for notice in detector.backend.notices:
+        log.warning("%s: %s", artifact, notice)
     batch = batch_size_for(detector, batch_size)
     with _engine_session(engine, ray_options):  # Ray joined or started before anything is written
         outputs = _Outputs(
@@ -406,7 +437,9 @@ def main(
             click.echo(f"{COMMAND}: error: {message}", err=True)
         outputs.failures = len(folder_errors)
         keep = output_dir is not None
-        results = _results(engine, detector, artifact, todo, config, batch, decode_threads, keep, optimize, ray_options)
+        results = _results(
+            engine, detectors, artifact, todo, config, batch, decode_threads, keep, optimize, ray_options
+        )
         try:
             with _progress_bar(len(listed) if listed is not None else None, quiet) as (progress, task):
                 for result in results:

@@ -102,6 +102,16 @@ def artifact_backend(path: str | Path, threads: int | None = None, optimize: boo
     )
 
 
+def runs_side_by_side(path: str | Path) -> bool:
+    """Whether the runtime of the artifact at ``path`` runs requests from several threads at once.
+
+    See :attr:`~retinaface_export.format_api.Runtime.runs_side_by_side`; True for a name of no known format
+    (opening it says what is wrong).
+    """
+    fmt = format_for_path(Path(path))
+    return fmt is None or fmt.runtime.runs_side_by_side
+
+
 def input_notices(path: str | Path) -> list[str]:
     """What the artifact at ``path`` tells other clients about its input that its provenance does not back.
 

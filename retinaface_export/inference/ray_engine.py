@@ -69,7 +69,7 @@ class _DetectActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # read by absolute path (an actor's working folder is not the driver's), recorded as the user named it
         files = [Path(p) for p in batch["file"]]
-        results = list(detect_stream(self.detector, files, self.batch_size, decode_threads=1))
+        results = list(detect_stream([self.detector], files, self.batch_size, decode_threads=1))
         return {
             "image": np.array(list(batch["path"]), dtype=object),
             "height": np.array([r.height or 0 for r in results], dtype=np.int64),
