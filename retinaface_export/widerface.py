@@ -186,7 +186,9 @@ def ground_truth_key(folder: str | Path) -> str:
 
 
 def load_ground_truth(folder: str | Path) -> GroundTruth:
-    """Read the four official ``wider_*_val.mat`` files with scipy (once per process for the same files).
+    """Read the four official ``wider_*_val.mat`` files (once per process for the same files).
+
+    :mod:`retinaface_export.mat5` reads them; scipy reads what it does not (another layout, a damaged file).
 
     Event and image names are input: each must be a plain name (no separator, no ``..``), as they become
     paths under ``--images`` and ``--save-predictions``. Files already parsed in this process (same
