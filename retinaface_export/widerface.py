@@ -186,7 +186,9 @@ def ground_truth_key(folder: str | Path) -> str:
 
 
 def load_ground_truth(folder: str | Path) -> GroundTruth:
-    """Read the four official ``wider_*_val.mat`` files with scipy (once per process for the same files).
+    """Read the four official ``wider_*_val.mat`` files (once per process for the same files).
+
+    :mod:`retinaface_export.mat5` reads them; scipy reads what it does not (another layout, a damaged file).
 
     Event and image names are input: each must be a plain name (no separator, no ``..``), as they become
     paths under ``--images`` and ``--save-predictions``. Files already parsed in this process (same
@@ -214,59 +216,107 @@ def _parse_mats(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTru
 
 
 def _ground_truth_mat5(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth | None:
-    """The ground truth read by :mod:`retinaface_export.mat5`, or None where it cannot read the files."""
+    """The ground truth read by :mod:`retinaface_export.mat5`, or None where it cannot read the files.
+
+    The lists of names, boxes and keep indices are decoded whole (:func:`~retinaface_export.mat5.decode_cell_columns`)
+    into the flat arrays scoring reads; only the events' names are decoded one by one.
+    """
     import struct
     import zlib
 
-    from retinaface_export.mat5 import Cell, UnsupportedMatFile, read_variables
+    from retinaface_export.mat5 import (
+        Cell,
+        CellColumns,
+        UnsupportedMatFile,
+        decode,
+        decode_cell_columns,
+        variable_bodies,
+    )
 
-    def column(value: object, length: int | None = None) -> list[object]:
-        if not isinstance(value, Cell) or len(value.dims) != 2 or value.dims[1] != 1:
+    def column(dims: tuple[int, ...], length: int | None = None) -> None:
+        if len(dims) != 2 or dims[1] != 1:
             raise UnsupportedMatFile("not a column of cells")
-        if length is not None and value.dims[0] != length:
+        if length is not None and dims[0] != length:
             raise UnsupportedMatFile("columns of different lengths")
-        return value.items
+
+    def columns(cells: CellColumns, lengths: list[int]) -> None:
+        column(cells.dims, len(lengths))
+        for dims, length in zip(cells.inner_dims, lengths, strict=True):
+            column(dims, length)
 
     try:
-        found = {key: read_variables(data, set(_MAT_VARIABLES[key])) for key, (_, data) in files.items()}
-        event_list = column(found["all"]["event_list"])
-        file_list = column(found["all"]["file_list"], len(event_list))
-        box_list = column(found["all"]["face_bbx_list"], len(event_list))
-        kept_lists = {s: column(found[s]["gt_list"], len(event_list)) for s in SETTINGS}
-        per_event = []
-        for e, event in enumerate(event_list):
-            names = column(file_list[e])
-            per_event.append(
-                (
-                    event,
-                    names,
-                    column(box_list[e], len(names)),
-                    {s: column(kept_lists[s][e], len(names)) for s in SETTINGS},
-                )
-            )
-        if not all(isinstance(x, str) for event, names, _, _ in per_event for x in [event, *names]):
+        bodies = {key: variable_bodies(data, set(_MAT_VARIABLES[key])) for key, (_, data) in files.items()}
+        event_list = decode(bodies["all"]["event_list"])
+        if not isinstance(event_list, Cell):
+            raise UnsupportedMatFile("not a column of cells")
+        column(event_list.dims)
+        file_list = decode_cell_columns(bodies["all"]["file_list"])
+        column(file_list.dims, len(event_list.items))
+        for dims in file_list.inner_dims:
+            column(dims)
+        lengths = [dims[0] for dims in file_list.inner_dims]
+        box_list = decode_cell_columns(bodies["all"]["face_bbx_list"])
+        columns(box_list, lengths)
+        kept_lists = {s: decode_cell_columns(bodies[s]["gt_list"]) for s in SETTINGS}
+        for kept_list in kept_lists.values():
+            columns(kept_list, lengths)
+        names = file_list.texts
+        if names is None or not all(isinstance(event, str) for event in event_list.items):
             raise UnsupportedMatFile("names that are not strings")
-        matrices = [b for _, _, boxes, keeps in per_event for lists in (boxes, *keeps.values()) for b in lists]
-        if not all(isinstance(b, np.ndarray) for b in matrices):
+        if box_list.values is None or any(kept.values is None for kept in kept_lists.values()):
             raise UnsupportedMatFile("boxes or keep lists that are not matrices")
     except (UnsupportedMatFile, zlib.error, struct.error):
         return None
     try:
-        events, images, boxes = [], [], []
-        keep: dict[str, list[np.ndarray]] = {s: [] for s in SETTINGS}
-        for event, names, event_boxes, event_keeps in per_event:
+        events, images = [], []
+        start = 0
+        for event, length in zip(event_list.items, lengths, strict=True):
             events.append(check_plain_name(event))
-            for j, name in enumerate(names):
-                images.append((event, check_plain_name(name)))
-                boxes.append(np.asarray(event_boxes[j], dtype=float).reshape(-1, 4))
-                for setting in SETTINGS:
-                    keep[setting].append(np.asarray(event_keeps[setting][j]).reshape(-1).astype(np.int64))
-        _check_ground_truth(images, boxes, keep)
+            images += [(event, check_plain_name(name)) for name in names[start : start + length]]
+            start += length
+        sizes = box_list.shapes.prod(axis=1)
+        if (sizes % 4).any():
+            image = int(np.flatnonzero(sizes % 4)[0])
+            raise ValueError(f"image {shown(images[image][1])} has boxes that are not rows of four numbers")
+        kept = {s: kept_lists[s].values.astype(np.int64) for s in SETTINGS}
+        kept_counts = {s: kept_lists[s].shapes.prod(axis=1) for s in SETTINGS}
+        return _flat_ground_truth(events, images, box_list.values.reshape(-1, 4), sizes // 4, kept, kept_counts)
     except ValueError as exc:
         raise FileError(
             folder / _MAT_FILES["all"], f"not WIDER FACE validation ground truth ({type(exc).__name__}: {exc})"
         ) from None
-    return GroundTruth(tuple(events), tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+
+
+def _flat_ground_truth(
+    events: list[str] | tuple[str, ...],
+    images: list[tuple[str, str]] | tuple[tuple[str, str], ...],
+    flat: np.ndarray,
+    counts: np.ndarray,
+    kept: dict[str, np.ndarray],
+    kept_counts: dict[str, np.ndarray],
+) -> GroundTruth:
+    """Ground truth from every image's boxes and keep lists one after the other (``counts``, ``kept_counts`` each).
+
+    The per-image arrays are views of ``flat`` and ``kept``; what scoring reads is computed from the flat
+    arrays at once and stored in the cached properties' own slots.
+
+    Raises:
+        ValueError: the counts do not add up, or :func:`_check_flat` finds a broken rule.
+    """
+    boxes = _pieces(flat, counts)
+    keep = {s: _pieces(kept[s], kept_counts[s]) for s in SETTINGS}
+    if not (len(boxes) == len(images) and all(len(keep[s]) == len(images) for s in SETTINGS)):
+        raise ValueError("its lists differ in length")
+    _check_flat(list(images), flat, counts, kept, kept_counts)
+    truth = GroundTruth(tuple(events), tuple(images), tuple(boxes), {s: tuple(v) for s, v in keep.items()})
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    truth.__dict__.update(
+        offsets=offsets,
+        corners=_corners(flat),
+        counted={s: _counted(offsets, kept[s], kept_counts[s]) for s in SETTINGS},
+        kept_total={s: len(kept[s]) for s in SETTINGS},
+    )
+    return truth
 
 
 def _ground_truth_scipy(folder: Path, files: dict[str, tuple[Path, bytes]]) -> GroundTruth:
@@ -390,22 +440,9 @@ def read_ground_truth_cache(path: str | Path, key: str) -> GroundTruth:
         counts = arrays["box_counts"].astype(np.int64)
         kept = {s: arrays[f"keep_{s}"].astype(np.int64) for s in SETTINGS}
         kept_counts = {s: arrays[f"keep_counts_{s}"].astype(np.int64) for s in SETTINGS}
-        boxes = _pieces(flat, counts)
-        keep = {s: _pieces(kept[s], kept_counts[s]) for s in SETTINGS}
-        if not (len(boxes) == len(images) and all(len(keep[s]) == len(images) for s in SETTINGS)):
-            raise ValueError("its lists differ in length")
-        _check_flat(list(images), flat, counts, kept, kept_counts)
+        truth = _flat_ground_truth(events, images, flat, counts, kept, kept_counts)
     except (KeyError, IndexError, TypeError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
         raise FileError(path, f"not a ground-truth cache file for these .mat files ({type(exc).__name__})") from None
-    truth = GroundTruth(events, images, tuple(boxes), {s: tuple(v) for s, v in keep.items()})
-    # what scoring reads, from the flat arrays at hand (cached_property's own slots)
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    truth.__dict__.update(
-        offsets=offsets,
-        corners=_corners(flat),
-        counted={s: _counted(offsets, kept[s], kept_counts[s]) for s in SETTINGS},
-        kept_total={s: len(kept[s]) for s in SETTINGS},
-    )
     return truth
 
 
