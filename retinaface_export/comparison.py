@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retinaface_export.contract import OUTPUT_NAMES
-from retinaface_export.detection.compare import compare_faces
+from retinaface_export.detection.compare import compare_faces, tolerant_f1
 from retinaface_export.detection.faces import faces_from_arrays
 from retinaface_export.postprocess.settings import split_detections
 from retinaface_export.precision import Tolerance
@@ -135,6 +135,8 @@ class DetectionVerdict:
     """Faces out of ``nms`` artifacts (``detections``, ``num_detections``) against the reference's faces."""
 
     tolerance: Tolerance
+    # the artifact's own score threshold: both sides hold the faces above it
+    score_floor: float = 0.0
     failures: list[str] = field(default_factory=list)
     cases: int = 0
     f1: float = 1.0
@@ -147,11 +149,21 @@ class DetectionVerdict:
         """Something was compared and nothing failed."""
         return self.cases > 0 and not self.failures
 
+    def rule(self) -> str:
+        """The rule in words."""
+        margin = self.tolerance.score_margin
+        if not margin:
+            return f"F1 ≥ {self.tolerance.min_f1} (IoU ≥ 0.5)"
+        return (
+            f"F1 ≥ {self.tolerance.min_f1} (IoU ≥ 0.5), a face scoring up to {margin:g} above the artifact's "
+            f"threshold {self.score_floor:g} may be missing on the other side"
+        )
+
     def record(self) -> dict[str, object]:
         """What a manifest keeps of it."""
         return {
             "kind": "detections",
-            "rule": f"F1 ≥ {self.tolerance.min_f1} (IoU ≥ 0.5)",
+            "rule": self.rule(),
             "cases": self.cases,
             "f1": self.f1,
             "reference_faces": self.reference_faces,
@@ -161,9 +173,15 @@ class DetectionVerdict:
         }
 
 
-def compare_detections(cases: Iterable[Case], tolerance: Tolerance) -> DetectionVerdict:
-    """Judge ``nms`` outputs face by face: F1 of IoU ≥ 0.5 matches per image, worst over images and cases."""
-    verdict = DetectionVerdict(tolerance)
+def compare_detections(cases: Iterable[Case], tolerance: Tolerance, score_floor: float = 0.0) -> DetectionVerdict:
+    """Judge ``nms`` outputs face by face: F1 of IoU ≥ 0.5 matches per image, worst over images and cases.
+
+    ``score_floor`` is the artifact's own score threshold (both sides hold the faces above it). With the
+    precision's score margin, a face within the margin above the floor on one side may be missing on the other
+    (its score crossed the floor): a face scoring more is found by any face on the other side. With no margin
+    (FP32) every face counts.
+    """
+    verdict = DetectionVerdict(tolerance, score_floor=score_floor)
     for case in cases:
         verdict.cases += 1
         try:
@@ -176,15 +194,18 @@ def compare_detections(cases: Iterable[Case], tolerance: Tolerance) -> Detection
             if not all(np.isfinite(part).all() for part in got):
                 verdict.failures.append(f"detections: NaN or Inf on {case.label} image {image}")
                 continue
-            agreement = compare_faces(faces_from_arrays(*want), faces_from_arrays(*got))
+            wanted, found_faces = faces_from_arrays(*want), faces_from_arrays(*got)
+            agreement = compare_faces(wanted, found_faces)
+            margin = tolerance.score_margin
+            f1 = tolerant_f1(wanted, found_faces, score_floor + margin, margin) if margin else agreement.f1
             verdict.reference_faces += len(want[1])
-            verdict.f1 = min(verdict.f1, agreement.f1)
+            verdict.f1 = min(verdict.f1, f1)
             if agreement.matched:
                 verdict.mean_iou = min(verdict.mean_iou, agreement.mean_iou)
                 verdict.max_landmark_px = max(verdict.max_landmark_px, agreement.max_landmark_error_px)
-            if agreement.f1 < tolerance.min_f1:
+            if f1 < tolerance.min_f1:
                 verdict.failures.append(
-                    f"detections: F1 {agreement.f1:.3f} < {tolerance.min_f1} on {case.label} image {image} "
+                    f"detections: F1 {f1:.3f} < {tolerance.min_f1} on {case.label} image {image} "
                     f"({len(want[1])} reference faces, {len(got[1])} found)"
                 )
     return verdict

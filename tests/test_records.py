@@ -52,3 +52,30 @@ def test_kinds_are_the_words_the_manifest_uses():
     assert Verification.from_record(_detection_record()).kind is VerificationKind.DETECTIONS
     with pytest.raises(ValueError):
         Verification.from_record({"kind": "vibes", "passed": True})
+
+
+def _detections(*faces):
+    """An nms output of one image: rows (box, score, landmarks) best first, and the count."""
+    rows = np.zeros((1, 4, 15), np.float32)
+    for index, (x, score) in enumerate(faces):
+        rows[0, index, :5] = [x, 10, x + 40, 50, score]
+    return [rows, np.array([len(faces)], np.int64)]
+
+
+@pytest.mark.parametrize(
+    "candidate, fp32, bf16",
+    [
+        # a face just above the artifact's threshold (0.02) on one side only: its score crossed the threshold
+        (_detections((0, 0.9), (100, 0.8)), False, True),
+        # a confident face missing is a miss at every precision
+        (_detections((0, 0.9), (200, 0.025)), False, False),
+        (_detections((0, 0.9), (100, 0.8), (200, 0.025)), True, True),
+    ],
+)
+def test_nms_outputs_tolerate_faces_at_the_threshold_by_the_precisions_margin(candidate, fp32, bf16):
+    reference = _detections((0, 0.9), (100, 0.8), (200, 0.025))
+    cases = [Case("case", reference, candidate)]
+    assert compare_detections(cases, PRECISIONS["fp32"], score_floor=0.02).passed is fp32
+    verdict = compare_detections(cases, PRECISIONS["bf16"], score_floor=0.02)
+    assert verdict.passed is bf16
+    assert "may be missing" in verdict.record()["rule"]

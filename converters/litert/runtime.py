@@ -25,6 +25,7 @@ from retinaface_export.converters.litert.trust import SIGNATURE, CheckedModel, c
 from retinaface_export.errors import UsageError
 from retinaface_export.extras import import_extra
 from retinaface_export.format_api import Runner, Runtime
+from retinaface_export.native_stderr import library_log_line, native_chatter_to_debug
 from retinaface_export.safety.safe_paths import read_regular_bytes
 
 EXTRA = "litert"
@@ -75,6 +76,8 @@ def model_runner(model: CheckedModel, threads: int | None = None, delegate: bool
     interpreter = litert_module("interpreter").Interpreter(
         model_content=model.content, **interpreter_options(threads, delegate)
     )
+    with native_chatter_to_debug(library_log_line, "LiteRT"):  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interpreter.allocate_tensors()  # applies the delegate now rather than in the first run
     signature = interpreter.get_signature_runner(SIGNATURE)
     (detail,) = signature.get_input_details().values()
     shape = tuple(int(d) for d in detail["shape"])

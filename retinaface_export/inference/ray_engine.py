@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -35,6 +34,7 @@ from retinaface_export.detection.postprocess import DetectionConfig
 from retinaface_export.errors import FileError, UsageError
 from retinaface_export.extras import import_extra
 from retinaface_export.inference.stream import ImageResult, batch_size_for, detect_stream
+from retinaface_export.native_stderr import native_chatter_to_debug
 
 log = logging.getLogger(__name__)
 USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
@@ -186,35 +186,14 @@ def _join_error(address: str, exc: BaseException) -> UsageError:
     return UsageError(f"--ray-address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})")
 
 
-@contextmanager
-def _stderr_to_debug_log() -> Iterator[None]:
+def _ray_stderr() -> AbstractContextManager[None]:
     """Whatever is written to file descriptor 2 in the block goes to the debug log instead.
 
     While a driver joins a cluster, Ray's C++ client logs each failed attempt on stderr before its own log
     settings apply (``RAY_BACKEND_LOG_LEVEL`` is not read yet); the command says what failed in one line. A
     local start logs that it read ``RAY_BACKEND_LOG_LEVEL`` there too.
     """
-    read_end, write_end = os.pipe()
-    saved = os.dup(2)
-    kept: list[bytes] = []
-
-    def drain() -> None:
-        while chunk := os.read(read_end, 65536):
-            kept.append(chunk)
-
-    reader = threading.Thread(target=drain, name="ray-stderr", daemon=True)
-    reader.start()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)  # the pipe's last write end closes: the reader sees its end
-        os.close(saved)
-        reader.join(5)
-        os.close(read_end)
-        if text := b"".join(kept).decode(errors="replace").strip():
-            log.debug("Ray on standard error while it started or joined:\n%s", text)
+    return native_chatter_to_debug(lambda line: True, "Ray, while it started or joined,")
 
 
 @contextmanager
@@ -242,7 +221,7 @@ def ray_cluster(address: str | None, num_cpus: int) -> Iterator[Any]:
         if address:
             check_address(address)
             try:
-                with _stderr_to_debug_log():
+                with _ray_stderr():
                     ray.init(address=address, **options)  # a driver of that cluster: none of the local settings
             except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
                 raise _join_error(address, exc) from exc
@@ -252,7 +231,7 @@ def ray_cluster(address: str | None, num_cpus: int) -> Iterator[Any]:
             # clusters.
             stack.enter_context(_environment({AUTH_MODE_ENV: os.environ.get(AUTH_MODE_ENV) or "disabled"}))
             try:
-                with _no_outside_http(), _stderr_to_debug_log():
+                with _no_outside_http(), _ray_stderr():
                     ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UsageError(f"--engine ray: cannot start a local Ray ({exc})") from exc

@@ -79,6 +79,10 @@ def iter_images(arguments: Iterable[Path], empty: list[Path] | None = None) -> I
             empty.append(argument)
 
 
+# an image read and prepared: its path, the decoded image (kept for drawing only) and the network's input
+_Loaded = tuple[Path, np.ndarray | None, PreparedImage]
+
+
 def _load(detector: Detector, path: Path, keep_image: bool) -> tuple[np.ndarray | None, PreparedImage] | FileError:
     try:
         image = read_image(path)
@@ -169,8 +173,7 @@ def detect_stream(
 
     ahead = max(2 * batch_size, batch_size + 2 * decode_threads)  # images being decoded: the bound on memory
     decoding: deque[tuple[Path, Future]] = deque()
-    running: deque[tuple[list[tuple[Path, np.ndarray | None, PreparedImage]], Future | None, list[ImageResult]]]
-    running = deque()
+    running: deque[tuple[list[_Loaded], Future | None, list[ImageResult]]] = deque()  # in input order
     source = iter(paths)
     decode = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
     workers = ThreadPoolExecutor(max_workers=len(detectors), thread_name_prefix="runtime")
@@ -205,14 +208,12 @@ def detect_stream(
                     pending.cancel()
 
 
-def _gather(
-    decoding: deque[tuple[Path, Future]], batch_size: int
-) -> tuple[list[tuple[Path, np.ndarray | None, PreparedImage]], list[ImageResult]]:
+def _gather(decoding: deque[tuple[Path, Future]], batch_size: int) -> tuple[list[_Loaded], list[ImageResult]]:
     """The next batch of decoded images, in input order, and the failures that end it.
 
     A failure ends the batch gathered so far, so results keep the input order: the batch's images, then it.
     """
-    batch: list[tuple[Path, np.ndarray | None, PreparedImage]] = []
+    batch: list[_Loaded] = []
     failed: list[ImageResult] = []
     while decoding and len(batch) < batch_size:
         path, future = decoding.popleft()

@@ -87,7 +87,7 @@ def verify_tensors(job: Job, staged: Path, reference: Reference) -> Verification
             cases.append(Case(f"{size} batch {batch}", expected, runner(prepare(photos))))
     tolerance = PRECISIONS[job.precision]
     if job.postprocess.detections:
-        verdict = compare_detections(cases, tolerance)
+        verdict = compare_detections(cases, tolerance, job.postprocess.settings.score_threshold)
     else:
         verdict = compare_outputs(cases, tolerance, job.postprocess.outputs)
     if not verdict.passed:
