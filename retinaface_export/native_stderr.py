@@ -28,13 +28,14 @@ Chatter = Callable[[bytes], bool]
 
 _lock = threading.Lock()
 _blocks: list[int] = []  # one entry per block inside, whatever its thread
-_tests: list[Chatter] = []  # every active block's test, kept until the pipe is removed (its lines may still come)
+# every active block's test and source, kept until the pipe is removed (a block's lines may still be in it)
+_tests: list[tuple[Chatter, str]] = []
 _pipe: dict[str, object] = {}  # the saved stderr, the read end and the reader thread while installed
-_kept: list[bytes] = []
+_kept: list[tuple[str, bytes]] = []  # (source, line)
 
 
-def _is_chatter(line: bytes) -> bool:
-    return any(test(line) for test in list(_tests))
+def _source_of(line: bytes) -> str | None:
+    return next((source for test, source in list(_tests) if test(line)), None)
 
 
 def _pump(read_end: int, saved: int) -> None:
@@ -50,8 +51,9 @@ def _pump(read_end: int, saved: int) -> None:
 
 
 def _forward(line: bytes, saved: int) -> None:
-    if _is_chatter(line):
-        _kept.append(line)
+    source = _source_of(line)
+    if source is not None:
+        _kept.append((source, line))
         return
     view = memoryview(line)
     while view:
@@ -69,7 +71,7 @@ def _install() -> None:
     _pipe.update(saved=saved, read_end=read_end, reader=reader)
 
 
-def _remove() -> list[bytes]:
+def _remove() -> list[tuple[str, bytes]]:
     sys.stderr.flush()
     saved, read_end, reader = _pipe.pop("saved"), _pipe.pop("read_end"), _pipe.pop("reader")
     os.dup2(saved, 2)  # the pipe's last write end closes: the reader drains it and stops
@@ -94,17 +96,18 @@ def native_chatter_to_debug(is_chatter: Chatter, source: str) -> Iterator[None]:
         if not _blocks:
             _install()
         _blocks.append(1)
-        _tests.append(is_chatter)
+        _tests.append((is_chatter, source))
     try:
         yield
     finally:
-        kept: list[bytes] = []
+        kept: list[tuple[str, bytes]] = []
         with _lock:
             _blocks.pop()
             if not _blocks:
                 kept = _remove()
-        if kept:
-            log.debug("%s on standard error:\n%s", source, b"".join(kept).decode(errors="replace").rstrip())
+        for name in dict.fromkeys(name for name, _ in kept):
+            text = b"".join(line for by, line in kept if by == name).decode(errors="replace").rstrip()
+            log.debug("%s on standard error:\n%s", name, text)
 
 
 def library_log_line(line: bytes) -> bool:

@@ -7,14 +7,16 @@ backbones against PyTorch eager, ``--postprocess decode``.
 """
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import CROWD_PHOTO, SHARED, checkpoint_for, photo_input, require
+from conftest import CROWD_PHOTO, REPO, SHARED, checkpoint_for, photo_input, require
 from retinaface_export.checkpoint import load_checkpoint
 from retinaface_export.cli.bench import main as bench_main
 from retinaface_export.cli.convert import main as convert_main
@@ -54,12 +56,25 @@ def weights(tmp_path_factory, real_weights):
     return copy
 
 
+def command(*args):
+    """The command in a process of its own: what the libraries write below Python is seen too."""
+    return subprocess.run(
+        [sys.executable, "-m", "retinaface_export", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, weights):
     folder = tmp_path_factory.mktemp("litert")
     export_checkpoint(load_checkpoint(weights), ExportOptions(sizes=(InputSize(320, 320),), formats=("onnx",)), folder)
-    result = convert(folder, "--precision", "fp32", "fp16")
-    assert result.exit_code == 0, result.output
+    done = command("convert", folder, "--to", "litert", "--precision", "fp32", "fp16", "-q")
+    assert done.returncode == 0, done.stderr
+    # -q: TensorFlow's INFO lines, torchao's GPU notices, JAX's TPU probe, the quantizer's progress bar kept out
+    assert done.stderr == ""
     return folder
 
 
@@ -155,6 +170,14 @@ def test_detect_finds_the_onnx_files_faces(converted, tmp_path):
     assert len(faces[FP32]) == len(faces["retinaface_mobilenet0.25_320x320.onnx"]) > 0
     for a, b in zip(faces[FP32], faces["retinaface_mobilenet0.25_320x320.onnx"], strict=True):
         assert np.abs(np.subtract(a["box"], b["box"])).max() < 0.01
+
+
+def test_detect_quiet_says_nothing(converted, tmp_path):
+    # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." is written below Python
+    done = command("detect", require(CROWD_PHOTO), "--model", converted / FP32, "--json", tmp_path / "f.json", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads((tmp_path / "f.json").read_text())[0]["faces"]
 
 
 def test_bench_has_latency_and_throughput_rows(converted, tmp_path):

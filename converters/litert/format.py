@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -46,6 +47,7 @@ from retinaface_export.converters.litert.trust import METADATA_NAME
 from retinaface_export.errors import UsageError
 from retinaface_export.extras import import_extra
 from retinaface_export.format_api import ArtifactFormat, ConvertInputs, Job, Runner
+from retinaface_export.native_stderr import library_log_line, native_chatter_to_debug
 from retinaface_export.postprocess.settings import PostprocessMode
 
 if TYPE_CHECKING:
@@ -75,17 +77,42 @@ class _LibraryInfo(logging.Filter):
         return record.levelno >= logging.WARNING or not noisy
 
 
+# Loggers held at a level while litert-torch is imported and runs, for what a CPU conversion never uses:
+# torchao's CUDA kernels (.so) and Triton missing, torch's pytree notice about the Enums torchao registers,
+# JAX looking for a TPU.
+_HELD_LOGGERS = {"torchao": logging.ERROR, "torch.utils._pytree": logging.ERROR, "jax._src.xla_bridge": logging.WARNING}
+
+
+def _converter_chatter(line: bytes) -> bool:
+    # TensorFlow's absl/glog INFO lines, and ai-edge-quantizer's progress bar, shown although asked off (its
+    # ``quantize`` does not pass ``enable_progress_bar`` on to the step that applies the recipe)
+    return library_log_line(line) or b"Applying Transformations to tensors" in line
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Their INFO logs (on the root logger and absl's) kept out of the tool's output during a conversion."""
+    """What the converting libraries say, kept out of the tool's output (``-q`` shows warnings only).
+
+    Their INFO records (root and absl loggers) are dropped; the loggers of ``_HELD_LOGGERS`` are held at
+    their level; torch's pytree FutureWarnings (litert-torch calls the old API) are ignored; below Python,
+    TensorFlow's INFO lines and the quantizer's progress bar go to the debug log. Their real warnings and
+    errors still show.
+    """
     loggers, quiet = [logging.getLogger(), logging.getLogger("absl")], _LibraryInfo()
+    held = {name: logging.getLogger(name).level for name in _HELD_LOGGERS}
     for logger in loggers:
         logger.addFilter(quiet)
+    for name, level in _HELD_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     try:
-        yield
+        with warnings.catch_warnings(), native_chatter_to_debug(_converter_chatter, "litert-torch"):
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*(LeafSpec|TreeSpec)")
+            yield
     finally:
         for logger in loggers:
             logger.removeFilter(quiet)
+        for name, level in held.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def refusal(job: Job) -> str | None:
@@ -125,11 +152,11 @@ def _convert_float(job: Job, inputs: ConvertInputs) -> tuple[bytes, float]:
 
     if inputs.checkpoint_model is None:
         raise UsageError("--to litert converts the export's PyTorch model: the run has no checkpoint to rebuild it")
-    litert_torch = import_extra("litert_torch", EXTRA, "converting to LiteRT")
     network = inputs.checkpoint_model()
     anchors = AnchorConfig.from_mapping(inputs.provenance["anchors"])
     example = torch.from_numpy(np.ascontiguousarray(inputs.source_cases()[0][0]))
     with _CONVERTING, torch.no_grad(), _quiet():
+        litert_torch = import_extra("litert_torch", EXTRA, "converting to LiteRT")  # imports TensorFlow, torchao
         litert_torch.config.show_progress = False
         start = time.perf_counter()
         edge = litert_torch.convert(_named_module(job, network, anchors), sample_kwargs={INPUT_NAME: example})
