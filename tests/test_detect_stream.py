@@ -191,6 +191,15 @@ def test_num_workers_is_each_engines_own_and_cpus_per_worker_is_rays(tmp_path, a
     assert refused.exit_code == 2 and "--cpus-per-worker go with --engine ray" in refused.stderr
 
 
+def test_more_local_workers_than_the_limit_are_refused_before_any_is_loaded(tmp_path, artifacts, monkeypatch):
+    monkeypatch.setenv("RETINAFACE_EXPORT_MAX_WORKERS", "2")
+    out = tmp_path / "faces.jsonl"
+    refused = run(require(PHOTOS), "--model", artifacts["b1"], "--predictions", out, "--num-workers", 3)
+    assert refused.exit_code == 2
+    assert "--num-workers 3 is above 2: each local worker loads the model" in refused.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "name, side_by_side",
     [

@@ -39,6 +39,8 @@ from retinaface_export.inference.backends import runs_side_by_side
 from retinaface_export.inference.detector import Detector
 from retinaface_export.inference.outputs import JsonLines, write_widerface_prediction
 from retinaface_export.inference.stream import (
+    MAX_WORKERS,
+    MAX_WORKERS_ENV,
     ImageResult,
     batch_size_for,
     default_workers,
@@ -177,6 +179,12 @@ def _check_engine_options(
     given = [flag for flag, value in ray_options.items() if value is not None and flag != "--num-workers"]
     if given:
         raise UsageError(f"{', '.join(given)} go with --engine ray")
+    workers, limit = ray_options["--num-workers"], env_limit(MAX_WORKERS_ENV, MAX_WORKERS)
+    if workers is not None and workers > limit:
+        raise UsageError(
+            f"--num-workers {workers} is above {limit}: each local worker loads the model (set {MAX_WORKERS_ENV}=N "
+            "to allow more)"
+        )
 
 
 def _ray_workers(ray_options: dict) -> tuple[int, int]:

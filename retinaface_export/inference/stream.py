@@ -94,6 +94,9 @@ def _load(detector: Detector, path: Path, keep_image: bool) -> tuple[np.ndarray 
 # Workers the local engine runs by default: one per CPU, at most this many (each holds its own runtime session
 # and its activations: memory grows with them).
 MAX_DEFAULT_WORKERS = 4
+# The most local workers a command may ask for (each loads the model), unless the environment allows more.
+MAX_WORKERS = 64
+MAX_WORKERS_ENV = "RETINAFACE_EXPORT_MAX_WORKERS"
 
 
 def available_cpus() -> int:
