@@ -8,8 +8,9 @@ every other byte goes on to the real stderr in order (a command's own warnings a
 Blocks may nest and overlap across threads: the first installs the pipe, the last removes it, and the kept
 lines are logged at debug level after that (logged before, they would run back into the pipe).
 
-No library does this (``wurlitzer`` captures C-level output but hands it back whole, with no filter); the
-mechanism is ``os.dup2`` and a thread.
+Written here rather than on ``wurlitzer`` (which redirects C-level output to a Python stream): the filter, the
+ordering and the nesting across threads would still be ours, and the redirect it would save is ``os.dup2``
+and a thread, not worth a dependency of every command.
 """
 
 from __future__ import annotations
