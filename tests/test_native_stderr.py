@@ -39,3 +39,26 @@ def test_chatter_goes_to_the_debug_log_and_the_rest_to_stderr_in_order():
         "debug-log: Ray on standard error:",
         "ray: started",
     ]
+
+
+BROKEN_TEST = r"""
+import os
+from retinaface_export.native_stderr import native_chatter_to_debug
+
+def fails_on_some(line):
+    if b"odd" in line:
+        raise ValueError("a test that breaks")
+    return line.startswith(b"chatter")
+
+with native_chatter_to_debug(fails_on_some, "x"):
+    for index in range(10000):  # far more than a pipe holds: a stopped reader would block the writes
+        os.write(2, b"odd line %d\n" % index if index % 2 else b"chatter %d\n" % index)
+print("done")
+"""
+
+
+def test_a_test_that_fails_on_a_line_passes_it_through_and_the_reader_goes_on():
+    done = subprocess.run([sys.executable, "-c", BROKEN_TEST], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "done"
+    assert done.stderr.splitlines() == [f"odd line {index}" for index in range(1, 10000, 2)]
