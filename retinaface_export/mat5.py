@@ -107,8 +107,8 @@ def _header(data: memoryview, pos: int = 0) -> tuple[int, tuple[int, ...], int]:
     return array_class, dims, pos
 
 
-def _matrix(data: memoryview) -> object:
-    """A decoded ``miMATRIX`` body: :class:`Cell`, ``str`` (a one-row char array) or ``np.ndarray``."""
+def decode(data: memoryview) -> object:
+    """A ``miMATRIX`` body, element by element: :class:`Cell`, ``str`` (a one-row char array) or ``np.ndarray``."""
     if not len(data):  # MATLAB writes an empty element for an empty matrix
         return np.zeros((0, 0))
     array_class, dims, pos = _header(data)
@@ -119,7 +119,7 @@ def _matrix(data: memoryview) -> object:
             kind, body, pos = _element(data, pos)
             if kind != _MI_MATRIX:
                 raise UnsupportedMatFile("a cell element that is not a matrix")
-            items.append(_matrix(body))
+            items.append(decode(body))
         return Cell(dims, items)
     kind, body, pos = _element(data, pos)
     if array_class == _CHAR:
@@ -166,11 +166,6 @@ def variable_bodies(data: bytes, names: set[str]) -> dict[str, memoryview]:
     if missing:
         raise UnsupportedMatFile(f"no variable {sorted(missing)[0]}")
     return found
-
-
-def decode(body: memoryview) -> object:
-    """A variable's ``miMATRIX`` body as :class:`Cell`, ``str`` or ``np.ndarray``, element by element."""
-    return _matrix(body)
 
 
 def decode_cell_columns(body: memoryview) -> CellColumns:

@@ -162,8 +162,12 @@ def _progress_bar(total: int | None, quiet: bool) -> Iterator[tuple[Progress, Ta
         yield progress, progress.add_task("detecting", total=total)
 
 
+# the options of --engine ray alone (--num-workers goes with both engines)
+_RAY_ONLY = ("--cpus-per-worker", "--ray-address")
+
+
 def _check_engine_options(
-    engine: str, weights: str | None, output_dir: Path | None, threads: int | None, ray_options: dict
+    engine: str, weights: str | None, output_dir: Path | None, threads: int | None, engine_options: dict
 ) -> None:
     if engine == "ray":
         if weights:
@@ -176,10 +180,10 @@ def _check_engine_options(
 
         import_ray()  # a missing extra is said before anything runs
         return
-    given = [flag for flag, value in ray_options.items() if value is not None and flag != "--num-workers"]
+    given = [flag for flag in _RAY_ONLY if engine_options[flag] is not None]
     if given:
         raise UsageError(f"{', '.join(given)} go with --engine ray")
-    workers, limit = ray_options["--num-workers"], env_limit(MAX_WORKERS_ENV, MAX_WORKERS)
+    workers, limit = engine_options["--num-workers"], env_limit(MAX_WORKERS_ENV, MAX_WORKERS)
     if workers is not None and workers > limit:
         raise UsageError(
             f"--num-workers {workers} is above {limit}: each local worker loads the model (set {MAX_WORKERS_ENV}=N "
@@ -187,9 +191,9 @@ def _check_engine_options(
         )
 
 
-def _ray_workers(ray_options: dict) -> tuple[int, int]:
+def _ray_workers(engine_options: dict) -> tuple[int, int]:
     """(actors, CPUs per actor) for --engine ray."""
-    return ray_options["--num-workers"] or 2, ray_options["--cpus-per-worker"] or 1
+    return engine_options["--num-workers"] or 2, engine_options["--cpus-per-worker"] or 1
 
 
 def _detectors(
@@ -220,7 +224,7 @@ def _detectors(
 
 
 @contextmanager
-def _engine_session(engine: str, ray_options: dict) -> Iterator[None]:
+def _engine_session(engine: str, engine_options: dict) -> Iterator[None]:
     """For --engine ray, the cluster joined (or a local one started) for the block.
 
     A cluster that cannot be joined is said before any output file is created; a joined one is left running.
@@ -230,8 +234,8 @@ def _engine_session(engine: str, ray_options: dict) -> Iterator[None]:
         return
     from retinaface_export.inference.ray_engine import ray_cluster
 
-    workers, cpus = _ray_workers(ray_options)
-    with ray_cluster(ray_options["--ray-address"], workers * cpus):
+    workers, cpus = _ray_workers(engine_options)
+    with ray_cluster(engine_options["--ray-address"], workers * cpus):
         yield
 
 
@@ -245,14 +249,14 @@ def _results(
     decode_threads: int,
     keep_images: bool,
     optimize: bool,
-    ray_options: dict,
+    engine_options: dict,
 ) -> Iterator[ImageResult]:
     if engine == "local":
         return detect_stream(detectors, paths, batch_size, decode_threads, keep_images)
     from retinaface_export.inference.ray_engine import detect_with_ray
 
     assert artifact is not None
-    workers, cpus = _ray_workers(ray_options)
+    workers, cpus = _ray_workers(engine_options)
     return detect_with_ray(
         artifact,
         paths,
@@ -260,7 +264,7 @@ def _results(
         num_workers=workers,
         threads_per_worker=cpus,
         batch_size=batch_size,
-        address=ray_options["--ray-address"],
+        address=engine_options["--ray-address"],
         optimize=optimize,
     )
 
@@ -401,8 +405,8 @@ def main(
     limit = env_limit(MAX_BATCH_ENV, MAX_BATCH)
     if batch_size is not None and batch_size > limit:
         raise UsageError(f"--batch-size {batch_size} is above {limit} (set {MAX_BATCH_ENV}=N to allow more)")
-    ray_options = {"--num-workers": num_workers, "--cpus-per-worker": cpus_per_worker, "--ray-address": ray_address}
-    _check_engine_options(engine, weights, output_dir, threads, ray_options)
+    engine_options = {"--num-workers": num_workers, "--cpus-per-worker": cpus_per_worker, "--ray-address": ray_address}
+    _check_engine_options(engine, weights, output_dir, threads, engine_options)
     config = DetectionConfig(score_threshold=threshold, nms_threshold=nms)
     streaming = predictions is not None or widerface_predictions is not None
     empty: list[Path] = []
@@ -423,7 +427,7 @@ def main(
     for notice in detector.backend.notices:
         log.warning("%s: %s", artifact, notice)
     batch = batch_size_for(detector, batch_size)
-    with _engine_session(engine, ray_options):  # Ray joined or started before anything is written
+    with _engine_session(engine, engine_options):  # Ray joined or started before anything is written
         outputs = _Outputs(
             JsonLines(predictions, resume) if predictions is not None else None,
             widerface_predictions,
@@ -446,7 +450,7 @@ def main(
         outputs.failures = len(folder_errors)
         keep = output_dir is not None
         results = _results(
-            engine, detectors, artifact, todo, config, batch, decode_threads, keep, optimize, ray_options
+            engine, detectors, artifact, todo, config, batch, decode_threads, keep, optimize, engine_options
         )
         try:
             with _progress_bar(len(listed) if listed is not None else None, quiet) as (progress, task):
