@@ -16,10 +16,14 @@ are the reference's to the last digit.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from retinaface_export.errors import EvaluationError
 from retinaface_export.widerface import SETTINGS, GroundTruth
+
+log = logging.getLogger(__name__)
 
 THRESHOLDS = 1000
 IOU_THRESHOLD = 0.5
@@ -327,7 +331,14 @@ def _evaluate(boxes: np.ndarray, counts: np.ndarray, truth: GroundTruth, iou_thr
     scores = boxes[:, 4]
     max_score = max(float(scores.max()), 0.0) if len(scores) else 0.0
     min_score = min(float(scores.min()), 1.0) if len(scores) else 1.0
-    scores = (scores - min_score) / (max_score - min_score)  # the reference's norm_score
+    if len(scores) and max_score == min_score:
+        log.warning(
+            "every prediction scores %g: the reference's score normalisation divides by zero there, and the APs "
+            "are the reference's for that case (0)",
+            max_score,
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):  # the same NaN scores as the reference, without numpy's line
+        scores = (scores - min_score) / (max_score - min_score)  # the reference's norm_score
     if not (np.diff(truth.offsets) > 0).all():  # the reference skips images without ground truth
         rows = np.flatnonzero(np.diff(truth.offsets)[image] > 0)
         boxes, image, scores = boxes[rows], image[rows], scores[rows]

@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -760,3 +761,17 @@ def test_a_prediction_file_whose_read_fails_is_named(tmp_path, truth, monkeypatc
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert ".txt: cannot be read (Input/output error)" in result.stderr
+
+
+def test_predictions_that_all_score_the_same_are_the_references_zero_with_one_warning(truth, caplog):
+    small = subset(truth, 40)
+    preds = [np.array([[10.0, 10.0, 30.0, 30.0, 0.9]]) for _ in small.images]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in divide" would be an error here
+        with caplog.at_level(logging.WARNING, logger="retinaface_export.evaluation"):
+            aps = evaluate(preds, small)
+    assert aps == reference_evaluate(preds, small.boxes, small.keep) == {"easy": 0.0, "medium": 0.0, "hard": 0.0}
+    assert [r.getMessage() for r in caplog.records] == [
+        "every prediction scores 0.9: the reference's score normalisation divides by zero there, and the APs "
+        "are the reference's for that case (0)"
+    ]
