@@ -275,6 +275,11 @@ def titled_table(title: str) -> Table:
     return Table(title=title, min_width=len(title))
 
 
+def artifacts_title(count: int, folder: Path) -> str:
+    """The title of a run's result table: ``1 artifact in DIR``, ``3 artifacts in DIR``."""
+    return f"{count} artifact{'' if count == 1 else 's'} in {folder}"
+
+
 def json_option(what: str) -> Callable[[F], F]:
     """``--json FILE`` (written atomically) or ``--json -`` (standard output; the table goes to standard error)."""
     return click.option(

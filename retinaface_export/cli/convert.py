@@ -11,6 +11,7 @@ from rich.table import Table
 from retinaface_export.cli.choices import RegistryChoice
 from retinaface_export.cli.common import (
     MultiValueCommand,
+    artifacts_title,
     configure_logging,
     handle_errors,
     jobs_option,
@@ -41,7 +42,7 @@ def _check(artifact: ArtifactRecord) -> str:
 
 
 def _summary(result: RunResult) -> Table:
-    table = titled_table(f"{len(result.added)} artifacts in {result.output_dir}")
+    table = titled_table(artifacts_title(len(result.added), result.output_dir))
     for column in ("artifact", "precision", "input", "check", "MB"):
         table.add_column(column, justify="right" if column == "MB" else "left")
     for artifact in result.added:

@@ -15,6 +15,7 @@ from retinaface_export.checkpoint import LoadedCheckpoint, load_checkpoint
 from retinaface_export.cli.choices import RegistryChoice
 from retinaface_export.cli.common import (
     MultiValueCommand,
+    artifacts_title,
     configure_logging,
     handle_errors,
     jobs_option,
@@ -59,7 +60,7 @@ def _announce_synthetic(checkpoint: LoadedCheckpoint) -> None:
 
 
 def _summary(result: RunResult) -> Table:
-    table = titled_table(f"{len(result.added)} artifacts in {result.output_dir}")
+    table = titled_table(artifacts_title(len(result.added), result.output_dir))
     for column in ("artifact", "format", "size", "anchors", "check vs PyTorch", "MB"):
         table.add_column(column, justify="right" if column in ("anchors", "MB") else "left")
     for artifact in result.added:
